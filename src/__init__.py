@@ -1,0 +1,8 @@
+"""ReferFormer for the Hugging Face ecosystem."""
+
+from .configuration_referformer import (
+    ReferFormerConfig,
+    ReferFormerSwinBackboneConfig,
+    ReferFormerTimmBackboneConfig,
+    ReferFormerVideoSwinBackboneConfig,
+)
