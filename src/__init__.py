@@ -1,4 +1,10 @@
-"""ReferFormer for the Hugging Face ecosystem."""
+"""ReferFormer for the Hugging Face ecosystem.
+
+Importing the package registers the config and models with the transformers Auto classes, and marks them so that
+`save_pretrained` writes the code needed by `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
+"""
+
+from transformers import AutoConfig, AutoModel
 
 from .configuration_referformer import (
     ReferFormerConfig,
@@ -6,3 +12,30 @@ from .configuration_referformer import (
     ReferFormerTimmBackboneConfig,
     ReferFormerVideoSwinBackboneConfig,
 )
+from .modeling_referformer import (
+    ReferFormerForReferringVideoObjectSegmentation,
+    ReferFormerModel,
+    ReferFormerModelOutput,
+    ReferFormerPreTrainedModel,
+    ReferFormerSegmentationOutput,
+)
+
+
+AutoConfig.register(ReferFormerConfig.model_type, ReferFormerConfig, exist_ok=True)
+AutoModel.register(ReferFormerConfig, ReferFormerModel, exist_ok=True)
+ReferFormerConfig.register_for_auto_class()
+ReferFormerModel.register_for_auto_class("AutoModel")
+# A saved segmentation model maps "AutoModel" to itself, so remote code loads the complete model in one line.
+ReferFormerForReferringVideoObjectSegmentation.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "ReferFormerConfig",
+    "ReferFormerForReferringVideoObjectSegmentation",
+    "ReferFormerModel",
+    "ReferFormerModelOutput",
+    "ReferFormerPreTrainedModel",
+    "ReferFormerSegmentationOutput",
+    "ReferFormerSwinBackboneConfig",
+    "ReferFormerTimmBackboneConfig",
+    "ReferFormerVideoSwinBackboneConfig",
+]
