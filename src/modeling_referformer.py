@@ -34,6 +34,7 @@ from .configuration_referformer import (
     ReferFormerVideoSwinBackboneConfig,
 )
 from .ms_deform_attn_pytorch import ms_deform_attn_pytorch
+from .swin_backbones import ReferFormerSwinBackbone, ReferFormerVideoSwinBackbone, init_swin_weights
 
 
 try:  # compiled kernels ship with the installed package only, never with remote code
@@ -198,8 +199,6 @@ def build_backbone(config: ReferFormerConfig) -> nn.Module:
     backbone_config = config.backbone_config
     if isinstance(backbone_config, ReferFormerTimmBackboneConfig):
         return ReferFormerTimmBackbone(backbone_config)
-    from .swin_backbones import ReferFormerSwinBackbone, ReferFormerVideoSwinBackbone
-
     if isinstance(backbone_config, ReferFormerSwinBackboneConfig):
         return ReferFormerSwinBackbone(backbone_config)
     if isinstance(backbone_config, ReferFormerVideoSwinBackboneConfig):
@@ -756,10 +755,17 @@ class ReferFormerPreTrainedModel(PreTrainedModel):
     _no_split_modules = [r"ReferFormerEncoderLayer", r"ReferFormerDecoderLayer", r"ReferFormerPixelDecoderBlock"]
     accepts_loss_kwargs = False
 
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # The special initializations live on container modules without parameters of their own (e.g. the deformable
+        # attention), which the remote-code shortcut of transformers would skip. `_init_weights` writes only through
+        # `transformers.initialization`, which never overwrites loaded tensors, so the shortcut is not needed.
+        super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """Generic init plus the original's special initializations."""
         super()._init_weights(module)
+        init_swin_weights(module)
         if isinstance(module, ReferFormerMultiscaleDeformableAttention):
             # Sampling offsets start on a grid of directions (one per head), at distance 1..n_points.
             init.zeros_(module.sampling_offsets.weight)

@@ -1,8 +1,9 @@
 """Swin and Video Swin backbones, computed exactly as the original ReferFormer computes them.
 
 Both backbones take the frames of a batch of clips flattened into one batch, `pixel_values` of shape
-`[batch_size * num_frames, 3, height, width]` (the frames of a clip consecutive), and return four per-frame feature maps
-at strides 4, 8, 16 and 32. State-dict keys are those of the original modules without the `backbone.0.body.` prefix.
+`[batch_size * num_frames, 3, height, width]` (the frames of a clip consecutive), and return four per-frame feature
+maps at strides 4, 8, 16 and 32. State-dict keys are those of the original modules without the `backbone.0.body.`
+prefix.
 
 Behaviour that differs from common Swin implementations (e.g. timm or HF transformers) and is reproduced on purpose:
 
@@ -42,7 +43,7 @@ def relative_position_index(window_size: tuple[int, ...]) -> torch.Tensor:
 
 
 def window_partition(hidden_states: torch.Tensor, window_size: tuple[int, ...]) -> torch.Tensor:
-    """`[batch, *sizes, channels]` (sizes multiples of the window) -> `[batch * num_windows, window_tokens, channels]`."""
+    """`[batch, *sizes, channels]` (sizes multiple of the window) -> `[batch * windows, window_tokens, channels]`."""
     batch_size, *sizes, channels = hidden_states.shape
     num_axes = len(window_size)
     grid_shape = [dim for size, window in zip(sizes, window_size) for dim in (size // window, window)]
@@ -54,7 +55,7 @@ def window_partition(hidden_states: torch.Tensor, window_size: tuple[int, ...]) 
 def window_reverse(
     windows: torch.Tensor, window_size: tuple[int, ...], batch_size: int, sizes: tuple[int, ...]
 ) -> torch.Tensor:
-    """Inverse of [`window_partition`]: `[batch * num_windows, window_tokens, channels]` -> `[batch, *sizes, channels]`."""
+    """Inverse of [`window_partition`]: `[batch * windows, window_tokens, channels]` -> `[batch, *sizes, channels]`."""
     num_axes = len(window_size)
     num_windows = [size // window for size, window in zip(sizes, window_size)]
     hidden_states = windows.view(batch_size, *num_windows, *window_size, -1)
@@ -69,8 +70,8 @@ def shifted_window_attention_mask(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Additive mask `[num_windows, window_tokens, window_tokens]` of the cyclically shifted windows: -100 between tokens
-    of different regions of the shift, 0 otherwise.
+    """Additive mask `[num_windows, window_tokens, window_tokens]` of the cyclically shifted windows: -100 between
+    tokens of different regions of the shift, 0 otherwise.
 
     Built on the padded grid with the original's slices: along an axis whose shift is 0 the last slice covers the whole
     axis, so that axis does not split regions.
@@ -145,7 +146,7 @@ class SwinWindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`hidden_states` `[batch * num_windows, N, dim]`; `attention_mask` `[num_windows, N, N]` (additive) or None."""
+        """`hidden_states` `[batch * windows, N, dim]`; `attention_mask` `[windows, N, N]` (additive) or None."""
         batch_windows, num_tokens, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_windows, num_tokens, 3, self.num_heads, dim // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -173,7 +174,13 @@ class SwinBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, window_size: tuple[int, ...], mlp_ratio: float, qkv_bias: bool, drop_path: float
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: tuple[int, ...],
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: float,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -241,10 +248,10 @@ class SwinPatchMerging(nn.Module):
 class SwinStage(nn.Module):
     """Blocks of one stage, alternating regular (even blocks) and cyclically shifted (odd blocks) windows.
 
-    With `shrink_window_to_input` (Video Swin), every axis whose extent is not larger than the window uses the extent as
-    window and is never shifted; otherwise (image Swin) the configured window and shift are always used, even on maps
-    smaller than one window. The optional `downsample` patch merging is not applied by `forward`: the backbones take
-    the stage output before merging it.
+    With `shrink_window_to_input` (Video Swin), every axis whose extent is not larger than the window uses the extent
+    as window and is never shifted; otherwise (image Swin) the configured window and shift are always used, even on
+    maps smaller than one window. The optional `downsample` patch merging is not applied by `forward`: the backbones
+    take the stage output before merging it.
     """
 
     def __init__(
@@ -264,7 +271,10 @@ class SwinStage(nn.Module):
         self.shift_size = tuple(size // 2 for size in self.window_size)
         self.shrink_window_to_input = shrink_window_to_input
         self.blocks = nn.ModuleList(
-            [SwinBlock(dim, num_heads, self.window_size, mlp_ratio, qkv_bias, drop_path[index]) for index in range(depth)]
+            [
+                SwinBlock(dim, num_heads, self.window_size, mlp_ratio, qkv_bias, drop_path[index])
+                for index in range(depth)
+            ]
         )
         self.downsample = SwinPatchMerging(dim) if downsample else None
 
@@ -273,7 +283,9 @@ class SwinStage(nn.Module):
         if not self.shrink_window_to_input:
             return self.window_size, self.shift_size
         window_size = tuple(min(size, window) for size, window in zip(sizes, self.window_size))
-        shift_size = tuple(0 if size <= window else shift for size, window, shift in zip(sizes, self.window_size, self.shift_size))
+        shift_size = tuple(
+            0 if size <= window else shift for size, window, shift in zip(sizes, self.window_size, self.shift_size)
+        )
         return window_size, shift_size
 
     def forward(self, hidden_states: torch.Tensor, checkpoint_function=None) -> torch.Tensor:
@@ -297,7 +309,7 @@ class SwinStage(nn.Module):
 
 
 def _stochastic_depth_rates(depths: list[int], drop_path_rate: float) -> list[list[float]]:
-    """Drop-path rate of every block, increasing linearly from 0 to `drop_path_rate` over all blocks, split by stage."""
+    """Drop-path rate of every block, rising linearly from 0 to `drop_path_rate` over all blocks, split by stage."""
     rates = [rate.item() for rate in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
     starts = [sum(depths[:stage]) for stage in range(len(depths))]
     return [rates[start : start + depth] for start, depth in zip(starts, depths)]
@@ -338,7 +350,8 @@ class _SwinBackboneBase(nn.Module):
 
 
 class SwinPatchEmbed(nn.Module):
-    """Image to patches: zero-pad right/bottom to multiples of the patch, Conv2d(kernel = stride = patch), LayerNorm."""
+    """Image to patches: zero-pad right/bottom to multiples of the patch, Conv2d(kernel = stride = patch),
+    LayerNorm."""
 
     def __init__(self, patch_size: int, in_channels: int, embed_dim: int):
         super().__init__()
@@ -347,7 +360,7 @@ class SwinPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[frames, channels, height, width]` -> channels-last `[frames, height / patch, width / patch, embed_dim]`."""
+        """`[frames, channels, height, width]` -> channels-last `[frames, height / patch, width / patch, dim]`."""
         height, width = pixel_values.shape[-2:]
         pad_height = (self.patch_size - height % self.patch_size) % self.patch_size
         pad_width = (self.patch_size - width % self.patch_size) % self.patch_size
@@ -429,8 +442,8 @@ class ReferFormerVideoSwinBackbone(_SwinBackboneBase):
     """Video Swin Transformer (3-D shifted windows over time, height and width) as wrapped by the original ReferFormer.
 
     Frames are regrouped into clips of `num_frames`; returns the four stage outputs taken before patch merging (which
-    lives in `downsamples[i]`), not normalised, per frame as `[batch_size * num_frames, C_i, h_i, w_i]` at strides 4, 8,
-    16 and 32. See [`SwinStage`] and [`SwinWindowAttention`] for the window-shrinking rule and its relative position
+    lives in `downsamples[i]`), not normalised, per frame as `[batch_size * num_frames, C_i, h_i, w_i]` at strides 4,
+    8, 16 and 32. See [`SwinStage`] and [`SwinWindowAttention`] for the window-shrinking rule and its relative position
     lookup.
     """
 
@@ -481,25 +494,46 @@ class ReferFormerVideoSwinBackbone(_SwinBackboneBase):
         return features
 
 
+def _init_linear(linear: nn.Linear) -> None:
+    init.trunc_normal_(linear.weight, std=0.02)
+    if linear.bias is not None:
+        init.zeros_(linear.bias)
+
+
+def _init_layer_norm(layer_norm: nn.LayerNorm) -> None:
+    init.ones_(layer_norm.weight)
+    init.zeros_(layer_norm.bias)
+
+
 def init_swin_weights(module: nn.Module) -> None:
-    """Initialise one sub-module of a Swin backbone for training from scratch, as the original does.
+    """Initialise the parameters a Swin module of this file owns (directly or through plain child layers) for training
+    from scratch, as the original does, and restore the non-persistent `relative_position_index`.
 
     Linear weights truncated normal (std 0.02) with zero biases, LayerNorms ones/zeros, relative position bias tables
-    truncated normal (std 0.02), patch-embedding convolutions PyTorch's default; restores the (non-persistent)
-    `relative_position_index`. Uses `transformers.initialization`, so tensors loaded from a checkpoint are left alone.
-    Meant to be called from the model's `_init_weights` for every module of the backbone.
+    truncated normal (std 0.02), patch-embedding convolutions PyTorch's default initialisation. Does nothing for other
+    modules, so a model's `_init_weights(module)` can call it for every module (after its generic initialisation:
+    modules are visited children first, so the Swin parents override the generic init of their plain layers). Uses
+    `transformers.initialization`, so tensors loaded from a checkpoint are left alone.
     """
-    if isinstance(module, nn.Linear):
-        init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-    elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
-        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-        bound = 1.0 / math.sqrt(module.weight[0].numel())
-        init.uniform_(module.bias, -bound, bound)
-    elif isinstance(module, SwinWindowAttention):
+    if isinstance(module, SwinWindowAttention):
         init.trunc_normal_(module.relative_position_bias_table, std=0.02)
         init.copy_(module.relative_position_index, relative_position_index(module.window_size))
+        _init_linear(module.qkv)
+        _init_linear(module.proj)
+    elif isinstance(module, SwinMlp):
+        _init_linear(module.fc1)
+        _init_linear(module.fc2)
+    elif isinstance(module, SwinBlock):
+        _init_layer_norm(module.norm1)
+        _init_layer_norm(module.norm2)
+    elif isinstance(module, SwinPatchMerging):
+        _init_linear(module.reduction)
+        _init_layer_norm(module.norm)
+    elif isinstance(module, (SwinPatchEmbed, VideoSwinPatchEmbed)):
+        init.kaiming_uniform_(module.proj.weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(module.proj.weight[0].numel())
+        init.uniform_(module.proj.bias, -bound, bound)
+        _init_layer_norm(module.norm)
+    elif isinstance(module, ReferFormerSwinBackbone):
+        for stage in range(len(module.channels)):
+            _init_layer_norm(getattr(module, f"norm{stage}"))

@@ -20,7 +20,9 @@ from referformer.swin_backbones import (
 
 FIXTURES = Path(os.environ.get("REFERFORMER_FIXTURES", "/work/shared/fixtures"))
 ORIGINAL_PREFIX = "backbone.0.body."
-CONFIG_FIELDS = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "mlp_ratio", "qkv_bias", "drop_path_rate")
+CONFIG_FIELDS = (
+    "embed_dim", "depths", "num_heads", "window_size", "patch_size", "mlp_ratio", "qkv_bias", "drop_path_rate"
+)
 
 BACKBONES = {
     "swin": (ReferFormerSwinBackbone, ReferFormerSwinBackboneConfig),
@@ -50,9 +52,9 @@ def tiny_backbone(family: str, drop_path_rate: float = 0.0):
     return backbone_class(config)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Parity with the original implementation
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -94,9 +96,9 @@ def test_parity_with_original(fixture_name, family):
         torch.testing.assert_close(feature, reference, atol=1e-4, rtol=1e-4, msg=f"stage {stage}")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Video Swin: clip lengths, odd sizes, frame interactions
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("num_frames", [1, 3, 9, 17])
@@ -141,7 +143,7 @@ def test_video_swin_shrunken_window_uses_top_left_index_block():
     assert attention.relative_position_bias_table.shape == (15 * 13 * 13, 2)
     # Only time shrunk: the top-left block is the geometrically correct index of the (6, 7, 7) window.
     time_only = 6 * 7 * 7
-    assert torch.equal(full_index[:time_only, :time_only], relative_position_index((6, 7, 7)) + 0 * full_index[:1, :1])
+    assert torch.equal(full_index[:time_only, :time_only], _reindexed((6, 7, 7), (8, 7, 7)))
     # A spatial axis shrunk: the top-left block (what the original uses) is not the geometric index.
     spatial = 6 * 5 * 7
     assert not torch.equal(full_index[:spatial, :spatial], _reindexed((6, 5, 7), (8, 7, 7)))
@@ -151,13 +153,14 @@ def _reindexed(window_size, full_window_size):
     """Geometrically correct index of a `window_size` window into the table of a `full_window_size` window."""
     coords = torch.stack(torch.meshgrid(*[torch.arange(size) for size in window_size], indexing="ij")).flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + torch.tensor(full_window_size) - 1
-    strides = torch.tensor([(2 * full_window_size[1] - 1) * (2 * full_window_size[2] - 1), 2 * full_window_size[2] - 1, 1])
+    table_sizes = [2 * size - 1 for size in full_window_size]
+    strides = torch.tensor([table_sizes[1] * table_sizes[2], table_sizes[2], 1])
     return (relative * strides).sum(-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Image Swin: frames are independent
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def test_swin_frames_are_independent():
@@ -173,9 +176,9 @@ def test_swin_frames_are_independent():
             torch.testing.assert_close(together[stage][index], alone[index][stage][0], atol=1e-5, rtol=1e-5)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Gradient checkpointing, drop path, errors, init
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("family, num_frames", [("swin", 2), ("video_swin", 3)])
@@ -253,20 +256,37 @@ def test_init_swin_weights(family):
         module.relative_position_index.zero_()
         module.relative_position_bias_table.data.fill_(5.0)
     loaded.relative_position_bias_table._is_hf_initialized = True
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            if parameter is not loaded.relative_position_bias_table:
+                parameter.fill_(3.0)
     backbone.apply(init_swin_weights)
 
     assert torch.equal(attention.relative_position_index, relative_position_index(attention.window_size))
     assert torch.equal(loaded.relative_position_index, relative_position_index(loaded.window_size))
-    assert attention.relative_position_bias_table.abs().max() <= 0.04
+    # Truncated normal with std 0.02 (truncated at +-2 absolute, like the original's timm `trunc_normal_`).
+    assert 0.015 < attention.relative_position_bias_table.std() < 0.025
     assert (loaded.relative_position_bias_table == 5.0).all()
-    fc1 = backbone.layers[0].blocks[0].mlp.fc1
-    assert (fc1.bias == 0).all() and fc1.weight.abs().max() <= 0.04
-    assert (backbone.layers[0].blocks[0].norm1.weight == 1).all()
+    for name, parameter in backbone.named_parameters():
+        if parameter is loaded.relative_position_bias_table:
+            continue
+        assert not (parameter == 3.0).any(), f"{name} was not initialised"
+        if "norm" in name:
+            assert (parameter == (1.0 if name.endswith("weight") else 0.0)).all(), name
+        elif name.endswith("bias") and "patch_embed" not in name:
+            assert (parameter == 0).all(), name
+        elif parameter.ndim == 2:
+            assert 0.01 < parameter.std() < 0.03, name
+
+    linear = torch.nn.Linear(4, 4)
+    weight = linear.weight.detach().clone()
+    init_swin_weights(linear)
+    assert torch.equal(linear.weight, weight)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Key names and shapes of the full-size originals
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(FULL_SIZES))
@@ -284,7 +304,8 @@ def test_full_size_state_dict_matches_original_keys(name):
     for line in key_file.read_text().splitlines():
         key, shape, _ = line.split("\t")
         if key.startswith(ORIGINAL_PREFIX) and not key.endswith("relative_position_index"):
-            original[key[len(ORIGINAL_PREFIX) :]] = tuple(int(dim) for dim in shape.strip("()").split(",") if dim.strip())
+            dims = shape.strip("()").split(",")
+            original[key[len(ORIGINAL_PREFIX) :]] = tuple(int(dim) for dim in dims if dim.strip())
 
     assert sorted(set(original) - set(ours)) == []
     assert sorted(set(ours) - set(original)) == []

@@ -1,0 +1,125 @@
+"""Shared test helpers: tiny configs, random inputs and access to the original-code fixtures in `../shared/`."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("REFERFORMER_SHARED_DIR", REPO_ROOT.parent / "shared"))
+FIXTURES_DIR = SHARED_DIR / "fixtures"
+
+
+def require_fixture(name: str) -> Path:
+    """Path of a fixture folder of `../shared/fixtures`; skipped when absent unless CI requires the fixtures."""
+    path = FIXTURES_DIR / name
+    if not path.exists():
+        if os.environ.get("REFERFORMER_REQUIRE_FIXTURES"):
+            pytest.fail(f"fixture {path} is missing (REFERFORMER_REQUIRE_FIXTURES is set)")
+        pytest.skip(f"fixture {path} not available")
+    return path
+
+
+def load_script(name: str):
+    """Imports `scripts/<name>.py` as a module (the scripts are not part of the package)."""
+    module_name = f"referformer_script_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_TEXT_CONFIG = {
+    "model_type": "roberta",
+    "vocab_size": 99,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+    "max_position_embeddings": 40,
+    "type_vocab_size": 1,
+    "layer_norm_eps": 1e-5,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+}
+
+
+def tiny_config(**overrides):
+    """A ReferFormer small enough for CPU unit tests (ResNet-18-like backbone with one block per stage)."""
+    from referformer import ReferFormerConfig
+
+    kwargs = {
+        "backbone_config": {
+            "model_type": "referformer_timm_backbone",
+            "model_name": "resnet18",
+            "model_kwargs": {"layers": [1, 1, 1, 1]},
+        },
+        "text_config": dict(TINY_TEXT_CONFIG),
+        "d_model": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 48,
+        "decoder_ffn_dim": 48,
+        "pixel_decoder_ffn_dim": 40,
+        "encoder_n_points": 2,
+        "decoder_n_points": 2,
+        "num_queries": 3,
+        "mask_dim": 16,
+        "dynamic_mask_channels": 4,
+    }
+    kwargs.update(overrides)
+    return ReferFormerConfig(**kwargs)
+
+
+def random_inputs(config, batch_size=1, num_frames=2, height=64, width=80, text_length=6, seed=0):
+    """Normalized frames, a full pixel mask and random token ids framed by <s> ... </s>."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, config.text_config.vocab_size, (batch_size, text_length), generator=generator)
+    input_ids[:, 0], input_ids[:, -1] = 0, 2
+    return {
+        "pixel_values": torch.randn(batch_size, num_frames, 3, height, width, generator=generator),
+        "pixel_mask": torch.ones(batch_size, num_frames, height, width, dtype=torch.long),
+        "input_ids": input_ids,
+        "attention_mask": torch.ones(batch_size, text_length, dtype=torch.long),
+    }
+
+
+def all_predictions(outputs):
+    """Final and auxiliary (logits, boxes, masks) of a segmentation output."""
+    layers = [(outputs.logits, outputs.pred_boxes, outputs.pred_masks)]
+    for aux in outputs.auxiliary_outputs or []:
+        layers.append((aux["logits"], aux["pred_boxes"], aux["pred_masks"]))
+    return layers
+
+
+@torch.no_grad()
+def randomize_weights(model, seed=0):
+    """Redraws every floating tensor so that no path is trivially zero (zero-initialized heads, zero-gamma blocks).
+
+    Matrices get N(0, 1/fan_in), 1-D weights (norms) 1 + 0.2 N, biases 0.1 N, running variances U(0.5, 1.5).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if not tensor.is_floating_point():
+            continue
+        noise = torch.randn(tensor.shape, generator=generator)
+        if tensor.dim() >= 2:
+            value = noise / tensor[0].numel() ** 0.5
+        elif name.endswith("running_var"):
+            value = torch.rand(tensor.shape, generator=generator) + 0.5
+        elif name.endswith("weight"):
+            value = 1 + 0.2 * noise
+        else:
+            value = 0.1 * noise
+        tensor.copy_(value)
+    return model
