@@ -291,7 +291,8 @@ class ReferFormerConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Cross-field checks, run at construction and before saving."""
-        if not isinstance(self.backbone_config, BACKBONE_CONFIG_CLASSES):
+        # Checked by model type: with remote code the config classes may come from another copy of this module.
+        if getattr(self.backbone_config, "model_type", None) not in {cls.model_type for cls in BACKBONE_CONFIG_CLASSES}:
             names = ", ".join(cls.__name__ for cls in BACKBONE_CONFIG_CLASSES)
             raise ValueError(f"backbone_config must be one of {names}, got {type(self.backbone_config).__name__}.")
         if self.d_model % 32 != 0:

@@ -196,14 +196,13 @@ class ReferFormerTimmBackbone(nn.Module):
 
 def build_backbone(config: ReferFormerConfig) -> nn.Module:
     """The backbone module selected by `config.backbone_config`; it exposes `channels` of its four output stages."""
-    backbone_config = config.backbone_config
-    if isinstance(backbone_config, ReferFormerTimmBackboneConfig):
-        return ReferFormerTimmBackbone(backbone_config)
-    if isinstance(backbone_config, ReferFormerSwinBackboneConfig):
-        return ReferFormerSwinBackbone(backbone_config)
-    if isinstance(backbone_config, ReferFormerVideoSwinBackboneConfig):
-        return ReferFormerVideoSwinBackbone(backbone_config)
-    raise ValueError(f"Unsupported backbone config {type(backbone_config).__name__}.")
+    # Dispatch on `model_type`: with remote code the config classes may come from another copy of the config module.
+    backbone_classes = {
+        ReferFormerTimmBackboneConfig.model_type: ReferFormerTimmBackbone,
+        ReferFormerSwinBackboneConfig.model_type: ReferFormerSwinBackbone,
+        ReferFormerVideoSwinBackboneConfig.model_type: ReferFormerVideoSwinBackbone,
+    }
+    return backbone_classes[config.backbone_config.model_type](config.backbone_config)
 
 
 class ReferFormerMLP(nn.Module):

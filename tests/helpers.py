@@ -15,11 +15,11 @@ FIXTURES_DIR = SHARED_DIR / "fixtures"
 
 
 def require_fixture(name: str) -> Path:
-    """Path of a fixture folder of `../shared/fixtures`; skipped when absent unless CI requires the fixtures."""
+    """Path of a fixture folder of `../shared/fixtures`; skipped when absent, except in CI (`CI=true`)."""
     path = FIXTURES_DIR / name
     if not path.exists():
-        if os.environ.get("REFERFORMER_REQUIRE_FIXTURES"):
-            pytest.fail(f"fixture {path} is missing (REFERFORMER_REQUIRE_FIXTURES is set)")
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail(f"fixture {path} is missing (CI requires the fixtures)")
         pytest.skip(f"fixture {path} not available")
     return path
 

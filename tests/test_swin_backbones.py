@@ -1,12 +1,12 @@
 """Tests of the Swin / Video Swin backbones: parity with the original ReferFormer, shapes, checkpointing, key names."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from helpers import require_fixture
 
 from referformer.configuration_referformer import ReferFormerSwinBackboneConfig, ReferFormerVideoSwinBackboneConfig
 from referformer.swin_backbones import (
@@ -18,7 +18,6 @@ from referformer.swin_backbones import (
 )
 
 
-FIXTURES = Path(os.environ.get("REFERFORMER_FIXTURES", "/work/shared/fixtures"))
 ORIGINAL_PREFIX = "backbone.0.body."
 CONFIG_FIELDS = (
     "embed_dim", "depths", "num_heads", "window_size", "patch_size", "mlp_ratio", "qkv_bias", "drop_path_rate"
@@ -61,9 +60,7 @@ def tiny_backbone(family: str, drop_path_rate: float = 0.0):
     "fixture_name, family", [("original_swin", "swin"), ("original_videoswin_public", "video_swin")]
 )
 def test_parity_with_original(fixture_name, family):
-    fixture_dir = FIXTURES / fixture_name
-    if not fixture_dir.is_dir():
-        pytest.skip(f"fixture {fixture_dir} not available")
+    fixture_dir = require_fixture(fixture_name)
     description = json.loads((fixture_dir / "config.json").read_text())["backbone"]
     backbone_class, config_class = BACKBONES[family]
     backbone = backbone_class(config_class(**{field: description[field] for field in CONFIG_FIELDS})).eval()
@@ -291,9 +288,7 @@ def test_init_swin_weights(family):
 
 @pytest.mark.parametrize("name", sorted(FULL_SIZES))
 def test_full_size_state_dict_matches_original_keys(name):
-    key_file = FIXTURES / "original_keys" / f"{name}.txt"
-    if not key_file.is_file():
-        pytest.skip(f"{key_file} not available")
+    key_file = require_fixture("original_keys") / f"{name}.txt"
     family, embed_dim, depths, num_heads = FULL_SIZES[name]
     backbone_class, config_class = BACKBONES[family]
     with torch.device("meta"):

@@ -1,0 +1,248 @@
+"""Conversion of original ReferFormer checkpoints and numerical parity with the original code's fixtures."""
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from helpers import REPO_ROOT, load_script, require_fixture
+from referformer import (
+    ReferFormerForReferringVideoObjectSegmentation,
+    ReferFormerSwinBackboneConfig,
+    ReferFormerTimmBackboneConfig,
+    ReferFormerVideoSwinBackboneConfig,
+)
+
+
+convert = load_script("convert_checkpoint")
+FIXTURES = ["original_resnet", "original_swin", "original_videoswin_public"]
+
+
+def run_converter(*args):
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "convert_checkpoint.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def assert_outputs_match(outputs, reference, tolerances, clip=slice(None)):
+    """Compares final and auxiliary outputs with the fixture, each within the fixture README's tolerance."""
+    pairs = {
+        "pred_logits": outputs.logits,
+        "pred_boxes": outputs.pred_boxes,
+        "pred_masks": outputs.pred_masks,
+        "reference_points": outputs.reference_points,
+    }
+    for index, aux in enumerate(outputs.auxiliary_outputs):
+        pairs.update(
+            {
+                f"aux_outputs.{index}.pred_logits": aux["logits"],
+                f"aux_outputs.{index}.pred_boxes": aux["pred_boxes"],
+                f"aux_outputs.{index}.pred_masks": aux["pred_masks"],
+            }
+        )
+    assert pairs.keys() == {key for key in reference if not key.startswith("debug.")}
+    for name, actual in pairs.items():
+        tolerance = tolerances[name.rsplit(".", 1)[-1]]
+        torch.testing.assert_close(
+            actual, reference[name][clip], atol=tolerance["atol"], rtol=tolerance["rtol"], msg=lambda m: f"{name}: {m}"
+        )
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def converted_fixture(request, tmp_path_factory):
+    """Converts a fixture with the command-line script (inferring the config from the weights) and reloads it."""
+    fixture = require_fixture(request.param)
+    fixture_config = json.loads((fixture / "config.json").read_text())
+    output_dir = tmp_path_factory.mktemp(request.param)
+    args_file = output_dir.parent / f"{request.param}_args.json"
+    args_file.write_text(json.dumps(fixture_config["model_args"]))
+    result = run_converter(
+        "--checkpoint", fixture / "original_state_dict.safetensors", "--output_dir", output_dir,
+        "--original_args", args_file, "--verify",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+    model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(output_dir).eval()
+    return model, fixture, fixture_config
+
+
+def test_converted_fixture_reproduces_original_outputs(converted_fixture):
+    model, fixture, fixture_config = converted_fixture
+    inputs = load_file(fixture / "inputs.safetensors")
+    reference = load_file(fixture / "outputs.safetensors")
+    with torch.no_grad():
+        outputs = model(
+            pixel_values=inputs["pixel_values"],
+            pixel_mask=inputs["pixel_mask"],
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+        )
+    assert_outputs_match(outputs, reference, fixture_config["recommended_tolerances"] | _aux_tolerances(fixture_config))
+
+
+def test_converted_fixture_reproduces_clip_zero_alone(converted_fixture):
+    model, fixture, fixture_config = converted_fixture
+    inputs = load_file(fixture / "inputs.safetensors")
+    reference = load_file(fixture / "outputs.safetensors")
+    num_tokens = int(inputs["attention_mask"][0].sum())
+    with torch.no_grad():
+        outputs = model(
+            pixel_values=inputs["pixel_values"][:1],
+            input_ids=inputs["input_ids"][:1, :num_tokens],
+        )
+    tolerances = fixture_config["recommended_tolerances"] | _aux_tolerances(fixture_config)
+    assert_outputs_match(outputs, reference, tolerances, clip=slice(0, 1))
+
+
+def test_converted_fixture_intermediates(converted_fixture):
+    """Encoder memory, mask features and the decoder states match the original's debug intermediates."""
+    model, fixture, fixture_config = converted_fixture
+    inputs = load_file(fixture / "inputs.safetensors")
+    reference = load_file(fixture / "outputs.safetensors")
+    with torch.no_grad():
+        outputs = model.model(
+            pixel_values=inputs["pixel_values"],
+            pixel_mask=inputs["pixel_mask"],
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+        )
+    tolerance = fixture_config["recommended_tolerances"]["debug.*"]
+    expected = {
+        "debug.encoder.memory": outputs.encoder_last_hidden_state.flatten(0, 1),
+        "debug.pixel_decoder.mask_features": outputs.mask_features.flatten(0, 1),
+        "debug.transformer.hs": outputs.intermediate_hidden_states.transpose(0, 1).flatten(1, 2),
+        "debug.transformer.inter_references": outputs.intermediate_pred_boxes.transpose(0, 1).flatten(1, 2),
+        "debug.transformer.init_reference": outputs.intermediate_reference_points[:, 0].flatten(0, 1),
+    }
+    for name, actual in expected.items():
+        torch.testing.assert_close(actual, reference[name], msg=lambda m: f"{name}: {m}", **tolerance)
+
+
+def _aux_tolerances(fixture_config):
+    tolerances = fixture_config["recommended_tolerances"]
+    return {key: tolerances[key] for key in ("pred_logits", "pred_boxes", "pred_masks")}
+
+
+# ----------------------------------------------------------------------------- full-size key coverage
+
+
+def read_key_file(path):
+    """`key<TAB>(shape)<TAB>dtype` lines -> meta tensors of those shapes and dtypes."""
+    state_dict = {}
+    for line in path.read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        shape = tuple(int(size) for size in shape.strip("()").split(",") if size.strip())
+        state_dict[key] = torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+    return state_dict
+
+
+@pytest.mark.parametrize(
+    "name, backbone_class, expected_backbone",
+    [
+        ("resnet50", ReferFormerTimmBackboneConfig, {"model_name": "resnet50", "model_kwargs": {}}),
+        ("resnet101", ReferFormerTimmBackboneConfig, {"model_name": "resnet101", "model_kwargs": {}}),
+        ("swin_t_p4w7", ReferFormerSwinBackboneConfig, {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7}),
+        ("swin_l_p4w7", ReferFormerSwinBackboneConfig, {"embed_dim": 192, "depths": [2, 2, 18, 2], "num_heads": [6, 12, 24, 48]}),
+        ("video_swin_t_p4w7", ReferFormerVideoSwinBackboneConfig, {"embed_dim": 96, "depths": [2, 2, 6, 2], "window_size": [8, 7, 7]}),
+        ("video_swin_b_p4w7", ReferFormerVideoSwinBackboneConfig, {"embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32]}),
+    ],
+)
+def test_full_size_keys_map_completely(name, backbone_class, expected_backbone):
+    state_dict = read_key_file(require_fixture("original_keys") / f"{name}.txt")
+    family, config = convert.infer_config(state_dict)
+    assert isinstance(config.backbone_config, backbone_class)
+    for field, value in expected_backbone.items():
+        assert getattr(config.backbone_config, field) == value, field
+    assert (config.d_model, config.num_queries, config.num_classes, config.decoder_layers) == (256, 5, 1, 4)
+    assert config.with_box_refine and config.num_dynamic_params == 2153
+    assert config.text_config.vocab_size == 50265 and config.text_config.num_hidden_layers == 12
+    converted = convert.convert_state_dict(state_dict, family, config.with_box_refine)
+    with torch.device("meta"):
+        model = ReferFormerForReferringVideoObjectSegmentation(config)
+    convert.check_weights_fit(model.state_dict(), converted)
+
+
+# ----------------------------------------------------------------------------- loading and strictness
+
+
+@pytest.fixture(scope="module")
+def resnet_fixture():
+    fixture = require_fixture("original_resnet")
+    return load_file(fixture / "original_state_dict.safetensors"), json.loads((fixture / "config.json").read_text())
+
+
+def test_pth_training_checkpoint_with_args_and_leftovers(tmp_path, resnet_fixture):
+    state_dict, fixture_config = resnet_fixture
+    model_args = fixture_config["model_args"]
+    polluted = dict(state_dict)
+    polluted["text_encoder.embeddings.position_ids"] = torch.arange(40)[None]
+    polluted["input_proj.0.0.total_ops"] = torch.zeros(1, dtype=torch.float64)
+    polluted["input_proj.0.0.total_params"] = torch.zeros(1, dtype=torch.float64)
+    checkpoint = {
+        "model": polluted,
+        "args": argparse.Namespace(**model_args, lr=1e-4, backbone="resnet50"),
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+        "lr_scheduler": {"milestones": collections.Counter({6: 1, 8: 1}), "last_epoch": 3},
+        "epoch": 3,
+    }
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+    loaded, args = convert.load_original_checkpoint(path)
+    assert args["dec_layers"] == 3 and args["backbone"] == "resnet50"
+    model = convert.build_converted_model(loaded, args)
+    reference = convert.build_converted_model(state_dict, model_args)
+    assert model.config.backbone_config.model_kwargs == {"layers": [1, 1, 1, 1], "base_width": 16}
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+class NotAllowed:
+    pass
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "payload": NotAllowed()}, path)
+    with pytest.raises(convert.ConversionError, match="Refusing to load .*weights_only"):
+        convert.load_original_checkpoint(path)
+
+
+def test_unknown_and_missing_keys_are_listed(resnet_fixture):
+    state_dict, fixture_config = resnet_fixture
+    extra = dict(state_dict, **{"some_new_head.weight": torch.zeros(2)})
+    with pytest.raises(convert.ConversionError, match="some_new_head.weight"):
+        convert.build_converted_model(extra, fixture_config["model_args"])
+    missing = {key: value for key, value in state_dict.items() if key != "pixel_decoder.mask_features.bias"}
+    with pytest.raises(convert.ConversionError, match="missing in the checkpoint: model.pixel_decoder.mask_features.bias"):
+        convert.build_converted_model(missing, fixture_config["model_args"])
+
+
+def test_inconsistent_arguments_are_reported(resnet_fixture):
+    state_dict, fixture_config = resnet_fixture
+    with pytest.raises(convert.ConversionError, match="controller generates 617 parameters"):
+        convert.infer_config(state_dict, dict(fixture_config["model_args"], dynamic_mask_channels=4))
+
+
+def test_cli_errors_write_nothing(tmp_path, resnet_fixture):
+    state_dict, _ = resnet_fixture
+    broken = dict(state_dict, **{"unexpected.weight": torch.zeros(1)})
+    checkpoint = tmp_path / "broken.safetensors"
+    save_file(broken, checkpoint)
+    output_dir = tmp_path / "out"
+    result = run_converter("--checkpoint", checkpoint, "--output_dir", output_dir)
+    assert result.returncode == 1 and "unexpected.weight" in result.stderr
+    assert not output_dir.exists()
+    output_dir.mkdir()
+    (output_dir / "keep.txt").write_text("user data")
+    result = run_converter("--checkpoint", checkpoint, "--output_dir", output_dir)
+    assert result.returncode != 0 and "not empty" in result.stderr
+    assert (output_dir / "keep.txt").read_text() == "user data"
+    result = run_converter("--checkpoint", tmp_path / "missing.pth", "--output_dir", tmp_path / "other")
+    assert result.returncode == 1 and "not found" in result.stderr
