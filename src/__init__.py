@@ -4,7 +4,7 @@ Importing the package registers the config and models with the transformers Auto
 `save_pretrained` writes the code needed by `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor, AutoVideoProcessor
 
 from .configuration_referformer import (
     ReferFormerConfig,
@@ -19,14 +19,19 @@ from .modeling_referformer import (
     ReferFormerPreTrainedModel,
     ReferFormerSegmentationOutput,
 )
+from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor
 
 
 AutoConfig.register(ReferFormerConfig.model_type, ReferFormerConfig, exist_ok=True)
 AutoModel.register(ReferFormerConfig, ReferFormerModel, exist_ok=True)
+AutoVideoProcessor.register(ReferFormerConfig, ReferFormerVideoProcessor, exist_ok=True)
+AutoProcessor.register(ReferFormerConfig, ReferFormerProcessor, exist_ok=True)
 ReferFormerConfig.register_for_auto_class()
 ReferFormerModel.register_for_auto_class("AutoModel")
 # A saved segmentation model maps "AutoModel" to itself, so remote code loads the complete model in one line.
 ReferFormerForReferringVideoObjectSegmentation.register_for_auto_class("AutoModel")
+ReferFormerVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+ReferFormerProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "ReferFormerConfig",
@@ -34,8 +39,10 @@ __all__ = [
     "ReferFormerModel",
     "ReferFormerModelOutput",
     "ReferFormerPreTrainedModel",
+    "ReferFormerProcessor",
     "ReferFormerSegmentationOutput",
     "ReferFormerSwinBackboneConfig",
     "ReferFormerTimmBackboneConfig",
+    "ReferFormerVideoProcessor",
     "ReferFormerVideoSwinBackboneConfig",
 ]

@@ -827,6 +827,10 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             Token ids of the referring expression of each clip.
         attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             1 on real tokens, 0 on padding.
+        resized_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            Unpadded (height, width) of each clip, as the processor returns it; derived from `pixel_mask` if omitted.
+        original_sizes, frame_indices (*optional*):
+            Returned by the processor for post-processing; accepted so that `model(**inputs)` works, not used.
     """
 
     def __init__(self, config: ReferFormerConfig):
@@ -880,6 +884,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         input_ids: torch.LongTensor,
         pixel_mask: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
+        resized_sizes: torch.LongTensor | None = None,
+        original_sizes: torch.LongTensor | None = None,
+        frame_indices: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ReferFormerModelOutput | tuple:
@@ -900,7 +907,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             pixel_mask = torch.ones((batch_size, num_frames, height, width), dtype=torch.long, device=pixel_values.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        frame_sizes = torch.stack([pixel_mask[:, 0].any(-1).sum(-1), pixel_mask[:, 0].any(-2).sum(-1)], -1)
+        if resized_sizes is None:
+            resized_sizes = torch.stack([pixel_mask[:, 0].any(-1).sum(-1), pixel_mask[:, 0].any(-2).sum(-1)], -1)
+        frame_sizes = torch.as_tensor(resized_sizes, device=pixel_values.device).view(batch_size, 2)
 
         frames = pixel_values.flatten(0, 1)
         padding_mask = ~pixel_mask.flatten(0, 1).bool()
@@ -1041,6 +1050,9 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         input_ids: torch.LongTensor,
         pixel_mask: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
+        resized_sizes: torch.LongTensor | None = None,
+        original_sizes: torch.LongTensor | None = None,
+        frame_indices: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ReferFormerSegmentationOutput | tuple:
@@ -1054,6 +1066,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             input_ids,
             pixel_mask=pixel_mask,
             attention_mask=attention_mask,
+            resized_sizes=resized_sizes,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
