@@ -15,7 +15,9 @@ import json
 import logging
 import math
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +25,8 @@ from safetensors.torch import load_file
 
 
 logger = logging.getLogger("convert_checkpoint")
+
+DEFAULT_TOKENIZER = "FacebookAI/roberta-base"  # the tokenizer of every released model
 
 # Keys that carry no weights of the converted model.
 DROPPED_KEY_PATTERNS = [
@@ -386,23 +390,59 @@ def verify(model) -> None:
     )
 
 
+def build_processor(tokenizer_name_or_path: str, text_config):
+    """The ReferFormer processor: the original's inference video preprocessing and the RoBERTa tokenizer, whose
+    length limit is the text encoder's (position embeddings minus RoBERTa's padding offset)."""
+    from transformers import AutoTokenizer
+
+    from referformer import ReferFormerProcessor, ReferFormerVideoProcessor
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path)
+    except (OSError, ValueError) as error:
+        raise ConversionError(
+            f"Cannot load the tokenizer {tokenizer_name_or_path!r} ({error}); pass --tokenizer with a local folder "
+            "holding the RoBERTa tokenizer files."
+        ) from error
+    if len(tokenizer) > text_config.vocab_size:
+        raise ConversionError(
+            f"The tokenizer has {len(tokenizer)} tokens but the text encoder only {text_config.vocab_size} embeddings."
+        )
+    tokenizer.model_max_length = text_config.max_position_embeddings - (text_config.pad_token_id + 1)
+    return ReferFormerProcessor(ReferFormerVideoProcessor(), tokenizer)
+
+
 def convert_checkpoint(
     checkpoint: str | Path,
     output_dir: str | Path,
     original_args: dict | None = None,
+    tokenizer: str = DEFAULT_TOKENIZER,
     run_verification: bool = False,
     push_to_hub: str | None = None,
 ):
-    """Converts `checkpoint` into `output_dir` (written only if everything succeeds) and returns the model."""
+    """Converts `checkpoint` into `output_dir` (model and processor; written only if everything succeeds) and
+    returns the model."""
     state_dict, checkpoint_args = load_original_checkpoint(checkpoint)
     model = build_converted_model(state_dict, {**checkpoint_args, **(original_args or {})})
+    processor = build_processor(tokenizer, model.config.text_config)
     if run_verification:
         verify(model)
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    print(f"saved {type(model).__name__} to {output_dir}")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        if output_dir.exists():
+            output_dir.rmdir()  # only an empty folder gets here (main() refuses a non-empty one)
+        staging.rename(output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    print(f"saved {type(model).__name__} and its processor to {output_dir}")
     if push_to_hub:
         model.push_to_hub(push_to_hub, commit_message="Convert original ReferFormer checkpoint")
+        processor.push_to_hub(push_to_hub, commit_message="Add the ReferFormer processor")
         print(f"pushed to {push_to_hub}")
     return model
 
@@ -414,6 +454,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--original_args",
         help="JSON file with the original command-line arguments (original names, e.g. nheads, dec_n_points)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        help=f"RoBERTa tokenizer for the processor: a local folder or a Hub id (default {DEFAULT_TOKENIZER})",
     )
     parser.add_argument("--verify", action="store_true", help="run the converted model once on a random clip")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the converted model to this Hub repo")
@@ -428,7 +473,7 @@ def main(argv=None) -> int:
     if output_dir.exists() and any(output_dir.iterdir()):
         parser.error(f"--output_dir {output_dir} exists and is not empty")
     try:
-        convert_checkpoint(args.checkpoint, output_dir, original_args, args.verify, args.push_to_hub)
+        convert_checkpoint(args.checkpoint, output_dir, original_args, args.tokenizer, args.verify, args.push_to_hub)
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -123,3 +123,13 @@ def randomize_weights(model, seed=0):
             value = 0.1 * noise
         tensor.copy_(value)
     return model
+
+
+def tiny_tokenizer(model_max_length: int = 38):
+    """A byte-level BPE RoBERTa tokenizer without merges over lower-case letters, digits and a few signs: one token
+    per character (unknown characters map to <unk>), 5 + 48 tokens, built offline."""
+    from transformers import RobertaTokenizer
+
+    characters = ["Ġ"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,'-!?()/:;")
+    vocab = {token: index for index, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + characters)}
+    return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)

@@ -10,9 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import REPO_ROOT, load_script, require_fixture
+from helpers import REPO_ROOT, load_script, require_fixture, tiny_tokenizer
+from transformers import AutoModel, AutoProcessor
+
 from referformer import (
     ReferFormerForReferringVideoObjectSegmentation,
+    ReferFormerModel,
+    ReferFormerProcessor,
     ReferFormerSwinBackboneConfig,
     ReferFormerTimmBackboneConfig,
     ReferFormerVideoSwinBackboneConfig,
@@ -63,18 +67,20 @@ def converted_fixture(request, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp(request.param)
     args_file = output_dir.parent / f"{request.param}_args.json"
     args_file.write_text(json.dumps(fixture_config["model_args"]))
+    tokenizer_dir = output_dir.parent / f"{request.param}_tokenizer"
+    tiny_tokenizer().save_pretrained(tokenizer_dir)
     result = run_converter(
         "--checkpoint", fixture / "original_state_dict.safetensors", "--output_dir", output_dir,
-        "--original_args", args_file, "--verify",
+        "--original_args", args_file, "--tokenizer", tokenizer_dir, "--verify",
     )
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stdout
     model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(output_dir).eval()
-    return model, fixture, fixture_config
+    return model, fixture, fixture_config, output_dir
 
 
 def test_converted_fixture_reproduces_original_outputs(converted_fixture):
-    model, fixture, fixture_config = converted_fixture
+    model, fixture, fixture_config, _ = converted_fixture
     inputs = load_file(fixture / "inputs.safetensors")
     reference = load_file(fixture / "outputs.safetensors")
     with torch.no_grad():
@@ -88,7 +94,7 @@ def test_converted_fixture_reproduces_original_outputs(converted_fixture):
 
 
 def test_converted_fixture_reproduces_clip_zero_alone(converted_fixture):
-    model, fixture, fixture_config = converted_fixture
+    model, fixture, fixture_config, _ = converted_fixture
     inputs = load_file(fixture / "inputs.safetensors")
     reference = load_file(fixture / "outputs.safetensors")
     num_tokens = int(inputs["attention_mask"][0].sum())
@@ -103,7 +109,7 @@ def test_converted_fixture_reproduces_clip_zero_alone(converted_fixture):
 
 def test_converted_fixture_intermediates(converted_fixture):
     """Encoder memory, mask features and the decoder states match the original's debug intermediates."""
-    model, fixture, fixture_config = converted_fixture
+    model, fixture, fixture_config, _ = converted_fixture
     inputs = load_file(fixture / "inputs.safetensors")
     reference = load_file(fixture / "outputs.safetensors")
     with torch.no_grad():
@@ -123,6 +129,17 @@ def test_converted_fixture_intermediates(converted_fixture):
     }
     for name, actual in expected.items():
         torch.testing.assert_close(actual, reference[name], msg=lambda m: f"{name}: {m}", **tolerance)
+
+
+def test_converted_folder_loads_with_auto_classes(converted_fixture):
+    model, fixture, fixture_config, folder = converted_fixture
+    processor = AutoProcessor.from_pretrained(folder)
+    assert isinstance(processor, ReferFormerProcessor)
+    text_config = fixture_config["text_encoder"]["config"]
+    assert processor.tokenizer.model_max_length == text_config["max_position_embeddings"] - 2
+    base = AutoModel.from_pretrained(folder)
+    assert isinstance(base, ReferFormerModel)
+    assert torch.equal(base.query_position_embeddings.weight, model.model.query_position_embeddings.weight)
 
 
 def _aux_tolerances(fixture_config):

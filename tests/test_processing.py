@@ -1,0 +1,308 @@
+"""Video loading, preprocessing, the processor, post-processing and the export helpers."""
+
+import logging
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from transformers import AutoProcessor
+
+from helpers import randomize_weights, tiny_config, tiny_tokenizer
+from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from referformer.modeling_referformer import ReferFormerSegmentationOutput
+from referformer.processing_referformer import get_resize_output_size, load_video
+from referformer.visualization import overlay_masks, write_palette_masks, write_video
+
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def synthetic_frames(num_frames=6, height=96, width=128):
+    """Smooth gradients with a moving bright square: easy on video codecs."""
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for index in range(num_frames):
+        frame = np.stack([(x * 2) % 256, (y * 2) % 256, np.full_like(x, 80)], -1).astype(np.uint8)
+        frame[20:50, 10 + 8 * index : 40 + 8 * index] = (250, 250, 40)
+        frames.append(frame)
+    return frames
+
+
+@pytest.fixture
+def processor():
+    return ReferFormerProcessor(ReferFormerVideoProcessor(), tiny_tokenizer())
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_mp4_and_jpeg_folder_decode_to_the_same_frames(tmp_path):
+    frames = synthetic_frames()
+    write_video(frames, tmp_path / "clip.mp4", fps=5)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{index}.jpg", quality=95)  # names 0..5: natural order matters below
+    (folder / "notes.txt").write_text("not a frame")
+    from_video, video_indices = load_video(tmp_path / "clip.mp4")
+    from_folder, folder_indices = load_video(folder)
+    assert video_indices == folder_indices == list(range(6))
+    for decoded_video, decoded_folder, original in zip(from_video, from_folder, frames):
+        assert decoded_video.shape == decoded_folder.shape == original.shape
+        assert np.abs(decoded_video.astype(int) - original).mean() < 6
+        assert np.abs(decoded_folder.astype(int) - original).mean() < 3
+
+
+def test_folder_frames_are_sorted_naturally_and_sampled(tmp_path):
+    for index in (1, 2, 10, 11):
+        Image.fromarray(np.full((40, 40, 3), index, dtype=np.uint8)).save(tmp_path / f"frame{index}.png")
+    frames, indices = load_video(tmp_path, frame_stride=2)
+    assert [int(frame[0, 0, 0]) for frame in frames] == [1, 10]
+    assert indices == [0, 2]
+    frames, indices = load_video(tmp_path, max_frames=3)
+    assert [int(frame[0, 0, 0]) for frame in frames] == [1, 2, 10]
+
+
+def test_array_layouts_grayscale_and_rgba_become_rgb():
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
+    channels_first = torch.from_numpy(rgb).permute(0, 3, 1, 2)
+    assert np.array_equal(load_video(channels_first)[0][1], rgb[1])
+    gray = [Image.fromarray(rgb[0, :, :, 0])]
+    assert np.array_equal(load_video(gray)[0][0], np.repeat(rgb[0, :, :, :1], 3, axis=-1))
+    rgba = np.concatenate([rgb, np.full((2, 40, 50, 1), 7, np.uint8)], -1)
+    assert np.array_equal(load_video(rgba)[0][0], rgb[0])
+    floats = rgb.astype(np.float32) / 255
+    assert np.array_equal(load_video(floats)[0][0], rgb[0])
+
+
+@pytest.mark.parametrize(
+    "size, longest, expected",
+    [((100, 150), None, (360, 540)), ((720, 1280), None, (360, 640)), ((720, 1280), 640, (360, 640)),
+     ((480, 1000), 640, (307, 639)), ((360, 500), None, (360, 500)), ((1000, 480), None, (750, 360))],
+)
+def test_resize_rule_matches_the_original(size, longest, expected):
+    assert get_resize_output_size(*size, 360, longest) == expected
+
+
+def test_preprocessing_values_match_the_original_pipeline():
+    """PIL bilinear resize to shorter side 360, ToTensor, ImageNet normalization, zero padding (the original)."""
+    rng = np.random.default_rng(1)
+    video_a = rng.integers(0, 256, (2, 120, 160, 3), dtype=np.uint8)
+    video_b = rng.integers(0, 256, (2, 100, 200, 3), dtype=np.uint8)
+    outputs = ReferFormerVideoProcessor()([video_a, video_b])
+    assert outputs["pixel_values"].shape == (2, 2, 3, 360, 720)
+    assert outputs["resized_sizes"].tolist() == [[360, 480], [360, 720]]
+    assert outputs["original_sizes"].tolist() == [[120, 160], [100, 200]]
+    for index, (video, (height, width)) in enumerate(zip((video_a, video_b), ((360, 480), (360, 720)))):
+        expected = torch.stack(
+            [torch.from_numpy(np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))) for frame in video]
+        ).permute(0, 3, 1, 2).float() / 255
+        expected = (expected - MEAN) / STD
+        torch.testing.assert_close(outputs["pixel_values"][index, :, :, :height, :width], expected, rtol=0, atol=1e-6)
+        assert (outputs["pixel_values"][index, :, :, height:, :] == 0).all()
+        assert (outputs["pixel_values"][index, :, :, :, width:] == 0).all()
+        assert outputs["pixel_mask"][index, :, :height, :width].all() and outputs["pixel_mask"][index].sum() == 2 * height * width
+    padded = ReferFormerVideoProcessor(size_divisor=32)([video_a])
+    assert padded["pixel_values"].shape[-2:] == (384, 480)
+
+
+def test_frames_of_different_sizes_are_resized_to_the_first_frames_geometry():
+    frames = [np.zeros((100, 150, 3), np.uint8), np.zeros((200, 300, 3), np.uint8)]
+    outputs = ReferFormerVideoProcessor()(frames)
+    assert outputs["pixel_values"].shape == (1, 2, 3, 360, 540)
+
+
+# ----------------------------------------------------------------------------- processor
+
+
+def test_one_video_with_three_sentences_equals_three_calls(processor):
+    torch.manual_seed(0)
+    config = tiny_config(text_config={**tiny_config().text_config.to_dict(), "vocab_size": 60})
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(config).eval())
+    video = synthetic_frames(num_frames=2, height=72, width=96)
+    sentences = ["the yellow square", "a square moving right", "Background  GRADIENT"]
+    processor.video_processor.size = {"shortest_edge": 64}
+    with torch.no_grad():
+        batched_inputs = processor(videos=video, text=sentences)
+        assert batched_inputs["pixel_values"].shape[0] == 3
+        batched = processor.post_process_referring_video_segmentation(
+            model(**batched_inputs), batched_inputs["original_sizes"], batched_inputs["resized_sizes"]
+        )
+        for sentence, result in zip(sentences, batched):
+            inputs = processor(videos=video, text=sentence)
+            single = processor.post_process_referring_video_segmentation(
+                model(**inputs), inputs["original_sizes"], inputs["resized_sizes"]
+            )[0]
+            assert single["query_index"] == result["query_index"]
+            assert torch.equal(single["masks"], result["masks"])
+            torch.testing.assert_close(single["boxes"], result["boxes"], atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(single["scores"], result["scores"], atol=1e-5, rtol=1e-5)
+    assert batched[0]["masks"].shape == (2, 72, 96) and batched[0]["masks"].dtype == torch.bool
+
+
+def test_sentences_are_normalized_and_truncated_with_a_warning(processor, caplog):
+    inputs = processor(videos=synthetic_frames(1), text="  The   DOG ")
+    assert processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True) == "the dog"
+    with caplog.at_level(logging.WARNING):
+        inputs = processor(videos=synthetic_frames(1), text="a very long sentence " * 5)
+    assert inputs["input_ids"].shape[1] == processor.tokenizer.model_max_length
+    assert "truncated" in caplog.text
+
+
+def test_processor_save_and_load_round_trip(tmp_path, processor):
+    processor.video_processor.size = {"shortest_edge": 200, "longest_edge": 300}
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(reloaded, ReferFormerProcessor)
+    assert reloaded.video_processor.size.longest_edge == 300
+    video, text = synthetic_frames(2), ["the yellow square", "gradient"]
+    expected, actual = processor(videos=video, text=text), reloaded(videos=video, text=text)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+@pytest.mark.parametrize(
+    "videos, text, error, message",
+    [
+        (None, "x", ValueError, "needs both"),
+        ("VIDEO", "", ValueError, "non-empty string"),
+        ("VIDEO", ["ok", 3], ValueError, "non-empty string"),
+        ("VIDEO", [], ValueError, "non-empty list"),
+        (["VIDEO", "VIDEO"], ["a", "b", "c"], ValueError, "2 videos and 3 sentences"),
+        ([], "x", ValueError, "No video given"),
+        ("MISSING", "x", FileNotFoundError, "Video not found"),
+        ("EMPTY_FOLDER", "x", ValueError, "No frame images"),
+        ("GARBAGE", "x", ValueError, "Cannot decode video file"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(tmp_path, processor, videos, text, error, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "garbage.mp4").write_bytes(b"this is not a video")
+    substitutions = {
+        "VIDEO": synthetic_frames(1),
+        "MISSING": tmp_path / "nope.mp4",
+        "EMPTY_FOLDER": tmp_path / "empty",
+        "GARBAGE": tmp_path / "garbage.mp4",
+    }
+    if isinstance(videos, list):
+        videos = [substitutions.get(video, video) for video in videos]
+    else:
+        videos = substitutions.get(videos, videos)
+    with pytest.raises(error, match=message):
+        processor(videos=videos, text=text)
+
+
+def test_frames_too_small_for_the_model_are_refused(processor):
+    with pytest.raises(ValueError, match="too small"):
+        processor(videos=[np.zeros((20, 400, 3), np.uint8)], text="x", do_resize=False)
+    with pytest.raises(ValueError, match="too small"):
+        processor(videos=[np.zeros((100, 100, 3), np.uint8)], text="x", size={"shortest_edge": 24})
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+
+def _outputs_for_mask(mask_logits, boxes=None):
+    """Segmentation outputs with 2 queries where query 1 is the confident one and carries `mask_logits`."""
+    batch_size, num_frames, height, width = mask_logits.shape
+    logits = torch.full((batch_size, num_frames, 2, 1), -3.0)
+    logits[:, :, 1] = 3.0
+    pred_masks = torch.full((batch_size, num_frames, 2, height, width), -10.0)
+    pred_masks[:, :, 1] = mask_logits
+    pred_boxes = torch.full((batch_size, num_frames, 2, 4), 0.5) if boxes is None else boxes
+    return ReferFormerSegmentationOutput(logits=logits, pred_boxes=pred_boxes, pred_masks=pred_masks)
+
+
+def _disk(height, width, center, radius):
+    y, x = np.mgrid[0:height, 0:width]
+    return (x - center[0]) ** 2 + (y - center[1]) ** 2 <= radius**2
+
+
+def test_post_processing_maps_a_stride_4_mask_back_to_the_original_frame():
+    original_height, original_width = 200, 300
+    resized_height, resized_width = get_resize_output_size(original_height, original_width, 360)  # 360 x 540
+    ground_truth = _disk(original_height, original_width, center=(180, 90), radius=40)
+    # Mask logits on the stride-4 grid of the resized frame (signed distance to the disk edge, in original pixels,
+    # sampled at the cell centres, in pixel-index coordinates), inside the grid of a batch padded to 400 x 600.
+    grid_y = (np.arange(-(-resized_height // 4)) * 4 + 2) * original_height / resized_height - 0.5
+    grid_x = (np.arange(-(-resized_width // 4)) * 4 + 2) * original_width / resized_width - 0.5
+    signed_distance = 40 - np.sqrt((grid_x[None] - 180) ** 2 + (grid_y[:, None] - 90) ** 2)
+    padded = torch.full((1, 1, 100, 150), -50.0)
+    padded[0, 0, : signed_distance.shape[0], : signed_distance.shape[1]] = torch.from_numpy(signed_distance).float()
+    boxes = torch.zeros(1, 1, 2, 4)
+    boxes[..., 1, :] = torch.tensor([0.6, 0.45, 80 / 300, 80 / 200])
+    results = ReferFormerVideoProcessor().post_process_referring_video_segmentation(
+        _outputs_for_mask(padded, boxes), [(original_height, original_width)], [(resized_height, resized_width)]
+    )
+    mask = results[0]["masks"][0].numpy()
+    assert mask.shape == (original_height, original_width)
+    iou = (mask & ground_truth).sum() / (mask | ground_truth).sum()
+    assert iou > 0.99
+    assert results[0]["query_index"] == 1
+    torch.testing.assert_close(results[0]["boxes"][0], torch.tensor([140.0, 50.0, 220.0, 130.0]))
+
+
+def test_unpadded_post_processing_is_the_original_ref_youtube_vos_rule():
+    mask_logits = torch.randn(1, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    results = ReferFormerVideoProcessor().post_process_referring_video_segmentation(
+        _outputs_for_mask(mask_logits), [(100, 130)]
+    )
+    expected = F.interpolate(mask_logits[0][:, None], size=(100, 130), mode="bilinear", align_corners=False)
+    assert torch.equal(results[0]["masks"], expected[:, 0].sigmoid() > 0.5)
+
+
+def test_all_queries_and_image_mode():
+    mask_logits = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    processor = ReferFormerVideoProcessor()
+    results = processor.post_process_referring_video_segmentation(
+        _outputs_for_mask(mask_logits), [(32, 32), (16, 24)], return_all_queries=True
+    )
+    assert results[1]["all_masks"].shape == (2, 1, 16, 24) and results[1]["all_boxes"].shape == (2, 1, 4)
+    torch.testing.assert_close(results[0]["query_scores"], torch.tensor([-3.0, 3.0]).sigmoid())
+    image_results = processor.post_process_referring_image_segmentation(_outputs_for_mask(mask_logits), [(32, 32), (16, 24)])
+    assert image_results[1]["masks"].shape == (16, 24) and isinstance(image_results[1]["scores"], float)
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.post_process_referring_video_segmentation(_outputs_for_mask(mask_logits), [(32, 32)])
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def test_overlay_gif_and_mp4_exports(tmp_path):
+    frames = synthetic_frames(3, 64, 80)
+    masks = np.zeros((3, 64, 80), bool)
+    masks[:, 10:30, 10:30] = True
+    overlays = overlay_masks(frames, masks, boxes=[[10, 10, 30, 30]] * 3, text="the square")
+    assert overlays[0][20, 20, 0] > frames[0][20, 20, 0] or overlays[0][20, 20, 0] == 255
+    assert np.array_equal(overlays[0][60, 70], frames[0][60, 70])
+    gif = write_video(overlays, tmp_path / "out.gif", fps=5)
+    with Image.open(gif) as image:
+        assert image.n_frames == 3
+    mp4 = write_video(overlays, tmp_path / "out.mp4", fps=5)
+    with av.open(str(mp4)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.gif", "out.mp4"]
+
+
+def test_palette_masks_are_written_completely_or_not_at_all(tmp_path):
+    masks = np.zeros((2, 16, 16), bool)
+    masks[1, 4:8, 4:8] = True
+    folder = write_palette_masks(masks, tmp_path / "video" / "0", ["00000.jpg", "00005.jpg"])
+    with Image.open(folder / "00005.png") as image:
+        assert image.mode == "P" and np.asarray(image)[5, 5] == 1 and np.asarray(image).sum() == 16
+    assert image.getpalette()[3:6] == [128, 0, 0]
+    with pytest.raises(FileExistsError):
+        write_palette_masks(masks, folder, ["a", "b"])
+    with pytest.raises(ValueError, match="frame names"):
+        write_palette_masks(masks, tmp_path / "other", ["only_one"])
+    broken = [np.zeros((16, 16), bool), "not a mask"]
+    with pytest.raises(Exception):
+        write_palette_masks(np.array(broken, dtype=object), tmp_path / "partial", ["a", "b"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["video"]
+    with pytest.raises(ValueError, match="Unsupported video format"):
+        write_video(synthetic_frames(1), tmp_path / "x.avi")
