@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import random_inputs, randomize_weights, tiny_config
-from referformer import ReferFormerForReferringVideoObjectSegmentation
+from helpers import randomize_weights, tiny_config, tiny_tokenizer
+from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 
 
 REMOTE_LOAD = textwrap.dedent(
@@ -19,7 +19,7 @@ REMOTE_LOAD = textwrap.dedent(
     sys.modules["referformer"] = None  # the package is not importable: everything must come from the folder
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoProcessor
 
     folder, data = sys.argv[1], sys.argv[2]
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
@@ -27,10 +27,17 @@ REMOTE_LOAD = textwrap.dedent(
     assert type(config).__module__.startswith("transformers_modules."), type(config).__module__
     assert type(model).__name__ == "ReferFormerForReferringVideoObjectSegmentation", type(model)
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-    inputs = load_file(data + "/inputs.safetensors")
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
+    frames = load_file(data + "/frames.safetensors")["frames"].numpy()
+    inputs = processor(videos=frames, text="the bright square")
     with torch.no_grad():
         outputs = model(**inputs)
-    save_file({"logits": outputs.logits, "pred_masks": outputs.pred_masks}, data + "/remote_outputs.safetensors")
+    masks = processor.post_process_referring_video_segmentation(outputs, inputs["original_sizes"], inputs["resized_sizes"])
+    save_file(
+        {"logits": outputs.logits, "pred_masks": outputs.pred_masks, "masks": masks[0]["masks"]},
+        data + "/remote_outputs.safetensors",
+    )
     print("remote load ok")
     """
 )
@@ -47,13 +54,20 @@ def test_remote_code_load_without_the_package(tmp_path, backbone):
     model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(tiny_config(**overrides)).eval())
     folder, data = tmp_path / "model", tmp_path / "data"
     data.mkdir()
+    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 64}), tiny_tokenizer())
     model.save_pretrained(folder)
-    for code_file in ("configuration_referformer.py", "modeling_referformer.py", "ms_deform_attn_pytorch.py", "swin_backbones.py"):
+    processor.save_pretrained(folder)
+    code_files = ("configuration_referformer.py", "modeling_referformer.py", "ms_deform_attn_pytorch.py", "swin_backbones.py", "processing_referformer.py")
+    for code_file in code_files:
         assert (folder / code_file).exists(), code_file
-    inputs = random_inputs(model.config, num_frames=2, height=64, width=64)
-    save_file(inputs, data / "inputs.safetensors")
+    frames = torch.randint(0, 256, (2, 48, 60, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    save_file({"frames": frames}, data / "frames.safetensors")
+    inputs = processor(videos=frames.numpy(), text="the bright square")
     with torch.no_grad():
         expected = model(**inputs)
+    expected_masks = processor.post_process_referring_video_segmentation(
+        expected, inputs["original_sizes"], inputs["resized_sizes"]
+    )[0]["masks"]
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run(
@@ -66,3 +80,5 @@ def test_remote_code_load_without_the_package(tmp_path, backbone):
     remote = load_file(data / "remote_outputs.safetensors")
     torch.testing.assert_close(remote["logits"], expected.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(remote["pred_masks"], expected.pred_masks, atol=1e-4, rtol=1e-4)
+    assert remote["masks"].shape == (2, 48, 60)
+    assert (remote["masks"] != expected_masks).float().mean() < 1e-3  # thresholding of equal-within-1e-4 logits
