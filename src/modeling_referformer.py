@@ -829,6 +829,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             1 on real tokens, 0 on padding.
         resized_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
             Unpadded (height, width) of each clip, as the processor returns it; derived from `pixel_mask` if omitted.
+        valid_frame_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            A2D/JHMDB evaluation: the annotated frame of each clip. Right after the backbone only that frame is kept,
+            so every output has a single frame (with a Video Swin backbone the other frames still shape it).
         original_sizes, frame_indices (*optional*):
             Returned by the processor for post-processing; accepted so that `model(**inputs)` works, not used.
     """
@@ -885,6 +888,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         pixel_mask: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         resized_sizes: torch.LongTensor | None = None,
+        valid_frame_indices: torch.LongTensor | None = None,
         original_sizes: torch.LongTensor | None = None,
         frame_indices: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
@@ -917,6 +921,10 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
 
         # Backbone: four stages (strides 4..32) with their padding masks and 2-D sine positions.
         stage_features = self.backbone(frames, num_frames=num_frames)
+        if valid_frame_indices is not None:
+            keep = torch.arange(batch_size, device=frames.device) * num_frames + valid_frame_indices.to(frames.device)
+            stage_features = [feature[keep] for feature in stage_features]
+            padding_mask, num_frames = padding_mask[keep], 1
         stage_masks = [resize_padding_mask(padding_mask, feature.shape[-2:]) for feature in stage_features]
         stage_positions = [
             sine_position_embedding_2d(mask, hidden_size // 2).to(feature.dtype)
@@ -963,7 +971,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
 
         # Conditional queries: the sentence feature as content, a learned position shared by all frames.
         num_queries = self.config.num_queries
-        query_positions = self.query_position_embeddings.weight[None].expand(frames.shape[0], -1, -1)
+        query_positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
         target = sentence_features[:, None, None].expand(-1, num_frames, num_queries, -1).flatten(0, 1)
         initial_reference = self.reference_points(query_positions).sigmoid()
         hidden_states, boxes, references, decoder_states = self.decoder(
@@ -1051,6 +1059,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         pixel_mask: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         resized_sizes: torch.LongTensor | None = None,
+        valid_frame_indices: torch.LongTensor | None = None,
         original_sizes: torch.LongTensor | None = None,
         frame_indices: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
@@ -1067,6 +1076,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             pixel_mask=pixel_mask,
             attention_mask=attention_mask,
             resized_sizes=resized_sizes,
+            valid_frame_indices=valid_frame_indices,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )

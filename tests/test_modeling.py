@@ -181,6 +181,22 @@ def test_single_frame_image_mode_and_frame_independence_of_boxes():
     assert not torch.allclose(single.pred_masks[:, 0], clip.pred_masks[:, 1], atol=1e-4)
 
 
+def test_valid_frame_indices_keep_only_the_annotated_frame():
+    model = build_model()
+    inputs = random_inputs(model.config, batch_size=2, num_frames=3)
+    with torch.no_grad():
+        selected = model(**inputs, valid_frame_indices=torch.tensor([2, 0]))
+        for clip, frame in ((0, 2), (1, 0)):
+            alone = model(
+                pixel_values=inputs["pixel_values"][clip : clip + 1, frame : frame + 1],
+                input_ids=inputs["input_ids"][clip : clip + 1],
+            )
+            for selected_layer, alone_layer in zip(all_predictions(selected), all_predictions(alone)):
+                for selected_tensor, alone_tensor in zip(selected_layer, alone_layer):
+                    assert selected_tensor.shape[1] == 1
+                    torch.testing.assert_close(selected_tensor[clip : clip + 1], alone_tensor, atol=1e-4, rtol=1e-4)
+
+
 def test_batching_with_padding_equals_per_clip_results():
     model = build_model()
     config = model.config
