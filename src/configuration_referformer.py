@@ -217,6 +217,7 @@ class ReferFormerConfig(PreTrainedConfig):
     }
     attribute_map = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
     keys_to_ignore_at_inference = [
+        "loss_dict",
         "auxiliary_outputs",
         "last_hidden_state",
         "encoder_last_hidden_state",

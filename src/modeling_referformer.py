@@ -33,6 +33,7 @@ from .configuration_referformer import (
     ReferFormerTimmBackboneConfig,
     ReferFormerVideoSwinBackboneConfig,
 )
+from .loss_referformer import ReferFormerLoss
 from .ms_deform_attn_pytorch import ms_deform_attn_pytorch
 from .swin_backbones import ReferFormerSwinBackbone, ReferFormerVideoSwinBackbone, init_swin_weights
 
@@ -82,6 +83,13 @@ class ReferFormerModelOutput(ModelOutput):
 @dataclass
 class ReferFormerSegmentationOutput(ModelOutput):
     r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+        Weighted sum of the class, box, GIoU, mask-focal and DICE losses of every decoder layer.
+    loss_dict (`dict`, *optional*, returned when `labels` are given):
+        The unweighted loss terms under the original's names (`loss_ce`, `loss_bbox`, `loss_giou`, `loss_mask`,
+        `loss_dice`, suffixed `_0`, `_1`, ... for the auxiliary layers).
+    matched_query_indices (`torch.LongTensor` of shape `(decoder_layers, batch_size)`, *optional*):
+        Query matched to the referred object of each clip, per decoder layer (final layer last).
     logits (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, num_classes)`):
         Class logits of the last decoder layer (sigmoid gives the probability that a query is the referred object).
     pred_boxes (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, 4)`):
@@ -102,6 +110,9 @@ class ReferFormerSegmentationOutput(ModelOutput):
         See [`ReferFormerModelOutput`].
     """
 
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict | None = None
+    matched_query_indices: torch.LongTensor | None = None
     logits: torch.FloatTensor | None = None
     pred_boxes: torch.FloatTensor | None = None
     pred_masks: torch.FloatTensor | None = None
@@ -1062,12 +1073,20 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         valid_frame_indices: torch.LongTensor | None = None,
         original_sizes: torch.LongTensor | None = None,
         frame_indices: torch.LongTensor | None = None,
+        labels: list[dict] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ReferFormerSegmentationOutput | tuple:
         r"""
         Inputs as [`ReferFormerModel`]. Returns class logits, boxes and stride-4 mask logits of every query in every
         frame, for the last decoder layer and (in `auxiliary_outputs`) the earlier ones.
+
+        labels (`list[dict]`, *optional*):
+            One dict per clip describing the referred object, to compute the training loss:
+            - `masks`: `[T, H, W]` bool at the padded input resolution (the size of `pixel_values`);
+            - `boxes`: `[T, 4]` (cx, cy, w, h) normalized by the unpadded frame size, zeros where the object is absent;
+            - `valid`: `[T]` 1 where the object is visible;
+            - `class_labels`: `[T]` category ids (only used when `config.num_classes > 1`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
@@ -1090,7 +1109,15 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
                 {"logits": layer_logits, "pred_boxes": layer_boxes, "pred_masks": layer_masks}
                 for layer_logits, layer_boxes, layer_masks in predictions[:-1]
             ]
+        loss = loss_dict = matched_query_indices = None
+        if labels is not None:
+            loss, loss_dict, matched_query_indices = ReferFormerLoss(self.config)(
+                logits, pred_boxes, pred_masks, labels, auxiliary_outputs
+            )
         output = ReferFormerSegmentationOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            matched_query_indices=matched_query_indices,
             logits=logits,
             pred_boxes=pred_boxes,
             pred_masks=pred_masks,

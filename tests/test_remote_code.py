@@ -57,7 +57,7 @@ def test_remote_code_load_without_the_package(tmp_path, backbone):
     processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 64}), tiny_tokenizer())
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    code_files = ("configuration_referformer.py", "modeling_referformer.py", "ms_deform_attn_pytorch.py", "swin_backbones.py", "processing_referformer.py")
+    code_files = ("configuration_referformer.py", "modeling_referformer.py", "ms_deform_attn_pytorch.py", "swin_backbones.py", "processing_referformer.py", "loss_referformer.py")
     for code_file in code_files:
         assert (folder / code_file).exists(), code_file
     frames = torch.randint(0, 256, (2, 48, 60, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,229 @@
+"""Training utilities for ReferFormer: the original's optimizer parameter groups, a `Trainer` that uses them and a data
+collator for clip-level samples.
+
+The original trains with AdamW (lr 1e-4, backbone 5e-5, text encoder 1e-5, weight decay 5e-4 on every parameter),
+clips gradients to a total norm of 0.1 and divides the learning rate by 10 at fixed epochs. With
+[`ReferFormerTrainer`] the matching `TrainingArguments` are `learning_rate=1e-4, weight_decay=5e-4,
+max_grad_norm=0.1` (the `TrainingArguments` defaults differ), plus `remove_unused_columns=False` (the labels are a
+list of dicts) and `eval_do_concat_batches=False`. The step decay per epoch has no built-in `lr_scheduler_type`;
+`"constant"` reproduces the learning rate before the first drop.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import Trainer
+
+
+BACKBONE_KEYWORD = ".backbone."
+TEXT_ENCODER_KEYWORD = ".text_encoder."
+LINEAR_PROJECTION_KEYWORDS = ("reference_points", "sampling_offsets")
+
+
+def get_parameter_groups(
+    model: nn.Module,
+    learning_rate: float = 1e-4,
+    backbone_learning_rate: float = 5e-5,
+    text_encoder_learning_rate: float = 1e-5,
+    linear_projection_multiplier: float = 1.0,
+    weight_decay: float = 5e-4,
+) -> list[dict]:
+    """The original's four AdamW parameter groups, as dicts with `name`, `params`, `lr` and `weight_decay`.
+
+    In this order: `"default"` (every other parameter, `learning_rate`), `"backbone"` (parameters under a module
+    named `backbone`, `backbone_learning_rate`), `"text_encoder"` (under `text_encoder`, `text_encoder_learning_rate`)
+    and `"linear_projection"` (names containing `reference_points` or `sampling_offsets`, `learning_rate *
+    linear_projection_multiplier`). The backbone and text-encoder groups take precedence over the linear-projection
+    one, so every trainable parameter is in exactly one group; frozen parameters are left out (a group may be empty,
+    e.g. the text encoder when it is frozen). As in the original, the same weight decay applies to all parameters,
+    biases and norms included.
+    """
+    groups = {
+        "default": {"params": [], "lr": learning_rate},
+        "backbone": {"params": [], "lr": backbone_learning_rate},
+        "text_encoder": {"params": [], "lr": text_encoder_learning_rate},
+        "linear_projection": {"params": [], "lr": learning_rate * linear_projection_multiplier},
+    }
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        dotted_name = f".{name}"
+        if BACKBONE_KEYWORD in dotted_name:
+            group = "backbone"
+        elif TEXT_ENCODER_KEYWORD in dotted_name:
+            group = "text_encoder"
+        elif any(keyword in name for keyword in LINEAR_PROJECTION_KEYWORDS):
+            group = "linear_projection"
+        else:
+            group = "default"
+        groups[group]["params"].append(parameter)
+    return [{"name": name, **group, "weight_decay": weight_decay} for name, group in groups.items()]
+
+
+class ReferFormerTrainer(Trainer):
+    """A [`~transformers.Trainer`] whose optimizer uses the original ReferFormer parameter groups
+    ([`get_parameter_groups`]).
+
+    The default group takes `args.learning_rate`, every group `args.weight_decay`; the optimizer class and its other
+    keyword arguments come from `args.optim` (default: torch AdamW with `adam_beta1/2`, `adam_epsilon`, which match
+    the original). Gradient clipping is `args.max_grad_norm` (0.1 in the original). The learning-rate scheduler of
+    `args.lr_scheduler_type` scales every group by the same factor, so the ratios between groups are preserved.
+
+    Args:
+        backbone_learning_rate (`float`, defaults to 5e-5):
+            Learning rate of the visual backbone.
+        text_encoder_learning_rate (`float`, defaults to 1e-5):
+            Learning rate of the text encoder (irrelevant when it is frozen).
+        linear_projection_multiplier (`float`, defaults to 1.0):
+            Learning-rate multiplier of the deformable-attention `sampling_offsets` and `reference_points` layers.
+        *args, **kwargs:
+            Passed to [`~transformers.Trainer`].
+    """
+
+    def __init__(
+        self,
+        *args,
+        backbone_learning_rate: float = 5e-5,
+        text_encoder_learning_rate: float = 1e-5,
+        linear_projection_multiplier: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.backbone_learning_rate = backbone_learning_rate
+        self.text_encoder_learning_rate = text_encoder_learning_rate
+        self.linear_projection_multiplier = linear_projection_multiplier
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Builds the optimizer on the four ReferFormer parameter groups (unless one was passed to the trainer)."""
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            parameter_groups = get_parameter_groups(
+                opt_model,
+                learning_rate=self.args.learning_rate,
+                backbone_learning_rate=self.backbone_learning_rate,
+                text_encoder_learning_rate=self.text_encoder_learning_rate,
+                linear_projection_multiplier=self.linear_projection_multiplier,
+                weight_decay=self.args.weight_decay,
+            )
+            if self.optimizer_cls_and_kwargs is not None:
+                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+            else:
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            unsupported = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+            if unsupported:
+                raise ValueError(
+                    f"The optimizer `{self.args.optim}` builds its own parameter groups, which ReferFormerTrainer "
+                    "cannot combine with the ReferFormer learning-rate groups; use an AdamW variant."
+                )
+            self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def _round_up(value: int, multiple: int | None) -> int:
+    if not multiple or multiple <= 1:
+        return value
+    return math.ceil(value / multiple) * multiple
+
+
+def collate_clips(
+    samples: list[dict],
+    pad_to_multiple_of: int | None = 32,
+    pad_token_id: int = 1,
+) -> dict:
+    """Batches clip-level samples for [`ReferFormerForReferringVideoObjectSegmentation`] and [`ReferFormerTrainer`].
+
+    Each sample is a dict with:
+
+    - `pixel_values` (`torch.FloatTensor` of shape `(T, 3, h, w)`): the normalized frames of one clip at its own
+      (unpadded) size;
+    - `input_ids` (`torch.LongTensor` of shape `(L,)`): the tokenized referring expression;
+    - `attention_mask` (`torch.LongTensor` of shape `(L,)`, *optional*): defaults to all ones;
+    - `labels` (`dict`, *optional*): `masks` `(T, h, w)` bool at the clip's unpadded size, `boxes` `(T, 4)`
+      normalized by the unpadded size, `valid` `(T,)` and `class_labels` `(T,)`; other keys are kept as they are.
+
+    Other sample keys are ignored. All clips must have the same number of frames T.
+
+    Returns a dict with `pixel_values` `(B, T, 3, H, W)` zero-padded at the bottom/right to the largest clip, rounded
+    up to `pad_to_multiple_of` (the original pads to 32 for training; `None` disables rounding), `pixel_mask`
+    `(B, T, H, W)` long (1 on real pixels), `input_ids` and `attention_mask` `(B, L_max)` right-padded with
+    `pad_token_id` and 0, and, when the samples have labels, `labels`: a list of dicts whose masks are zero-padded
+    to `(H, W)`, the format of [`~referformer.loss_referformer.ReferFormerLoss`].
+    """
+    if len(samples) == 0:
+        raise ValueError("Cannot collate an empty list of samples.")
+    num_frames = None
+    for index, sample in enumerate(samples):
+        pixel_values = sample["pixel_values"]
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"Sample {index}: pixel_values must be (frames, 3, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if num_frames is None:
+            num_frames = pixel_values.shape[0]
+        elif pixel_values.shape[0] != num_frames:
+            raise ValueError(
+                f"All clips of a batch must have the same number of frames: sample 0 has {num_frames}, sample "
+                f"{index} has {pixel_values.shape[0]}."
+            )
+        if sample["input_ids"].dim() != 1:
+            raise ValueError(f"Sample {index}: input_ids must be 1-D, got shape {tuple(sample['input_ids'].shape)}.")
+        if "attention_mask" in sample and sample["attention_mask"].shape != sample["input_ids"].shape:
+            raise ValueError(f"Sample {index}: attention_mask and input_ids have different shapes.")
+        if "labels" in sample:
+            _check_clip_labels(sample["labels"], tuple(pixel_values.shape[-2:]), num_frames, index)
+    with_labels = ["labels" in sample for sample in samples]
+    if any(with_labels) and not all(with_labels):
+        raise ValueError("Either every sample or none must have `labels`.")
+
+    height = _round_up(max(sample["pixel_values"].shape[-2] for sample in samples), pad_to_multiple_of)
+    width = _round_up(max(sample["pixel_values"].shape[-1] for sample in samples), pad_to_multiple_of)
+    text_length = max(sample["input_ids"].shape[0] for sample in samples)
+
+    def pad_frames(frames: torch.Tensor, value=0) -> torch.Tensor:
+        return F.pad(frames, (0, width - frames.shape[-1], 0, height - frames.shape[-2]), value=value)
+
+    def pad_text(tokens: torch.Tensor, value: int) -> torch.Tensor:
+        return F.pad(tokens, (0, text_length - tokens.shape[0]), value=value)
+
+    batch = {
+        "pixel_values": torch.stack([pad_frames(sample["pixel_values"]) for sample in samples]),
+        "pixel_mask": torch.stack(
+            [
+                pad_frames(sample["pixel_values"].new_ones((num_frames,) + sample["pixel_values"].shape[-2:]))
+                for sample in samples
+            ]
+        ).long(),
+        "input_ids": torch.stack([pad_text(sample["input_ids"].long(), pad_token_id) for sample in samples]),
+        "attention_mask": torch.stack(
+            [
+                pad_text(sample.get("attention_mask", torch.ones_like(sample["input_ids"])).long(), 0)
+                for sample in samples
+            ]
+        ),
+    }
+    if all(with_labels):
+        batch["labels"] = [
+            {**sample["labels"], "masks": pad_frames(sample["labels"]["masks"].bool())} for sample in samples
+        ]
+    return batch
+
+
+def _check_clip_labels(labels: dict, frame_size: tuple[int, int], num_frames: int, index: int):
+    for key in ("masks", "boxes", "valid", "class_labels"):
+        if key in labels and (labels[key].dim() == 0 or labels[key].shape[0] != num_frames):
+            raise ValueError(
+                f"Sample {index}: labels[{key!r}] has shape {tuple(labels[key].shape)} but the clip has {num_frames} "
+                "frames."
+            )
+    if "masks" not in labels:
+        raise ValueError(f"Sample {index}: labels must contain `masks`.")
+    if tuple(labels["masks"].shape[-2:]) != frame_size or labels["masks"].dim() != 3:
+        raise ValueError(
+            f"Sample {index}: label masks {tuple(labels['masks'].shape)} must be (frames, height, width) at the "
+            f"clip's unpadded frame size {frame_size}."
+        )
+
+
+__all__ = ["ReferFormerTrainer", "collate_clips", "get_parameter_groups"]
