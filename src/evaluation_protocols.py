@@ -1,0 +1,292 @@
+"""Benchmark protocols built on `referformer.evaluation`: files in, scores or submissions out.
+
+* Ref-YouTube-VOS: `write_ytvos_submission` writes the PNG masks and the `submission.zip` of the
+  evaluation server; `evaluate_ytvos_folder` scores predictions in that layout offline against
+  ground-truth masks (e.g. on a held-out part of the training set).
+* Ref-DAVIS17: `evaluate_ref_davis` turns per-expression probability maps into the four `anno_k`
+  label maps and runs the DAVIS-2017 unsupervised evaluation against the DAVIS annotations.
+* A2D-Sentences / JHMDB-Sentences: `evaluate_a2d` scores per-sample predictions against the
+  COCO-format ground-truth file of the benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from .evaluation import (
+    A2DEvaluator,
+    RefDavisEvaluator,
+    _as_strict_binary_masks,
+    contour_accuracy,
+    region_similarity,
+)
+
+
+__all__ = [
+    "davis_sequence_names",
+    "evaluate_a2d",
+    "evaluate_ref_davis",
+    "evaluate_ytvos_folder",
+    "read_davis_annotations",
+    "write_ytvos_submission",
+]
+
+YTVOS_ANNOTATIONS_DIR = "Annotations"
+YTVOS_SUBMISSION_ZIP = "submission.zip"
+
+
+def _check_path_component(name, what: str) -> str:
+    name = str(name)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"Invalid {what} {name!r}: it must be a plain file name.")
+    return name
+
+
+def _read_png(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"Missing mask {path}.")
+    with Image.open(path) as image:
+        mode = image.mode
+        array = np.asarray(image)
+    if array.ndim != 2:
+        raise ValueError(f"{path} is not a single-channel mask (mode {mode}).")
+    return array
+
+
+def _load_json(source) -> dict:
+    if isinstance(source, Mapping):
+        return dict(source)
+    with open(source, encoding="utf-8") as file:
+        return json.load(file)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ref-YouTube-VOS
+# ---------------------------------------------------------------------------------------------------
+
+
+def _iter_ytvos_predictions(predictions) -> Iterator[tuple[str, str, list[str], list[np.ndarray]]]:
+    if isinstance(predictions, Mapping):
+        for video_id, expressions in predictions.items():
+            for exp_id, frames in expressions.items():
+                yield video_id, exp_id, list(frames.keys()), list(frames.values())
+    else:
+        for video_id, exp_id, frame_names, masks in predictions:
+            frame_names = list(frame_names)
+            if len(frame_names) != len(masks):
+                raise ValueError(
+                    f"Video {video_id!r}, expression {exp_id!r}: {len(frame_names)} frame names for "
+                    f"{len(masks)} masks."
+                )
+            yield video_id, exp_id, frame_names, list(masks)
+
+
+def write_ytvos_submission(predictions, output_dir, overwrite: bool = False) -> Path:
+    """Write Ref-YouTube-VOS predictions in the layout of the evaluation server and zip them.
+
+    Masks are saved as `<output_dir>/Annotations/<video>/<exp_id>/<frame>.png` (uint8 0/255, mode "L", as
+    the original inference writes them) and zipped into `<output_dir>/submission.zip` with the
+    `Annotations/...` paths the server expects. Everything is written to a temporary folder inside
+    `output_dir` first and moved into place at the end, so an interrupted run leaves no partial output.
+
+    Args:
+        predictions: `{video_id: {exp_id: {frame_name: mask [H, W]}}}`, or an iterable of
+            `(video_id, exp_id, frame_names, masks [T, H, W])`. Masks must be binary (booleans, 0 and 1).
+        output_dir: folder receiving `Annotations/` and `submission.zip` (created if needed).
+        overwrite: replace an existing `Annotations/` folder and `submission.zip` instead of raising.
+
+    Returns:
+        The path of `submission.zip`.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    annotations_dir = output_dir / YTVOS_ANNOTATIONS_DIR
+    zip_path = output_dir / YTVOS_SUBMISSION_ZIP
+    if not overwrite and (annotations_dir.exists() or zip_path.exists()):
+        raise FileExistsError(
+            f"{annotations_dir} or {zip_path} already exists; pass `overwrite=True` to replace them."
+        )
+
+    staging = Path(tempfile.mkdtemp(prefix=".submission-", dir=output_dir))
+    try:
+        staged_annotations = staging / YTVOS_ANNOTATIONS_DIR
+        written = set()
+        for video_id, exp_id, frame_names, masks in _iter_ytvos_predictions(predictions):
+            video_id = _check_path_component(video_id, "video id")
+            exp_id = _check_path_component(exp_id, "expression id")
+            if (video_id, exp_id) in written:
+                raise ValueError(f"Video {video_id!r}, expression {exp_id!r} appears twice.")
+            written.add((video_id, exp_id))
+            expression_dir = staged_annotations / video_id / exp_id
+            expression_dir.mkdir(parents=True)
+            for frame_name, mask in zip(frame_names, masks):
+                frame_name = _check_path_component(frame_name, "frame name")
+                path = expression_dir / f"{frame_name}.png"
+                if path.exists():
+                    raise ValueError(f"Video {video_id!r}, expression {exp_id!r}: frame {frame_name!r} appears twice.")
+                binary = _as_strict_binary_masks(mask, f"mask of {video_id}/{exp_id}/{frame_name}", ndims=(2,))
+                Image.fromarray(binary.astype(np.uint8) * 255).save(path)
+        if not written:
+            raise ValueError("No prediction to write.")
+
+        staged_zip = staging / YTVOS_SUBMISSION_ZIP
+        with zipfile.ZipFile(staged_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(staged_annotations.rglob("*.png")):
+                archive.write(path, path.relative_to(staging).as_posix())
+
+        previous_annotations = staging / "previous-annotations"
+        if annotations_dir.exists():
+            os.replace(annotations_dir, previous_annotations)
+        try:
+            os.replace(staged_annotations, annotations_dir)
+        except OSError:
+            if previous_annotations.exists():
+                os.replace(previous_annotations, annotations_dir)
+            raise
+        os.replace(staged_zip, zip_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return zip_path
+
+
+def evaluate_ytvos_folder(predictions_dir, annotations_dir, meta_expressions, bound_th=0.008) -> dict[str, float]:
+    """J&F of predictions in the Ref-YouTube-VOS layout against ground-truth masks.
+
+    For each expression, J and F are computed on every frame listed for its video in `meta_expressions`,
+    against the mask of the referred object (`obj_id`), and averaged over the frames; the results are
+    averaged over expressions.
+
+    Args:
+        predictions_dir: folder with `<video>/<exp_id>/<frame>.png` masks (any non-zero value is foreground),
+            i.e. the `Annotations` folder written by `write_ytvos_submission` (or the folder containing it).
+        annotations_dir: ground-truth folder with `<video>/<frame>.png` label maps (pixel value = object id).
+        meta_expressions: path of `meta_expressions.json` (or its loaded content); every expression needs an
+            `obj_id`, as in the training split.
+        bound_th: the boundary tolerance of F (see `contour_accuracy`).
+
+    Returns:
+        `{"J&F", "J", "F"}` as fractions.
+    """
+    predictions_dir = Path(predictions_dir)
+    if (predictions_dir / YTVOS_ANNOTATIONS_DIR).is_dir():
+        predictions_dir = predictions_dir / YTVOS_ANNOTATIONS_DIR
+    annotations_dir = Path(annotations_dir)
+    videos = _load_json(meta_expressions)["videos"]
+
+    j_per_expression, f_per_expression = [], []
+    for video_id, video in videos.items():
+        frames = video["frames"]
+        labels = None
+        for exp_id, expression in video["expressions"].items():
+            if "obj_id" not in expression:
+                raise KeyError(f"Video {video_id!r}, expression {exp_id!r} has no `obj_id` to evaluate against.")
+            if labels is None:
+                labels = np.stack([_read_png(annotations_dir / video_id / f"{frame}.png") for frame in frames])
+            gt = labels == int(expression["obj_id"])
+            pred = np.stack([_read_png(predictions_dir / video_id / exp_id / f"{frame}.png") for frame in frames])
+            if pred.shape != gt.shape:
+                raise ValueError(
+                    f"Video {video_id!r}, expression {exp_id!r}: predicted masks {pred.shape} vs ground truth "
+                    f"{gt.shape}."
+                )
+            j_per_expression.append(np.mean(region_similarity(gt, pred)))
+            f_per_expression.append(np.mean(contour_accuracy(gt, pred, bound_th=bound_th)))
+    if not j_per_expression:
+        raise ValueError("`meta_expressions` lists no expression.")
+    j, f = float(np.mean(j_per_expression)), float(np.mean(f_per_expression))
+    return {"J&F": (j + f) / 2, "J": j, "F": f}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ref-DAVIS17
+# ---------------------------------------------------------------------------------------------------
+
+
+def davis_sequence_names(davis_root, subset: str = "val") -> list[str]:
+    """Sequence names of a DAVIS-2017 subset, in the order of `ImageSets/2017/<subset>.txt`."""
+    path = Path(davis_root) / "ImageSets" / "2017" / f"{subset}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"Missing DAVIS sequence list {path}.")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_davis_annotations(davis_root, sequence: str, resolution: str = "480p") -> np.ndarray:
+    """Unsupervised ground truth of one DAVIS sequence: label maps `[T, H, W]` (255 void), frames sorted by name."""
+    folder = Path(davis_root) / "Annotations_unsupervised" / resolution / sequence
+    paths = sorted(folder.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"No annotation found in {folder}.")
+    return np.stack([_read_png(path) for path in paths])
+
+
+def evaluate_ref_davis(davis_root, predictions, subset: str = "val", resolution: str = "480p") -> dict:
+    """Ref-DAVIS17 evaluation from per-expression probability maps.
+
+    Each video's expression maps become the four `anno_k` label maps (`ref_davis_label_maps`), each set is
+    scored with the DAVIS-2017 unsupervised protocol against `Annotations_unsupervised/<resolution>` and the
+    four global results are averaged. Videos are processed one at a time, so `predictions` can be a
+    generator.
+
+    Args:
+        davis_root: the DAVIS-2017 folder (`ImageSets/`, `Annotations_unsupervised/`).
+        predictions: mapping or iterable of `(sequence, expression_probabilities)`, where
+            `expression_probabilities` holds the `[T, H, W]` sigmoid maps of the video's expressions in
+            expression order (`4 * object + annotator_set`).
+        subset: the DAVIS subset whose sequences are all evaluated.
+        resolution: the annotation resolution folder.
+
+    Returns:
+        The dictionary of `ref_davis_scores`.
+    """
+    items = predictions.items() if isinstance(predictions, Mapping) else predictions
+    evaluator = RefDavisEvaluator()
+    for sequence, expression_probabilities in items:
+        ground_truth = read_davis_annotations(davis_root, sequence, resolution)
+        evaluator.add_probabilities(sequence, ground_truth, expression_probabilities)
+    return evaluator.compute(sequence_order=davis_sequence_names(davis_root, subset))
+
+
+# ---------------------------------------------------------------------------------------------------
+# A2D-Sentences / JHMDB-Sentences
+# ---------------------------------------------------------------------------------------------------
+
+
+def evaluate_a2d(ground_truth, predictions: Iterable | Mapping, top1_only: bool = False) -> dict:
+    """A2D-Sentences / JHMDB-Sentences evaluation against the benchmark's COCO-format ground truth.
+
+    Args:
+        ground_truth: path of `a2d_sentences_test_annotations_in_coco_format.json` or
+            `jhmdb_sentences_gt_annotations_in_coco_format.json` (or the loaded content): one annotation per
+            image id.
+        predictions: mapping `image_id -> (pred_masks [N, H, W], scores [N])` or iterable of
+            `(image_id, pred_masks, scores)`, with all queries' binary masks at the original resolution. Every
+            ground-truth image needs a prediction.
+        top1_only: score only the top prediction of each sample for the mAP.
+
+    Returns:
+        The dictionary of `a2d_metrics`.
+    """
+    dataset = _load_json(ground_truth)
+    annotations = {}
+    for annotation in dataset["annotations"]:
+        if annotation["image_id"] in annotations:
+            raise ValueError(f"Image {annotation['image_id']!r} has more than one ground-truth annotation.")
+        annotations[annotation["image_id"]] = annotation
+    items = ((key, *value) for key, value in predictions.items()) if isinstance(predictions, Mapping) else predictions
+    evaluator = A2DEvaluator()
+    for image_id, pred_masks, scores in items:
+        if image_id not in annotations:
+            raise KeyError(f"Image id {image_id!r} is not in the ground truth.")
+        gt = mask_utils.decode(annotations[image_id]["segmentation"])
+        evaluator.add(image_id, gt, pred_masks, scores)
+    return evaluator.compute(top1_only=top1_only, image_order=[image["id"] for image in dataset["images"]])
