@@ -9,12 +9,20 @@ list of dicts) and `eval_do_concat_batches=False`. The step decay per epoch has 
 `"constant"` reproduces the learning rate before the first drop.
 """
 
+import json
 import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import Trainer
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 BACKBONE_KEYWORD = ".backbone."
@@ -227,3 +235,148 @@ def _check_clip_labels(labels: dict, frame_size: tuple[int, int], num_frames: in
 
 
 __all__ = ["ReferFormerTrainer", "collate_clips", "get_parameter_groups"]
+
+
+@dataclass
+class AccelerateTrainingArguments:
+    """Options of [`train_with_accelerate`] (also the `train` options of `scripts/run_rvos.py`)."""
+
+    output_dir: str = field(metadata={"help": "Folder for checkpoints (checkpoint-<step>/) and logs."})
+    max_steps: int = field(default=1000, metadata={"help": "Number of optimizer steps to train for."})
+    per_device_batch_size: int = field(default=1, metadata={"help": "Clips per process and forward pass."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the transformer and heads."})
+    backbone_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the visual backbone."})
+    text_encoder_learning_rate: float = field(
+        default=1e-5, metadata={"help": "Learning rate of the text encoder (unused while it is frozen)."}
+    )
+    linear_projection_multiplier: float = field(
+        default=1.0, metadata={"help": "Learning-rate factor of the sampling-offset and reference-point layers."}
+    )
+    weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay (all parameters)."})
+    max_grad_norm: float = field(default=0.1, metadata={"help": "Gradient clipping (total norm); 0 disables it."})
+    lr_drop_steps: list[int] = field(
+        default_factory=list, metadata={"help": "Steps after which the learning rates are divided by 10."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Forward passes per optimizer step."})
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16'."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    checkpoint_every: int = field(default=0, metadata={"help": "Save a resumable checkpoint every N steps (0: never)."})
+    log_every: int = field(default=10, metadata={"help": "Log losses, learning rates and throughput every N steps."})
+    seed: int = field(default=42, metadata={"help": "Seed of the initialization and of the data order."})
+    shuffle: bool = field(default=True, metadata={"help": "Shuffle the clips (a new seeded order every epoch)."})
+    num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    report_to: str | None = field(default=None, metadata={"help": "Accelerate tracker for the logs, e.g. 'tensorboard'."})
+
+
+TRAINING_STATE_FILE = "training_state.json"
+
+
+def train_with_accelerate(
+    model,
+    train_dataset,
+    args: AccelerateTrainingArguments,
+    collate_fn=None,
+    resume_from_checkpoint: str | None = None,
+    accelerator=None,
+):
+    """Trains `model` on `train_dataset` (clip samples, batched by `collate_fn`, default [`collate_clips`]) with
+    Accelerate: one or many processes (CPU or GPU), mixed precision, gradient accumulation and checkpointing.
+
+    `resume_from_checkpoint` (a `checkpoint-<step>` folder) restores model, optimizer, scheduler and random states and
+    continues with the same step counter and data order as an uninterrupted run. Returns the unwrapped model.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    if accelerator is None:
+        accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=args.mixed_precision,
+            log_with=args.report_to,
+            project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.output_dir),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+    set_seed(args.seed)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    dataloader = DataLoader(
+        train_dataset,
+        batch_size=args.per_device_batch_size,
+        shuffle=args.shuffle,
+        collate_fn=collate_fn or collate_clips,
+        num_workers=args.num_workers,
+    )
+    optimizer = torch.optim.AdamW(
+        get_parameter_groups(
+            model,
+            args.learning_rate,
+            args.backbone_learning_rate,
+            args.text_encoder_learning_rate,
+            args.linear_projection_multiplier,
+            args.weight_decay,
+        )
+    )
+    # Stepped once per optimizer step by hand: a prepared scheduler would step once per process.
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_drop_steps), gamma=0.1)
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    accelerator.register_for_checkpointing(scheduler)
+    if args.report_to:
+        accelerator.init_trackers("referformer", config={k: v for k, v in vars(args).items() if k != "lr_drop_steps"})
+
+    step, epoch, batches_done = 0, 0, 0
+    if resume_from_checkpoint:
+        accelerator.load_state(resume_from_checkpoint)
+        state = json.loads((Path(resume_from_checkpoint) / TRAINING_STATE_FILE).read_text())
+        step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
+        accelerator.print(f"resumed from {resume_from_checkpoint} at step {step}")
+
+    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    window_start, window_clips = time.perf_counter(), 0
+    while step < args.max_steps:
+        dataloader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(dataloader, batches_done) if batches_done else dataloader
+        for batch in batches:
+            batches_done += 1
+            with accelerator.accumulate(model):
+                outputs = model(**batch)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            window_clips += batch["pixel_values"].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            if args.log_every and (step % args.log_every == 0 or step == args.max_steps):
+                logs = {key: accelerator.reduce(value.detach(), "mean").item() for key, value in outputs.loss_dict.items()}
+                logs["loss"] = accelerator.reduce(outputs.loss.detach(), "mean").item()
+                logs.update({f"lr_{group['name']}": group["lr"] for group in optimizer.param_groups})
+                logs["clips_per_second"] = window_clips / (time.perf_counter() - window_start)
+                window_start, window_clips = time.perf_counter(), 0
+                progress.set_postfix(loss=f"{logs['loss']:.3f}")
+                accelerator.log(logs, step=step)
+                logger.info(f"step {step}: " + ", ".join(f"{key}={value:.4g}" for key, value in logs.items()))
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                save_training_checkpoint(accelerator, Path(args.output_dir) / f"checkpoint-{step}", step, epoch, batches_done)
+            if step >= args.max_steps:
+                break
+        else:
+            epoch, batches_done = epoch + 1, 0
+    progress.close()
+    accelerator.end_training()
+    return accelerator.unwrap_model(model)
+
+
+def save_training_checkpoint(accelerator, folder: Path, step: int, epoch: int, batches_in_epoch: int) -> None:
+    """Writes a resumable checkpoint: Accelerate state plus the step counter and the position in the data."""
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
+        (folder / TRAINING_STATE_FILE).write_text(json.dumps(state))
+    accelerator.wait_for_everyone()

@@ -133,3 +133,33 @@ def tiny_tokenizer(model_max_length: int = 38):
     characters = ["Ġ"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,'-!?()/:;")
     vocab = {token: index for index, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + characters)}
     return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def tiny_training_model(seed=0):
+    """A tiny model without any dropout (also in RoBERTa), so that training runs are exactly reproducible."""
+    from referformer import ReferFormerForReferringVideoObjectSegmentation
+
+    torch.manual_seed(seed)
+    text_config = dict(TINY_TEXT_CONFIG, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = tiny_config(text_config=text_config, dropout=0.0, text_projection_dropout=0.0, pixel_decoder_dropout=0.0)
+    return ReferFormerForReferringVideoObjectSegmentation(config)
+
+
+def synthetic_training_clips(num_clips, num_frames=2, size=64, seed=0):
+    """Clip samples as `collate_clips` takes them: a coloured square per clip at a random place, its labels and a
+    random 5-token sentence."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(num_clips):
+        top, left, side = (int(v) for v in torch.randint(0, size // 2, (3,), generator=generator))
+        side += 8
+        masks = torch.zeros(num_frames, size, size, dtype=torch.bool)
+        masks[:, top : top + side, left : left + side] = True
+        pixel_values = torch.randn(num_frames, 3, size, size, generator=generator) * 0.1
+        pixel_values[:, :, masks[0]] += torch.rand(3, 1, generator=generator) * 2
+        box = [(left + side / 2) / size, (top + side / 2) / size, side / size, side / size]
+        input_ids = torch.randint(3, TINY_TEXT_CONFIG["vocab_size"], (5,), generator=generator)
+        input_ids[0], input_ids[-1] = 0, 2
+        labels = {"masks": masks, "boxes": torch.tensor([box] * num_frames), "valid": torch.ones(num_frames, dtype=torch.long)}
+        samples.append({"pixel_values": pixel_values, "input_ids": input_ids, "labels": labels})
+    return samples

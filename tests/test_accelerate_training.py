@@ -1,0 +1,75 @@
+"""The Accelerate training loop: exact resumption from a checkpoint, and 2 processes equal 1 process."""
+
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from helpers import REPO_ROOT, synthetic_training_clips, tiny_training_model
+from referformer.training import AccelerateTrainingArguments, collate_clips, train_with_accelerate
+
+
+SCRIPT = REPO_ROOT / "tests" / "scripts" / "train_tiny.py"
+
+
+def assert_same_weights(first, second, atol=0.0):
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=key)
+
+
+def test_resuming_from_a_checkpoint_continues_exactly(tmp_path):
+    clips = synthetic_training_clips(3)  # batch 1: step 4 is in the second epoch
+
+    def run(output_dir, max_steps, resume=None):
+        args = AccelerateTrainingArguments(
+            output_dir=str(output_dir), max_steps=max_steps, checkpoint_every=2, learning_rate=1e-3, lr_drop_steps=[3], log_every=0
+        )
+        return train_with_accelerate(tiny_training_model(), clips, args, resume_from_checkpoint=resume).state_dict()
+
+    uninterrupted = run(tmp_path / "full", 4)
+    run(tmp_path / "interrupted", 2)  # "killed" after its checkpoint at step 2
+    checkpoint = tmp_path / "interrupted" / "checkpoint-2"
+    assert (checkpoint / "training_state.json").exists()
+    resumed = run(tmp_path / "interrupted", 4, resume=str(checkpoint))
+    assert (tmp_path / "interrupted" / "checkpoint-4").exists()
+    assert_same_weights(resumed, uninterrupted, atol=1e-7)
+    assert not torch.equal(uninterrupted["class_embed.1.weight"], tiny_training_model().state_dict()["class_embed.1.weight"])
+
+
+def test_two_processes_equal_one_process_over_the_same_global_batch(tmp_path):
+    # Two CPU processes talking over gloo: torchrun-style launch, with Accelerate told to stay on the CPU.
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir(), double.mkdir()
+    result = subprocess.run([sys.executable, str(SCRIPT), str(single), "2", "3"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run(launch + [str(SCRIPT), str(double), "1", "3"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = load_file(single / "weights_rank0.safetensors")
+    rank0, rank1 = load_file(double / "weights_rank0.safetensors"), load_file(double / "weights_rank1.safetensors")
+    assert_same_weights(rank0, rank1)
+    # Parameters the loss does not depend on (e.g. key biases, conv biases under a one-channel-per-group GroupNorm)
+    # get only rounding noise as gradient, which AdamW normalizes into full-size steps: they cannot agree.
+    insensitive = parameters_without_gradient()
+    assert "model.decoder.layers.0.self_attn.k_proj.bias" in insensitive
+    assert len(insensitive) < len(rank0) / 5
+    assert_same_weights(
+        {k: v for k, v in rank0.items() if k not in insensitive}, {k: v for k, v in reference.items() if k not in insensitive}, atol=1e-5
+    )
+
+
+def parameters_without_gradient():
+    """Names of the trainable parameters whose float64 gradient on a batch is zero (up to rounding)."""
+    model = tiny_training_model().double()
+    batch = collate_clips(synthetic_training_clips(2))
+    batch["pixel_values"] = batch["pixel_values"].double()
+    model(**batch).loss.backward()
+    return {
+        f"{name}" for name, parameter in model.named_parameters()
+        if parameter.requires_grad and (parameter.grad is None or parameter.grad.abs().max() < 1e-12)
+    }
