@@ -149,7 +149,9 @@ def collate_clips(
     - `input_ids` (`torch.LongTensor` of shape `(L,)`): the tokenized referring expression;
     - `attention_mask` (`torch.LongTensor` of shape `(L,)`, *optional*): defaults to all ones;
     - `labels` (`dict`, *optional*): `masks` `(T, h, w)` bool at the clip's unpadded size, `boxes` `(T, 4)`
-      normalized by the unpadded size, `valid` `(T,)` and `class_labels` `(T,)`; other keys are kept as they are.
+      normalized by the unpadded size, `valid` `(T,)` and `class_labels` `(T,)`; other keys are kept as they are;
+    - `valid_frame_index` (`int`, *optional*): A2D/JHMDB clips whose labels describe only this annotated frame (the
+      labels then have one frame); collated into the model's `valid_frame_indices`.
 
     Other sample keys are ignored. All clips must have the same number of frames T.
 
@@ -180,10 +182,14 @@ def collate_clips(
         if "attention_mask" in sample and sample["attention_mask"].shape != sample["input_ids"].shape:
             raise ValueError(f"Sample {index}: attention_mask and input_ids have different shapes.")
         if "labels" in sample:
-            _check_clip_labels(sample["labels"], tuple(pixel_values.shape[-2:]), num_frames, index)
+            label_frames = 1 if sample.get("valid_frame_index") is not None else num_frames
+            _check_clip_labels(sample["labels"], tuple(pixel_values.shape[-2:]), label_frames, index)
     with_labels = ["labels" in sample for sample in samples]
     if any(with_labels) and not all(with_labels):
         raise ValueError("Either every sample or none must have `labels`.")
+    annotated_frames = [sample.get("valid_frame_index") for sample in samples]
+    if any(frame is not None for frame in annotated_frames) and any(frame is None for frame in annotated_frames):
+        raise ValueError("Either every sample or none must have a `valid_frame_index`.")
 
     height = _round_up(max(sample["pixel_values"].shape[-2] for sample in samples), pad_to_multiple_of)
     width = _round_up(max(sample["pixel_values"].shape[-1] for sample in samples), pad_to_multiple_of)
@@ -215,6 +221,8 @@ def collate_clips(
         batch["labels"] = [
             {**sample["labels"], "masks": pad_frames(sample["labels"]["masks"].bool())} for sample in samples
         ]
+    if annotated_frames[0] is not None:
+        batch["valid_frame_indices"] = torch.tensor(annotated_frames, dtype=torch.long)
     return batch
 
 
@@ -232,9 +240,6 @@ def _check_clip_labels(labels: dict, frame_size: tuple[int, int], num_frames: in
             f"Sample {index}: label masks {tuple(labels['masks'].shape)} must be (frames, height, width) at the "
             f"clip's unpadded frame size {frame_size}."
         )
-
-
-__all__ = ["ReferFormerTrainer", "collate_clips", "get_parameter_groups"]
 
 
 @dataclass
@@ -380,3 +385,13 @@ def save_training_checkpoint(accelerator, folder: Path, step: int, epoch: int, b
         state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
         (folder / TRAINING_STATE_FILE).write_text(json.dumps(state))
     accelerator.wait_for_everyone()
+
+
+__all__ = [
+    "AccelerateTrainingArguments",
+    "ReferFormerTrainer",
+    "collate_clips",
+    "get_parameter_groups",
+    "save_training_checkpoint",
+    "train_with_accelerate",
+]

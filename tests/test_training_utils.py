@@ -234,3 +234,17 @@ def test_trainer_step_with_collated_clips(tmp_path):
     assert [group["name"] for group in trainer.optimizer.param_groups] == GROUP_NAMES
     assert not torch.equal(model.class_embed[-1].weight, head_before)
     assert torch.equal(model.model.text_encoder.embeddings.word_embeddings.weight, frozen_before)
+
+
+def test_collate_annotated_frame_clips():
+    """A2D/JHMDB samples: labels of the annotated frame only, collated with `valid_frame_indices`."""
+    samples = [make_sample(3, 40, 50, 5, seed=0), make_sample(3, 40, 50, 5, seed=1)]
+    for sample, frame in zip(samples, (2, 0)):
+        sample["labels"] = {key: value[frame : frame + 1] for key, value in sample["labels"].items() if key != "size"}
+        sample["valid_frame_index"] = frame
+    batch = collate_clips(samples)
+    assert batch["valid_frame_indices"].tolist() == [2, 0]
+    assert batch["labels"][0]["masks"].shape == (1, 64, 64)
+    samples[1] = make_sample(3, 40, 50, 5, seed=1)  # a regular clip with labels for every frame
+    with pytest.raises(ValueError, match="valid_frame_index"):
+        collate_clips(samples)
