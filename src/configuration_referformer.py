@@ -218,6 +218,7 @@ class ReferFormerConfig(PreTrainedConfig):
     attribute_map = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
     keys_to_ignore_at_inference = [
         "loss_dict",
+        "matched_query_indices",
         "auxiliary_outputs",
         "last_hidden_state",
         "encoder_last_hidden_state",

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -127,6 +128,40 @@ class ReferFormerTrainer(Trainer):
                 )
             self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
         return self.optimizer
+
+
+class ReferringSegmentationMetrics:
+    """`compute_metrics` for [`~transformers.Trainer`] evaluation, used with `batch_eval_metrics=True` (masks are scored
+    batch by batch, never accumulated): J (region similarity), F (contour accuracy) and J&F of the query selected by
+    the paper's rule, against the label masks, averaged over the frames of a clip and then over clips.
+
+    The predicted stride-4 mask logits are upsampled 4x (bilinear), thresholded at `threshold` and cropped to the
+    unpadded size (`labels["size"]` when present). Needs the model outputs in the order `logits, pred_boxes,
+    pred_masks, ...` (what `Trainer` passes, the config's `keys_to_ignore_at_inference` removing the others).
+    """
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
+        self._region, self._contour = [], []
+
+    def __call__(self, eval_prediction, compute_result: bool = True) -> dict | None:
+        from .evaluation import contour_accuracy, region_similarity
+
+        logits, _, pred_masks = (torch.as_tensor(array) for array in eval_prediction.predictions[:3])
+        for index, labels in enumerate(eval_prediction.label_ids):
+            query = logits[index].sigmoid().mean(0).max(-1).values.argmax()
+            masks = F.interpolate(pred_masks[index, :, query][:, None].float(), scale_factor=4, mode="bilinear")
+            ground_truth = torch.as_tensor(labels["masks"]).bool()
+            height, width = (int(v) for v in labels.get("size", ground_truth.shape[-2:]))
+            predicted = (masks[:, 0].sigmoid() > self.threshold)[:, :height, :width].cpu().numpy()
+            ground_truth = ground_truth[:, :height, :width].cpu().numpy()
+            self._region.append(float(region_similarity(ground_truth, predicted).mean()))
+            self._contour.append(float(contour_accuracy(ground_truth, predicted).mean()))
+        if not compute_result:
+            return None
+        region, contour = float(np.mean(self._region)), float(np.mean(self._contour))
+        self._region, self._contour = [], []
+        return {"J": region, "F": contour, "J&F": (region + contour) / 2}
 
 
 def _round_up(value: int, multiple: int | None) -> int:
@@ -390,6 +425,7 @@ def save_training_checkpoint(accelerator, folder: Path, step: int, epoch: int, b
 __all__ = [
     "AccelerateTrainingArguments",
     "ReferFormerTrainer",
+    "ReferringSegmentationMetrics",
     "collate_clips",
     "get_parameter_groups",
     "save_training_checkpoint",
