@@ -54,7 +54,6 @@ from .data_transforms import (
     load_object_masks,
     load_video_frames,
     photometric_distort,
-    resized_size,
     sample_train_frame_indices,
     swap_left_right,
 )
@@ -82,7 +81,6 @@ __all__ = [
     "load_video_frames",
     "matching_objects",
     "photometric_distort",
-    "resized_size",
     "sample_train_frame_indices",
     "swap_left_right",
 ]

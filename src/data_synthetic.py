@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .visualization import voc_palette
+
 
 __all__ = [
     "ATTRIBUTES",
@@ -86,21 +88,6 @@ def describe_attributes(attributes: Mapping[str, str]) -> str:
 def matching_objects(attributes: Mapping[str, str], objects: Mapping[str, Mapping]) -> list[str]:
     """Ids of the objects (metadata of one clip) whose attributes agree with all of `attributes`."""
     return [obj_id for obj_id, obj in objects.items() if all(obj[name] == value for name, value in attributes.items())]
-
-
-def _palette() -> list[int]:
-    """The PASCAL VOC / DAVIS colour map (index 0 black), as a flat 768-entry list for `Image.putpalette`."""
-    palette = []
-    for index in range(256):
-        red = green = blue = 0
-        value = index
-        for bit in range(8):
-            red |= ((value >> 0) & 1) << (7 - bit)
-            green |= ((value >> 1) & 1) << (7 - bit)
-            blue |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette += [red, green, blue]
-    return palette
 
 
 def _shape_mask(shape: str, center: tuple[float, float], radius: float, height: int, width: int) -> np.ndarray:
@@ -278,7 +265,7 @@ def generate_referring_shapes(
             raise FileExistsError(f"{path} already exists; generate into a new folder.")
 
     frame_names = [f"{frame_stride * t:05d}" for t in range(num_frames)]
-    palette = _palette()
+    palette = voc_palette()
     metadata = {"split": split, "height": height, "width": width, "seed": seed, "videos": {}}
     video_rngs = [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(num_videos)]
     for index, rng in enumerate(video_rngs):

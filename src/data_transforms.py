@@ -41,6 +41,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
+from .processing_referformer import get_resize_output_size
+
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -53,7 +55,6 @@ __all__ = [
     "load_object_masks",
     "load_video_frames",
     "photometric_distort",
-    "resized_size",
     "sample_train_frame_indices",
     "swap_left_right",
 ]
@@ -319,19 +320,6 @@ class _Clip:
         return self.images[0].height, self.images[0].width
 
 
-def resized_size(height: int, width: int, size: int, max_size: int | None = None) -> tuple[int, int]:
-    """Output (height, width) for a shorter side of `size` and a longer side of at most `max_size` (DETR's rule)."""
-    if max_size is not None:
-        shorter, longer = float(min(height, width)), float(max(height, width))
-        if longer / shorter * size > max_size:
-            size = int(round(max_size * shorter / longer))
-    if (width <= height and width == size) or (height <= width and height == size):
-        return height, width
-    if width < height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
-
-
 def _nearest_indices(input_size: int, output_size: int) -> np.ndarray:
     """Source indices of torch's `interpolate(mode="nearest")` (float32 scale, floor), as the original resizes masks."""
     scale = np.float32(input_size) / np.float32(output_size)
@@ -350,7 +338,7 @@ def _hflip(clip: _Clip) -> _Clip:
 
 def _resize(clip: _Clip, size: int, max_size: int | None) -> _Clip:
     height, width = clip.size
-    new_height, new_width = resized_size(height, width, size, max_size)
+    new_height, new_width = get_resize_output_size(height, width, size, max_size)
     images = [image.resize((new_width, new_height), Image.Resampling.BILINEAR) for image in clip.images]
     if clip.masks is None:
         return _Clip(images, None, None)

@@ -15,6 +15,7 @@ from PIL import Image
 from scipy.io import savemat
 from scipy.ndimage import binary_dilation, binary_erosion
 
+from referformer.processing_referformer import get_resize_output_size
 from referformer.data import (
     DATASET_FEATURES,
     IMAGENET_MEAN,
@@ -33,7 +34,6 @@ from referformer.data import (
     load_refcoco,
     load_video_frames,
     photometric_distort,
-    resized_size,
     sample_train_frame_indices,
     swap_left_right,
 )
@@ -697,10 +697,10 @@ def test_frame_sampling():
     assert centered_window_indices(10, 5, 0) == [0, 0, 0, 1, 2]
     assert centered_window_indices(10, 6, 5) == [2, 3, 4, 5, 6, 7]
     assert centered_window_indices(3, 5, 2) == [0, 1, 2, 2, 2]
-    assert resized_size(480, 854, 360, 640) == (360, 640)
-    assert resized_size(480, 910, 360, 640) == (338, 640)
-    assert resized_size(720, 1280, 360, 640) == (360, 640)
-    assert resized_size(300, 200, 360, 640) == (540, 360)
+    assert get_resize_output_size(480, 854, 360, 640) == (360, 640)
+    assert get_resize_output_size(480, 910, 360, 640) == (338, 640)
+    assert get_resize_output_size(720, 1280, 360, 640) == (360, 640)
+    assert get_resize_output_size(300, 200, 360, 640) == (540, 360)
 
 
 def test_photometric_distort_is_seeded():
