@@ -131,6 +131,28 @@ def test_converted_fixture_intermediates(converted_fixture):
         torch.testing.assert_close(actual, reference[name], msg=lambda m: f"{name}: {m}", **tolerance)
 
 
+def test_compiled_kernel_and_pytorch_attention_agree_on_the_fixture(converted_fixture):
+    """The converted model gives the same outputs with the compiled deformable-attention op as without it."""
+    import referformer.kernels
+
+    model, fixture, fixture_config, folder = converted_fixture
+    assert referformer.kernels.is_available("cpu"), "the CPU kernel must build here (g++ and ninja are installed)"
+    pytorch_model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(folder, disable_custom_kernels=True).eval()
+    inputs = load_file(fixture / "inputs.safetensors")
+    with torch.no_grad():
+        with_kernel = model(**inputs_without_sizes(inputs))
+        without_kernel = pytorch_model(**inputs_without_sizes(inputs))
+    assert_outputs_match(with_kernel, load_file(fixture / "outputs.safetensors"), fixture_config["recommended_tolerances"] | _aux_tolerances(fixture_config))
+    tolerances = fixture_config["recommended_tolerances"] | _aux_tolerances(fixture_config)
+    for name in ("logits", "pred_boxes", "pred_masks"):
+        tolerance = tolerances["pred_" + name.removeprefix("pred_")]
+        torch.testing.assert_close(with_kernel[name], without_kernel[name], **tolerance)
+
+
+def inputs_without_sizes(inputs):
+    return {key: inputs[key] for key in ("pixel_values", "pixel_mask", "input_ids", "attention_mask")}
+
+
 def test_converted_folder_loads_with_auto_classes(converted_fixture):
     model, fixture, fixture_config, folder = converted_fixture
     processor = AutoProcessor.from_pretrained(folder)

@@ -16,6 +16,7 @@ from referformer import (
     ReferFormerTimmBackboneConfig,
 )
 from referformer.modeling_referformer import (
+    ReferFormerMultiscaleDeformableAttention,
     dynamic_mask_logits,
     sine_position_embedding_1d,
     sine_position_embedding_2d,
@@ -271,6 +272,27 @@ def test_without_box_refinement_heads_are_shared():
     torch.testing.assert_close(
         initial, model.model.reference_points(model.model.query_position_embeddings.weight).sigmoid()[None, None].expand_as(initial)
     )
+
+
+def test_deformable_attention_compiles_without_graph_break():
+    """`torch.compile(fullgraph=True)` traces the attention module through the custom op (or its fallback)."""
+    import referformer.kernels
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    attention = randomize_weights(ReferFormerMultiscaleDeformableAttention(config, 2, 2)).eval()
+    shapes = [(6, 8), (3, 4), (2, 2), (1, 1)]
+    spatial_shapes = torch.tensor(shapes)
+    start_index = torch.cat([torch.zeros(1, dtype=torch.long), spatial_shapes.prod(1).cumsum(0)[:-1]])
+    sequence = int(spatial_shapes.prod(1).sum())
+    queries, values = torch.randn(2, 7, config.d_model), torch.randn(2, sequence, config.d_model)
+    references = torch.rand(2, 7, 4, 2)
+    arguments = (queries, references, values, spatial_shapes, shapes, start_index)
+    with torch.no_grad():
+        eager = attention(*arguments)
+        assert referformer.kernels.is_available("cpu")
+        compiled = torch.compile(attention, fullgraph=True, backend="aot_eager")(*arguments)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- gradients
