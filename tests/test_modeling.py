@@ -221,7 +221,7 @@ def test_batching_with_padding_equals_per_clip_results():
         changed = model(**other_content)
     for batched_layer, alone_layer in zip(all_predictions(batched), all_predictions(alone)):
         for batched_tensor, alone_tensor in zip(batched_layer, alone_layer):
-            torch.testing.assert_close(batched_tensor[:1], alone_tensor, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(batched_tensor[:1], alone_tensor, atol=1e-4, rtol=1e-4)
     # The padded clip does not see the other clip of the batch.
     for changed_layer, batched_layer in zip(all_predictions(changed), all_predictions(batched)):
         for changed_tensor, batched_tensor in zip(changed_layer, batched_layer):
