@@ -250,6 +250,17 @@ def test_any_timm_feature_backbone_works():
     assert torch.isfinite(outputs.pred_masks).all()
 
 
+def test_any_auto_model_text_encoder_works():
+    bert = {"model_type": "bert", "vocab_size": 99, "hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 30, "max_position_embeddings": 32, "pad_token_id": 1}
+    model = ReferFormerForReferringVideoObjectSegmentation(tiny_config(text_config=bert)).eval()
+    assert type(model.model.text_encoder).__name__ == "BertModel"
+    assert model.model.text_projection.fc.in_features == 24
+    with torch.no_grad():
+        outputs = model(**random_inputs(model.config))
+    assert torch.isfinite(outputs.pred_masks).all()
+
+
 def test_bad_inputs_raise_clear_errors():
     model = build_model()
     inputs = random_inputs(model.config)
