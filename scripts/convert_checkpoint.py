@@ -7,6 +7,19 @@ queries, classes, mask head); what the weights cannot tell (attention heads vs. 
 weights, ...) comes from the checkpoint's own `args`, from `--original_args` (a JSON object of the original
 command-line arguments under their original names) or from the original defaults. Conversion is strict: every
 original key must map onto the model and every model key must be filled, otherwise nothing is written.
+
+The output folder also gets a model card (README.md) naming the backbone, the training data and the scores the
+authors report for that pair. The training data is read from the training arguments (`dataset_file`,
+`pretrained_weights`) or given with `--training_data`:
+
+    ref-youtube-vos          Ref-YouTube-VOS, fine-tuned from the RefCOCO/+/g pretraining weights
+    ref-youtube-vos-scratch  Ref-YouTube-VOS from scratch (Video-Swin-T*)
+    joint                    Ref-YouTube-VOS and RefCOCO/+/g jointly
+    refcoco-pretrain         the RefCOCO/+/g pretraining weights
+    a2d-sentences            A2D-Sentences, fine-tuned from the RefCOCO/+/g pretraining weights
+    a2d-sentences-scratch    A2D-Sentences from scratch (Video-Swin-T*)
+
+When neither tells, the card says the training data is unknown and lists no scores.
 """
 
 import argparse
@@ -419,35 +432,54 @@ def convert_checkpoint(
     tokenizer: str = DEFAULT_TOKENIZER,
     run_verification: bool = False,
     push_to_hub: str | None = None,
+    training_data: str | None = None,
 ):
-    """Converts `checkpoint` into `output_dir` (model and processor; written only if everything succeeds) and
-    returns the model."""
+    """Converts `checkpoint` into `output_dir` (model, processor and model card; written only if everything succeeds)
+    and returns the model. `training_data` names the training data for the model card (see the module docstring);
+    without it, it is read from the checkpoint's training arguments."""
+    from referformer.model_cards import model_card, resolve_training_data
+
     state_dict, checkpoint_args = load_original_checkpoint(checkpoint)
-    model = build_converted_model(state_dict, {**checkpoint_args, **(original_args or {})})
+    args = {**checkpoint_args, **(original_args or {})}
+    training = resolve_training_data(args, training_data)
+    model = build_converted_model(state_dict, args)
     processor = build_processor(tokenizer, model.config.text_config)
     if run_verification:
         verify(model)
     output_dir = Path(output_dir)
+    card = model_card(model.config, training, Path(checkpoint).name, push_to_hub or output_dir.name)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        (staging / "README.md").write_text(card, encoding="utf-8")
         if output_dir.exists():
             output_dir.rmdir()  # only an empty folder gets here (main() refuses a non-empty one)
         staging.rename(output_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    print(f"saved {type(model).__name__} and its processor to {output_dir}")
+    print(f"saved {type(model).__name__}, its processor and model card to {output_dir}")
+    print(f"training data: {training.description if training else 'unknown (pass --training_data)'}")
     if push_to_hub:
-        model.push_to_hub(push_to_hub, commit_message="Convert original ReferFormer checkpoint")
-        processor.push_to_hub(push_to_hub, commit_message="Add the ReferFormer processor")
-        print(f"pushed to {push_to_hub}")
+        push_folder(output_dir, push_to_hub)
     return model
 
 
+def push_folder(folder: Path, repo_id: str) -> None:
+    """Uploads the converted folder (weights, code, processor, model card) to the Hub repo `repo_id` in one commit."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Convert original ReferFormer checkpoint")
+    print(f"pushed to {repo_id}")
+
+
 def main(argv=None) -> int:
+    from referformer.model_cards import TRAINING_SETTINGS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="original .pth (dict with 'model') or .safetensors file")
     parser.add_argument("--output_dir", required=True, help="folder to write the converted model to")
@@ -461,7 +493,14 @@ def main(argv=None) -> int:
         help=f"RoBERTa tokenizer for the processor: a local folder or a Hub id (default {DEFAULT_TOKENIZER})",
     )
     parser.add_argument("--verify", action="store_true", help="run the converted model once on a random clip")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the converted model to this Hub repo")
+    parser.add_argument(
+        "--training_data",
+        choices=list(TRAINING_SETTINGS),
+        help="training data of the checkpoint, for the model card (default: read from its training arguments)",
+    )
+    parser.add_argument(
+        "--push_to_hub", metavar="REPO_ID", help="also upload the converted folder (with its model card) to this Hub repo"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     original_args = None
@@ -473,7 +512,15 @@ def main(argv=None) -> int:
     if output_dir.exists() and any(output_dir.iterdir()):
         parser.error(f"--output_dir {output_dir} exists and is not empty")
     try:
-        convert_checkpoint(args.checkpoint, output_dir, original_args, args.tokenizer, args.verify, args.push_to_hub)
+        convert_checkpoint(
+            args.checkpoint,
+            output_dir,
+            original_args,
+            args.tokenizer,
+            args.verify,
+            args.push_to_hub,
+            args.training_data,
+        )
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from referformer import (
     ReferFormerTimmBackboneConfig,
     ReferFormerVideoSwinBackboneConfig,
 )
+from referformer.model_cards import backbone_name, model_card, training_data_from_setting
 
 
 convert = load_script("convert_checkpoint")
@@ -206,6 +207,24 @@ def test_full_size_keys_map_completely(name, backbone_class, expected_backbone):
     with torch.device("meta"):
         model = ReferFormerForReferringVideoObjectSegmentation(config)
     convert.check_weights_fit(model.state_dict(), converted)
+
+
+@pytest.mark.parametrize(
+    "name, backbone",
+    [
+        ("resnet50", "ResNet-50"),
+        ("resnet101", "ResNet-101"),
+        ("swin_t_p4w7", "Swin-T"),
+        ("swin_l_p4w7", "Swin-L"),
+        ("video_swin_t_p4w7", "Video-Swin-T"),
+        ("video_swin_b_p4w7", "Video-Swin-B"),
+    ],
+)
+def test_full_size_backbones_are_named_in_the_model_card(name, backbone):
+    _, config = convert.infer_config(read_key_file(require_fixture("original_keys") / f"{name}.txt"))
+    assert backbone_name(config.backbone_config) == backbone
+    card = model_card(config, training_data_from_setting("joint"), f"{name}.pth", "referformer")
+    assert f"# ReferFormer ({backbone}, joint training)" in card and "- Text encoder: RoBERTa-base" in card
 
 
 # ----------------------------------------------------------------------------- loading and strictness
