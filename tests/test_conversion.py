@@ -304,3 +304,12 @@ def test_cli_errors_write_nothing(tmp_path, resnet_fixture):
     assert (output_dir / "keep.txt").read_text() == "user data"
     result = run_converter("--checkpoint", tmp_path / "missing.pth", "--output_dir", tmp_path / "other")
     assert result.returncode == 1 and "not found" in result.stderr
+
+
+def test_backbone_name_in_the_arguments_does_not_override_the_weights():
+    fixture = require_fixture("original_swin")
+    state_dict = load_file(fixture / "original_state_dict.safetensors")
+    model_args = json.loads((fixture / "config.json").read_text())["model_args"]
+    family, config = convert.infer_config(state_dict, dict(model_args, backbone="swin_l_p4w7"))
+    assert family == "swin"
+    assert (config.backbone_config.embed_dim, config.backbone_config.num_heads) == (32, [1, 2, 4, 8])
