@@ -130,10 +130,23 @@ def _summarize(error: Exception) -> str:
     return summary if len(summary) <= 300 else summary[:297] + "..."
 
 
+def _put_installed_ninja_on_path() -> None:
+    """Makes the `ninja` of the `ninja` pip package findable when the environment's scripts folder is not on PATH
+    (e.g. a virtual environment used without activating it)."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build_and_load() -> frozenset[str] | bool:
     """One attempt at building and loading; returns the new cache state and emits at most one warning."""
     from torch.utils import cpp_extension
 
+    _put_installed_ninja_on_path()
     if not cpp_extension.is_ninja_available():
         logger.warning(
             "Could not build the custom multi-scale deformable attention kernel: ninja is not installed "
