@@ -959,7 +959,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
         spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=frames.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self._valid_ratio(mask) for mask in level_masks], 1)
+        valid_ratios = torch.stack([self._valid_ratio(mask) for mask in level_masks], 1).to(sources[0].dtype)
         flat_sources = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
         flat_masks = torch.cat([mask.flatten(1) for mask in level_masks], 1)
         flat_positions = torch.cat(

@@ -327,7 +327,7 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
     def _boxes_to_frame(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
         center_x, center_y, box_width, box_height = boxes.float().unbind(-1)
         corners = [center_x - 0.5 * box_width, center_y - 0.5 * box_height, center_x + 0.5 * box_width, center_y + 0.5 * box_height]
-        return torch.stack(corners, -1) * torch.tensor([width, height, width, height], dtype=torch.float32)
+        return torch.stack(corners, -1) * torch.tensor([width, height, width, height], device=boxes.device)
 
     def post_process_referring_image_segmentation(self, outputs, target_sizes, resized_sizes=None, threshold=0.5):
         """[`post_process_referring_video_segmentation`] for single images (T = 1): `masks` `[H0, W0]`, `boxes` `[4]`,

@@ -261,6 +261,16 @@ def test_any_auto_model_text_encoder_works():
     assert torch.isfinite(outputs.pred_masks).all()
 
 
+def test_bfloat16_model_runs():
+    model = build_model()
+    inputs = random_inputs(model.config)
+    with torch.no_grad():
+        reference = model(**inputs)
+        half = model.to(torch.bfloat16)(**dict(inputs, pixel_values=inputs["pixel_values"].bfloat16()))
+    assert half.pred_masks.dtype == torch.bfloat16 and torch.isfinite(half.pred_masks.float()).all()
+    torch.testing.assert_close(half.pred_boxes.float(), reference.pred_boxes, atol=0.05, rtol=0)
+
+
 def test_bad_inputs_raise_clear_errors():
     model = build_model()
     inputs = random_inputs(model.config)

@@ -1,0 +1,893 @@
+#!/usr/bin/env python
+"""Referring video object segmentation with ReferFormer: predict, evaluate and train.
+
+    python scripts/run_rvos.py predict --model MODEL --video dog.mp4 --text "a brown dog" --output_dir out
+    python scripts/run_rvos.py evaluate --model MODEL --dataset ref-davis17 --data_root DIR --davis_root DAVIS --output_dir out
+    python scripts/run_rvos.py train --dataset ref-youtube-vos --data_root DIR --config_name resnet50 --output_dir run
+    accelerate launch scripts/run_rvos.py train args.json        # any number of processes / GPUs
+
+`python scripts/run_rvos.py COMMAND --help` lists the options of a command. Options can also come from a JSON or
+YAML file: `run_rvos.py COMMAND options.json`.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, HfArgumentParser, PretrainedConfig
+
+from referformer import (
+    ReferFormerConfig,
+    ReferFormerForReferringVideoObjectSegmentation,
+    ReferFormerProcessor,
+    ReferFormerVideoProcessor,
+)
+from referformer.cli_presets import CONFIG_PRESETS, DEFAULT_TOKENIZERS, build_shapes_tokenizer, tiny_config
+from referformer.data import (
+    ReferringVideoEvalTransform,
+    ReferringVideoTrainTransform,
+    expand_clip_starts,
+    load_a2d_sentences,
+    load_jhmdb_sentences,
+    load_ref_davis17,
+    load_ref_youtube_vos,
+    load_refcoco,
+)
+from referformer.evaluation_protocols import (
+    evaluate_a2d,
+    evaluate_ref_davis,
+    evaluate_ytvos_folder,
+    write_ytvos_submission,
+)
+from referformer.processing_referformer import IMAGE_EXTENSIONS, load_video, natural_sort_key
+from referformer.training import AccelerateTrainingArguments, collate_clips, train_with_accelerate
+from referformer.visualization import overlay_masks, voc_palette, write_palette_masks, write_video
+
+
+EVAL_DATASETS = ("synthetic", "ref-youtube-vos", "ref-davis17", "a2d-sentences", "jhmdb-sentences")
+TRAIN_DATASETS = ("synthetic", "ref-youtube-vos", "a2d-sentences", "refcoco", "joint")
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(-1, 3)
+
+
+class UsageError(ValueError):
+    """A bad option or input, reported to the user as one line (no traceback)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_choice(value, choices, option: str) -> None:
+    if value not in choices:
+        raise UsageError(f"Unknown {option} {value!r}; choose one of: {', '.join(choices)}.")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to run, and where."""
+
+    model: str = field(
+        metadata={"help": "A ReferFormer model saved with save_pretrained (model + processor): local folder or Hub id."}
+    )
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."})
+    dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "Inference precision."})
+
+    def __post_init__(self):
+        _check_choice(self.dtype, ("fp32", "bf16", "fp16"), "--dtype")
+
+
+@dataclass
+class PredictArguments:
+    """A video and sentences in; masks, overlays and boxes out."""
+
+    video: str = field(metadata={"help": "Video file (any format PyAV decodes) or folder of frame images."})
+    text: list[str] = field(
+        metadata={"help": "One or more referring expressions, each quoted: --text 'the red car' 'the dog'."}
+    )
+    output_dir: str = field(
+        metadata={"help": "Writes <output_dir>/<video>/<exp>/<frame>.png masks, overlay_<exp>.gif and predictions.json."}
+    )
+    window: int = field(
+        default=36, metadata={"help": "Frames per forward pass; longer videos are cut into independent windows."}
+    )
+    frame_stride: int = field(default=1, metadata={"help": "Keep every N-th frame of the video."})
+    max_frames: int | None = field(default=None, metadata={"help": "Keep at most this many frames (after the stride)."})
+    threshold: float = field(default=0.5, metadata={"help": "Mask probability threshold."})
+    overlay_format: Literal["gif", "mp4"] = field(default="gif", metadata={"help": "File type of the overlay videos."})
+    fps: float = field(default=10.0, metadata={"help": "Frame rate of the overlay videos."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace existing results of this video."})
+
+    def __post_init__(self):
+        _check_choice(self.overlay_format, ("gif", "mp4"), "--overlay_format")
+        if self.window < 1:
+            raise UsageError(f"--window must be at least 1, got {self.window}.")
+
+
+@dataclass
+class EvaluateArguments:
+    """A benchmark (or a synthetic folder) in; scores, and the Ref-YouTube-VOS submission, out."""
+
+    dataset: str = field(metadata={"help": f"One of: {', '.join(EVAL_DATASETS)}."})
+    data_root: str = field(metadata={"help": "Dataset folder (the Ref-YouTube-VOS layout for the first three datasets)."})
+    output_dir: str = field(metadata={"help": "Writes results.json (and Annotations/ + submission.zip for Ref-YouTube-VOS)."})
+    split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate (default: valid; test for A2D-Sentences; JHMDB has one)."}
+    )
+    window: int = field(
+        default=36,
+        metadata={
+            "help": "Frames per forward pass (Ref-DAVIS17 uses 36-frame clips; the original runs a Ref-YouTube-VOS "
+            "video in one pass: give a window longer than the videos)."
+        },
+    )
+    num_frames: int = field(default=5, metadata={"help": "A2D/JHMDB: frames of the window centered on the annotated frame."})
+    threshold: float = field(default=0.5, metadata={"help": "Mask probability threshold."})
+    davis_root: str | None = field(
+        default=None, metadata={"help": "Ref-DAVIS17: the DAVIS-2017 folder (ImageSets/, Annotations_unsupervised/)."}
+    )
+    ground_truth: str | None = field(
+        default=None,
+        metadata={"help": "A2D/JHMDB: COCO-format ground truth (default: the benchmark's file under --data_root)."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Write into an existing, non-empty --output_dir."})
+
+    def __post_init__(self):
+        _check_choice(self.dataset, EVAL_DATASETS, "--dataset")
+        if self.window < 1 or self.num_frames < 1:
+            raise UsageError("--window and --num_frames must be at least 1.")
+
+
+@dataclass
+class TrainModelArguments:
+    """The model to start from: a saved model, or a new one from a configuration."""
+
+    init_from: str | None = field(
+        default=None, metadata={"help": "Fine-tune this saved ReferFormer model (local folder or Hub id)."}
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train a new model: a preset ("
+            + "; ".join(f"{name}: {text}" for name, text in CONFIG_PRESETS.items())
+            + ") or the path of a ReferFormerConfig JSON file."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer of a new model (default: the preset's); local folder or Hub id."}
+    )
+
+    def __post_init__(self):
+        if (self.init_from is None) == (self.config_name is None):
+            raise UsageError("Give exactly one of --init_from (a saved model) and --config_name (a new model).")
+
+
+@dataclass
+class TrainDataArguments:
+    """Training data and augmentation."""
+
+    dataset: str = field(metadata={"help": f"One of: {', '.join(TRAIN_DATASETS)} (joint = Ref-YouTube-VOS + RefCOCO)."})
+    data_root: str = field(
+        metadata={"help": "Dataset folder (for refcoco: the COCO folder with train2014/ and refcoco*/ annotations)."}
+    )
+    refcoco_root: str | None = field(default=None, metadata={"help": "joint: the COCO folder of the RefCOCO data."})
+    refcoco_datasets: list[str] = field(
+        default_factory=lambda: ["refcoco", "refcoco+", "refcocog"],
+        metadata={"help": "refcoco/joint: the referring-expression datasets to concatenate."},
+    )
+    split: str = field(default="train", metadata={"help": "Split of --data_root to train on."})
+    num_frames: int | None = field(default=None, metadata={"help": "Frames per clip (default 5; 1 for refcoco)."})
+    train_sizes: list[int] | None = field(
+        default=None,
+        metadata={"help": "Shorter sides drawn for training (default: the original's 288..512; synthetic: frame height)."},
+    )
+    max_size: int = field(default=640, metadata={"help": "Longest side after resizing, for training and inference."})
+    crop_prob: float | None = field(default=None, metadata={"help": "Random-crop probability (default 0.5; synthetic 0)."})
+    photometric: bool | None = field(
+        default=None,
+        metadata={"help": "Photometric distortion (default on; off for synthetic data, whose expressions name colours)."},
+    )
+    inference_size: int | None = field(
+        default=None, metadata={"help": "Shorter side the saved processor resizes to (default 360; synthetic: frame height)."}
+    )
+    eval_split: str | None = field(
+        default=None,
+        metadata={"help": "synthetic/ref-youtube-vos: after training, J&F on this split of --data_root (needs its masks)."},
+    )
+
+    def __post_init__(self):
+        _check_choice(self.dataset, TRAIN_DATASETS, "--dataset")
+        if self.dataset == "joint" and not self.refcoco_root:
+            raise UsageError("--dataset joint needs --refcoco_root (the COCO folder with the RefCOCO annotations).")
+
+
+@dataclass
+class RunTrainingArguments(AccelerateTrainingArguments):
+    """Optimization, schedule, checkpoints and publishing."""
+
+    max_steps: int = field(
+        default=-1, metadata={"help": "Optimizer steps; -1 derives them from --num_train_epochs (the default)."}
+    )
+    num_train_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs (default, the original's schedules: 6 to fine-tune (12 on RefCOCO/joint); for a new model "
+            "10 on Ref-YouTube-VOS/synthetic, 12 on A2D-Sentences/RefCOCO/joint)."
+        },
+    )
+    lr_drop_epochs: list[int] | None = field(
+        default=None,
+        metadata={"help": "Epochs after which the learning rates are divided by 10 (default: 3 5, 6 8 or 8 10 as above)."},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "Continue exactly from a checkpoint-<step> folder of --output_dir."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Train into an existing, non-empty --output_dir."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Upload the final model and its card to this Hub repo id."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------
+
+
+def check_referformer_source(name: str, what: str = "model") -> None:
+    """Fails clearly unless `name` is a saved ReferFormer model (local folder, or Hub id when no such path exists)."""
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"The {what} {name} has no config.json: not a folder written by save_pretrained.")
+    elif not HUB_ID.fullmatch(name):
+        raise FileNotFoundError(f"The {what} {name} does not exist (neither a local folder nor a Hub id).")
+    try:
+        config, _ = PretrainedConfig.get_config_dict(name)
+    except OSError as error:
+        raise FileNotFoundError(f"Cannot load the {what} {name}: {error}") from error
+    model_type = config.get("model_type")
+    if model_type != ReferFormerConfig.model_type:
+        raise UsageError(
+            f"The {what} {name} is a {model_type!r} model, not a ReferFormer one (model_type 'referformer')."
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(args: ModelArguments):
+    """The model (in eval mode, on the device) and the processor of `args.model`.
+
+    Half precision runs the float32 weights under autocast, with the pure-PyTorch deformable attention (the compiled
+    kernel needs one dtype for all its inputs, and the reference points stay in float32).
+    """
+    check_referformer_source(args.model)
+    processor = ReferFormerProcessor.from_pretrained(args.model)
+    model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
+        args.model, disable_custom_kernels=args.dtype != "fp32"
+    )
+    return model.to(resolve_device(args.device)).eval(), processor
+
+
+def autocast(args: ModelArguments):
+    """The mixed-precision context of `--dtype` (a no-op for fp32)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    return torch.autocast(resolve_device(args.device).type, dtype=dtype, enabled=args.dtype != "fp32")
+
+
+@torch.no_grad()
+def segment_video(model, processor, frames, sentences, window=36, threshold=0.5, with_probabilities=False, progress=False):
+    """Segments the object referred to by each sentence in every frame of `frames` (RGB arrays).
+
+    The video is cut into consecutive windows of `window` frames, each an independent forward pass with its own query
+    selection (the original's Ref-DAVIS17 inference). Returns one dict per sentence: `masks` `[T, H, W]` bool,
+    `boxes` `[T, 4]` (x0, y0, x1, y1), `scores` `[T]`, `query_indices` (one per window) and, with
+    `with_probabilities`, `probabilities` `[T, H, W]` (the selected query's mask probabilities).
+    """
+    device = next(model.parameters()).device
+    results = [defaultdict(list) for _ in sentences]
+    starts = range(0, len(frames), window)
+    for start in tqdm(starts, desc="windows", disable=not progress, leave=False):
+        inputs = processor(videos=list(frames[start : start + window]), text=list(sentences))
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        outputs = model(**inputs)
+        outputs = SimpleNamespace(
+            **{name: getattr(outputs, name).float().cpu() for name in ("logits", "pred_boxes", "pred_masks")}
+        )
+        original_sizes, resized_sizes = inputs["original_sizes"].cpu(), inputs["resized_sizes"].cpu()
+        window_results = processor.post_process_referring_video_segmentation(
+            outputs, original_sizes, resized_sizes, threshold=threshold
+        )
+        for index, (result, collected) in enumerate(zip(window_results, results)):
+            collected["masks"].append(result["masks"].numpy())
+            collected["boxes"].append(result["boxes"].numpy())
+            collected["scores"].append(result["scores"].numpy())
+            collected["query_indices"].append(result["query_index"])
+            if with_probabilities:
+                logits = outputs.pred_masks[index, :, result["query_index"]]
+                height, width = resized_sizes[index].tolist()
+                logits = logits[:, : -(-height // 4), : -(-width // 4)]
+                size = tuple(original_sizes[index].tolist())
+                probabilities = F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)
+                collected["probabilities"].append(probabilities[:, 0].sigmoid().numpy())
+    return [
+        {key: values if key == "query_indices" else np.concatenate(values) for key, values in collected.items()}
+        for collected in results
+    ]
+
+
+def read_frames(paths) -> list[np.ndarray]:
+    frames = []
+    for path in paths:
+        with Image.open(path) as image:
+            frames.append(np.asarray(image.convert("RGB")))
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------------
+# predict
+# ---------------------------------------------------------------------------------------------------
+
+
+def video_frame_names(video: str, indices: list[int]) -> list[str]:
+    """Names of the kept frames: the image file names of a frame folder, `00000`-style indices for a video file."""
+    path = Path(video)
+    if path.is_dir():
+        files = sorted(
+            (child for child in path.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS),
+            key=lambda child: natural_sort_key(child.name),
+        )
+        return [files[index].stem for index in indices]
+    return [f"{index:05d}" for index in indices]
+
+
+def prepare_output_dir(path: Path, overwrite: bool, option: str = "--overwrite") -> None:
+    """Refuses an existing non-empty folder unless `overwrite`."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"The output path {path} exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"The output folder {path} exists and is not empty; pass {option} to write into it.")
+
+
+def write_video_predictions(output_dir, video_name, frames, frame_names, sentences, results, fps, overlay_format):
+    """Palette masks, one overlay per sentence and predictions.json under `<output_dir>/<video_name>/`."""
+    video_dir = Path(output_dir) / video_name
+    expressions = []
+    for index, (sentence, result) in enumerate(zip(sentences, results)):
+        exp_id = str(index)
+        write_palette_masks(result["masks"], video_dir / exp_id, frame_names, overwrite=True)
+        overlays = overlay_masks(
+            frames, result["masks"], result["boxes"], text=sentence, color=tuple(int(c) for c in PALETTE[index + 1])
+        )
+        write_video(overlays, video_dir / f"overlay_{exp_id}.{overlay_format}", fps=fps)
+        expressions.append(
+            {
+                "exp_id": exp_id,
+                "text": sentence,
+                "window_query_indices": [int(query) for query in result["query_indices"]],
+                "frames": [
+                    {"frame": name, "box": [round(float(v), 2) for v in box], "score": round(float(score), 4)}
+                    for name, box, score in zip(frame_names, result["boxes"], result["scores"])
+                ],
+            }
+        )
+    predictions = {"video": video_name, "frames": frame_names, "expressions": expressions}
+    (video_dir / "predictions.json").write_text(json.dumps(predictions, indent=1), encoding="utf-8")
+    return video_dir
+
+
+def run_predict(model_args: ModelArguments, args: PredictArguments) -> Path:
+    if not Path(args.video).exists():
+        raise FileNotFoundError(f"The video {args.video} does not exist.")
+    video_name = Path(args.video).stem if Path(args.video).is_file() else Path(args.video).resolve().name
+    video_dir = Path(args.output_dir) / video_name
+    prepare_output_dir(video_dir, args.overwrite)
+    model, processor = load_model(model_args)
+    frames, indices = load_video(args.video, args.frame_stride, args.max_frames)
+    frame_names = video_frame_names(args.video, indices)
+    with autocast(model_args):
+        results = segment_video(model, processor, frames, args.text, args.window, args.threshold, progress=True)
+    if video_dir.exists():
+        shutil.rmtree(video_dir)
+    write_video_predictions(
+        args.output_dir, video_name, frames, frame_names, args.text, results, args.fps, args.overlay_format
+    )
+    print(f"{len(frames)} frames, {len(args.text)} expression(s): results in {video_dir}")
+    return video_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------------
+
+
+def group_by_video(rows) -> dict[str, list[dict]]:
+    videos = defaultdict(list)
+    for row in rows:
+        videos[row["video_id"]].append(row)
+    return videos
+
+
+def evaluate_ytvos_layout(model, processor, args: EvaluateArguments, split: str) -> dict:
+    """Ref-YouTube-VOS layout (Ref-YouTube-VOS, synthetic): the submission folder and zip, and J&F when masks exist."""
+    rows = load_ref_youtube_vos(args.data_root, split)
+    if len(rows) == 0:
+        raise UsageError(f"{args.data_root} lists no expression for split {split!r}.")
+    progress = tqdm(total=len(rows), desc="expressions")
+
+    def predictions():
+        for video_id, video_rows in group_by_video(rows).items():
+            frames = read_frames(video_rows[0]["frames"])
+            for row in video_rows:
+                result = segment_video(model, processor, frames, [row["expression"]], args.window, args.threshold)[0]
+                progress.update(1)
+                yield video_id, row["exp_id"], row["frame_names"], result["masks"]
+
+    zip_path = write_ytvos_submission(predictions(), args.output_dir, overwrite=args.overwrite)
+    progress.close()
+    results = {"num_expressions": len(rows), "submission": str(zip_path)}
+    if all(mask_type != "none" for mask_type in rows["mask_type"]):
+        root = Path(args.data_root)
+        results.update(
+            evaluate_ytvos_folder(
+                args.output_dir,
+                root / split / "Annotations",
+                root / "meta_expressions" / split / "meta_expressions.json",
+            )
+        )
+    return results
+
+
+def evaluate_davis(model, processor, args: EvaluateArguments, split: str) -> dict:
+    """Ref-DAVIS17: probabilities of 36-frame clips, the four expression sets, DAVIS-2017 unsupervised J&F."""
+    if not args.davis_root:
+        raise UsageError("--dataset ref-davis17 needs --davis_root (the DAVIS-2017 folder with Annotations_unsupervised/).")
+    rows = load_ref_davis17(args.data_root, split)
+    videos = group_by_video(rows)
+
+    def predictions():
+        for video_id, video_rows in tqdm(videos.items(), desc="videos"):
+            video_rows = sorted(video_rows, key=lambda row: int(row["exp_id"]))
+            frames = read_frames(video_rows[0]["frames"])
+            results = [
+                segment_video(model, processor, frames, [row["expression"]], args.window, args.threshold, True)[0]
+                for row in video_rows
+            ]
+            yield video_id, [result["probabilities"] for result in results]
+
+    scores = evaluate_ref_davis(args.davis_root, predictions(), subset="val" if split == "valid" else split)
+    return {"J&F": scores["J&F-Mean"], "J": scores["J-Mean"], "F": scores["F-Mean"], **scores}
+
+
+A2D_GROUND_TRUTH = {
+    "a2d-sentences": "a2d_sentences_test_annotations_in_coco_format.json",
+    "jhmdb-sentences": "jhmdb_sentences_gt_annotations_in_coco_format.json",
+}
+
+
+@torch.no_grad()
+def evaluate_a2d_like(model, processor, args: EvaluateArguments, split: str) -> dict:
+    """A2D-Sentences / JHMDB-Sentences: every query's mask on the annotated frame, P@K, IoUs and mask mAP."""
+    ground_truth = Path(args.ground_truth or Path(args.data_root) / A2D_GROUND_TRUTH[args.dataset])
+    if not ground_truth.is_file():
+        raise FileNotFoundError(f"Ground-truth file not found: {ground_truth} (set --ground_truth).")
+    if args.dataset == "a2d-sentences":
+        rows = load_a2d_sentences(args.data_root, split)
+    else:
+        rows = load_jhmdb_sentences(args.data_root)
+    size = processor.video_processor.size
+    transform = ReferringVideoEvalTransform(
+        args.num_frames,
+        size=size["shortest_edge"],
+        max_size=size.get("longest_edge") or 640,
+        tokenizer=processor.tokenizer,
+        mean=processor.video_processor.image_mean,
+        std=processor.video_processor.image_std,
+    )
+    device = next(model.parameters()).device
+
+    def predictions():
+        for index in tqdm(range(len(rows)), desc="samples"):
+            sample = {key: values[0] for key, values in transform(rows[index : index + 1]).items()}
+            batch = collate_clips([sample], pad_token_id=processor.tokenizer.pad_token_id)
+            batch.pop("labels", None)
+            batch = {key: value.to(device) for key, value in batch.items()}
+            outputs = model(**batch)
+            scores = outputs.logits[0, 0].float().sigmoid().max(-1).values.cpu()
+            masks = F.interpolate(outputs.pred_masks[0, 0][None].float(), scale_factor=4, mode="bilinear")[0]
+            height, width = sample["resized_size"].tolist()
+            masks = (masks.sigmoid() > args.threshold)[:, :height, :width].float()
+            masks = F.interpolate(masks[None], size=tuple(sample["original_size"].tolist()), mode="nearest")[0]
+            yield sample["image_id"], masks.bool().cpu().numpy(), scores.numpy()
+
+    return evaluate_a2d(ground_truth, predictions())
+
+
+def format_table(results: dict) -> str:
+    rows = [(key, f"{value:.4f}" if isinstance(value, float) else str(value)) for key, value in results.items()
+            if isinstance(value, (int, float, str))]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
+
+
+def run_evaluate(model_args: ModelArguments, args: EvaluateArguments) -> dict:
+    if not Path(args.data_root).is_dir():
+        raise FileNotFoundError(f"The dataset folder {args.data_root} does not exist.")
+    prepare_output_dir(Path(args.output_dir), args.overwrite)
+    model, processor = load_model(model_args)
+    split = args.split or ("test" if args.dataset in A2D_GROUND_TRUTH else "valid")
+    with autocast(model_args):
+        if args.dataset in ("synthetic", "ref-youtube-vos"):
+            results = evaluate_ytvos_layout(model, processor, args, split)
+        elif args.dataset == "ref-davis17":
+            results = evaluate_davis(model, processor, args, split)
+        else:
+            results = evaluate_a2d_like(model, processor, args, split)
+    results = {"dataset": args.dataset, "split": split, "model": model_args.model, **results}
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(format_table(results))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------
+
+# The original schedules (epochs, learning-rate drops): fine-tuning a saved model / training a new one.
+SCHEDULES = {
+    "ref-youtube-vos": {"fine-tune": (6, [3, 5]), "new": (10, [6, 8])},
+    "a2d-sentences": {"fine-tune": (6, [3, 5]), "new": (12, [8, 10])},
+    "refcoco": {"fine-tune": (12, [8, 10]), "new": (12, [8, 10])},
+    "joint": {"fine-tune": (12, [8, 10]), "new": (12, [8, 10])},
+    "synthetic": {"fine-tune": (6, [3, 5]), "new": (10, [6, 8])},
+}
+
+
+class SeededClips(torch.utils.data.Dataset):
+    """Training clips drawn from one or more row datasets, each with a train transform seeded by (seed, epoch,
+    index): a clip's frames and augmentation do not depend on the process, the worker or earlier draws, so a resumed
+    or multi-process run sees exactly the clips of an uninterrupted single-process one."""
+
+    def __init__(self, parts, seed: int):
+        self.parts = parts  # [(rows, transform factory taking `seed`)]
+        self.seed = seed
+        self.epoch = 0
+        self.offsets = np.cumsum([0] + [len(rows) for rows, _ in parts])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        rows, make_transform = self.parts[part]
+        row = index - int(self.offsets[part])
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        sample = make_transform(seed=seed)(rows[row : row + 1])
+        return {key: values[0] for key, values in sample.items()}
+
+
+def synthetic_frame_height(rows) -> int:
+    with Image.open(rows[0]["frames"][0]) as image:
+        return image.height
+
+
+def build_train_dataset(args: TrainDataArguments, tokenizer, seed: int) -> tuple[SeededClips, dict]:
+    """The training clips and the data settings actually used (for the model card)."""
+    video_frames = args.num_frames or 5
+    settings = {"num_frames": video_frames}
+    if args.dataset == "refcoco":
+        settings["num_frames"] = args.num_frames or 1
+    parts = []
+    if args.dataset in ("synthetic", "ref-youtube-vos", "joint"):
+        rows = load_ref_youtube_vos(args.data_root, args.split)
+        if args.dataset != "synthetic":
+            rows = expand_clip_starts(rows, video_frames)
+        synthetic = args.dataset == "synthetic"
+        settings.update(
+            train_sizes=args.train_sizes or ([synthetic_frame_height(rows)] if synthetic else None),
+            crop_prob=args.crop_prob if args.crop_prob is not None else (0.0 if synthetic else 0.5),
+            photometric=args.photometric if args.photometric is not None else not synthetic,
+        )
+        parts.append((rows, video_transform_factory(args, settings, video_frames, tokenizer)))
+    if args.dataset == "a2d-sentences":
+        rows = load_a2d_sentences(args.data_root, args.split)
+        settings.update(train_sizes=args.train_sizes, crop_prob=args.crop_prob, photometric=args.photometric)
+        parts.append((rows, video_transform_factory(args, settings, video_frames, tokenizer)))
+    if args.dataset in ("refcoco", "joint"):
+        root = args.data_root if args.dataset == "refcoco" else args.refcoco_root
+        for name in args.refcoco_datasets:
+            rows = load_refcoco(root, name, "train")
+            image_frames = settings["num_frames"]
+            parts.append((rows, functools.partial(ReferringVideoTrainTransform.for_images, image_frames, tokenizer=tokenizer)))
+    return SeededClips(parts, seed), settings
+
+
+def video_transform_factory(args: TrainDataArguments, settings: dict, num_frames: int, tokenizer):
+    options = {"max_size": args.max_size, "tokenizer": tokenizer}
+    if settings.get("train_sizes"):
+        options["scales"] = settings["train_sizes"]
+    if settings.get("crop_prob") is not None:
+        options["crop_prob"] = settings["crop_prob"]
+    if settings.get("photometric") is not None:
+        options["photometric"] = settings["photometric"]
+    return functools.partial(ReferringVideoTrainTransform, num_frames, **options)
+
+
+def new_model_and_processor(
+    model_args: TrainModelArguments, data_args: TrainDataArguments, inference_size: int, pure_pytorch_attention: bool
+):
+    """A randomly initialized model and its processor from `--config_name`."""
+    name = model_args.config_name
+    if name == "tiny":
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name) if model_args.tokenizer_name else build_shapes_tokenizer()
+        config = tiny_config(len(tokenizer), tokenizer.model_max_length)
+    else:
+        if name == "resnet50":
+            config = ReferFormerConfig()
+        elif Path(name).is_file():
+            config = ReferFormerConfig.from_json_file(name)
+        else:
+            raise UsageError(f"Unknown --config_name {name!r}: use {', '.join(CONFIG_PRESETS)} or a JSON config file.")
+        tokenizer_name = model_args.tokenizer_name or DEFAULT_TOKENIZERS.get(name)
+        if tokenizer_name is None:
+            raise UsageError("A new model from a JSON config needs --tokenizer_name.")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    if data_args.dataset == "refcoco":
+        config.freeze_text_encoder = False  # the original pretraining trains the text encoder
+    config.disable_custom_kernels = pure_pytorch_attention
+    video_processor = ReferFormerVideoProcessor(size={"shortest_edge": inference_size, "longest_edge": data_args.max_size})
+    return ReferFormerForReferringVideoObjectSegmentation(config), ReferFormerProcessor(video_processor, tokenizer)
+
+
+def schedule_steps(args: RunTrainingArguments, dataset_size: int, num_processes: int, schedule) -> RunTrainingArguments:
+    """`max_steps` and `lr_drop_steps` from the epochs (or kept as given)."""
+    clips_per_step = args.per_device_batch_size * num_processes * args.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(dataset_size / clips_per_step))
+    epochs, drops = schedule
+    if args.num_train_epochs is not None:
+        epochs = args.num_train_epochs
+    if args.lr_drop_epochs is not None:
+        drops = args.lr_drop_epochs
+    max_steps = args.max_steps if args.max_steps > 0 else math.ceil(epochs * steps_per_epoch)
+    lr_drop_steps = args.lr_drop_steps or [epoch * steps_per_epoch for epoch in drops]
+    return dataclasses.replace(args, max_steps=max_steps, lr_drop_steps=lr_drop_steps)
+
+
+def model_card(name: str, data_args: TrainDataArguments, model_args: TrainModelArguments, args, settings, results) -> str:
+    """A README.md for the trained model: data, recipe and evaluation results."""
+    datasets = {
+        "synthetic": "synthetic referring shapes (`referformer.data_synthetic.generate_referring_shapes`)",
+        "ref-youtube-vos": "Ref-YouTube-VOS",
+        "a2d-sentences": "A2D-Sentences",
+        "refcoco": "+".join(data_args.refcoco_datasets) + " (images as one-frame clips)",
+        "joint": "Ref-YouTube-VOS + " + "+".join(data_args.refcoco_datasets)
+        + " (each image repeated as a static clip; the original's random-affine pseudo-clips are not reproduced)",
+    }
+    if model_args.init_from:
+        start = f"fine-tuned from `{model_args.init_from}`"
+    else:
+        start = f"new model (`--config_name {model_args.config_name}`)"
+    recipe = {
+        "start": start,
+        "clips per step and process": args.per_device_batch_size * args.gradient_accumulation_steps,
+        "optimizer steps": args.max_steps,
+        "learning rates (default / backbone / text encoder)": (
+            f"{args.learning_rate} / {args.backbone_learning_rate} / {args.text_encoder_learning_rate}"
+        ),
+        "learning-rate drops (x0.1) after steps": args.lr_drop_steps or "none",
+        "weight decay / gradient clipping": f"{args.weight_decay} / {args.max_grad_norm}",
+        "mixed precision": args.mixed_precision,
+        **{key.replace("_", " "): value for key, value in settings.items()},
+    }
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: mask-generation",
+        "tags: [referformer, referring-video-object-segmentation, video-segmentation]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        "A [ReferFormer](https://arxiv.org/abs/2201.00487) referring video object segmentation model trained with",
+        "`scripts/run_rvos.py train`.",
+        "",
+        "## Training data",
+        "",
+        f"{datasets[data_args.dataset]}, split `{data_args.split}` of `{data_args.data_root}`.",
+        "",
+        "## Training recipe",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *[f"| {key} | {value} |" for key, value in recipe.items()],
+        "",
+        "The complete options are in `training_args.json` (`python scripts/run_rvos.py train training_args.json`).",
+        "",
+        "## Evaluation results",
+        "",
+    ]
+    if results:
+        lines += ["| metric | value |", "| --- | --- |"]
+        lines += [f"| {key} | {value:.4f} |" for key, value in results.items() if isinstance(value, float)]
+        lines += ["", f"On split `{data_args.eval_split}` of `{data_args.data_root}`."]
+    else:
+        lines.append("Not evaluated after training (see `run_rvos.py evaluate`).")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor",
+        "",
+        f'processor = ReferFormerProcessor.from_pretrained("{name}")',
+        f'model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("{name}").eval()',
+        'inputs = processor(videos="video.mp4", text="the red circle")',
+        "results = processor.post_process_referring_video_segmentation(",
+        '    model(**inputs), target_sizes=inputs["original_sizes"], resized_sizes=inputs["resized_sizes"]',
+        ")",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def push_folder_to_hub(folder: Path, repo_id: str, private: bool) -> str:
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message="Upload ReferFormer trained with run_rvos.py",
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"],
+    )
+    return getattr(commit, "commit_url", repo_id)
+
+
+def check_resume_checkpoint(path: str) -> None:
+    checkpoint = Path(path)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"The checkpoint {path} does not exist.")
+    if not (checkpoint / "training_state.json").is_file():
+        raise UsageError(f"{path} is not a run_rvos.py training checkpoint (no training_state.json).")
+    if not any(checkpoint.glob("model*.safetensors")) and not any(checkpoint.glob("pytorch_model*.bin")):
+        raise UsageError(f"{path} holds no model weights.")
+
+
+def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments):
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint:
+        check_resume_checkpoint(args.resume_from_checkpoint)
+    else:
+        prepare_output_dir(output_dir, args.overwrite, "--overwrite (or --resume_from_checkpoint)")
+    if model_args.init_from:
+        check_referformer_source(model_args.init_from, "--init_from model")
+    if not Path(data_args.data_root).is_dir():
+        raise FileNotFoundError(f"The dataset folder {data_args.data_root} does not exist.")
+    if data_args.eval_split and data_args.dataset not in ("synthetic", "ref-youtube-vos"):
+        raise UsageError("--eval_split is available for the synthetic and ref-youtube-vos datasets.")
+
+    state = PartialState()  # after the checks: every process has checked before any writes
+    # Under autocast the compiled deformable attention gets mixed dtypes, which it rejects: use the PyTorch one.
+    mixed_precision = args.mixed_precision != "no"
+    if state.is_main_process and args.log_every:
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+        logging.getLogger("referformer.training").setLevel(logging.INFO)
+    set_seed(args.seed)
+    if model_args.init_from:
+        model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
+            model_args.init_from, disable_custom_kernels=mixed_precision
+        )
+        processor = ReferFormerProcessor.from_pretrained(model_args.init_from)
+        schedule = SCHEDULES[data_args.dataset]["fine-tune"]
+    else:
+        inference_size = data_args.inference_size
+        if inference_size is None:
+            probe = load_ref_youtube_vos(data_args.data_root, data_args.split) if data_args.dataset == "synthetic" else None
+            inference_size = synthetic_frame_height(probe) if probe is not None else 360
+        model, processor = new_model_and_processor(model_args, data_args, inference_size, mixed_precision)
+        schedule = SCHEDULES[data_args.dataset]["new"]
+    dataset, settings = build_train_dataset(data_args, processor.tokenizer, args.seed)
+    loop_args = schedule_steps(args, len(dataset), state.num_processes, schedule)
+    collate = functools.partial(collate_clips, pad_token_id=processor.tokenizer.pad_token_id)
+    model = train_with_accelerate(model, dataset, loop_args, collate, resume_from_checkpoint=args.resume_from_checkpoint)
+
+    if not state.is_main_process:
+        return model
+    model.config.disable_custom_kernels = False  # only training under autocast needs the pure-PyTorch attention
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    options = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
+    (output_dir / "training_args.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
+    results = {}
+    if data_args.eval_split:
+        eval_args = EvaluateArguments(
+            dataset=data_args.dataset,
+            data_root=data_args.data_root,
+            output_dir=str(output_dir / f"eval-{data_args.eval_split}"),
+            split=data_args.eval_split,
+            overwrite=True,
+        )
+        device = str(next(model.parameters()).device)
+        results = run_evaluate(ModelArguments(model=str(output_dir), device=device), eval_args)
+    card = model_card(args.push_to_hub or output_dir.name, data_args, model_args, loop_args, settings, results)
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    print(f"model, processor and model card saved in {output_dir}")
+    if args.push_to_hub:
+        print(f"pushed to {push_folder_to_hub(output_dir, args.push_to_hub, args.hub_private)}")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+COMMANDS = {
+    "predict": ((ModelArguments, PredictArguments), run_predict, "segment the objects that sentences describe in a video"),
+    "evaluate": ((ModelArguments, EvaluateArguments), run_evaluate, "score a model on a benchmark or a synthetic folder"),
+    "train": (
+        (TrainModelArguments, TrainDataArguments, RunTrainingArguments),
+        run_train,
+        "train or fine-tune with Accelerate (use `accelerate launch` for several processes)",
+    ),
+}
+
+
+def usage() -> str:
+    commands = "\n".join(f"  {name:<9} {description}" for name, (_, _, description) in COMMANDS.items())
+    return f"{__doc__}\ncommands:\n{commands}\n"
+
+
+def parse(command: str, argv: list[str]):
+    dataclass_types, _, description = COMMANDS[command]
+    parser = HfArgumentParser(dataclass_types, prog=f"run_rvos.py {command}", description=description)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return None
+    command, options = argv[0], argv[1:]
+    if command not in COMMANDS:
+        sys.exit(f"run_rvos.py: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see --help).")
+    try:
+        arguments = parse(command, options)
+        return COMMANDS[command][1](*arguments)
+    except (UsageError, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"run_rvos.py {command}: error: {error}")
+
+
+if __name__ == "__main__":
+    main()
