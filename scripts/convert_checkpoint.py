@@ -23,7 +23,6 @@ When neither tells, the card says the training data is unknown and lists no scor
 """
 
 import argparse
-import collections
 import json
 import logging
 import math
@@ -144,14 +143,12 @@ def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
         raise ConversionError(f"Checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
         return load_file(str(path)), {}
+    from referformer.backbone_weights import load_checkpoint_file
+
     try:
-        with torch.serialization.safe_globals([argparse.Namespace, collections.Counter]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the unpickler's message names the offending global
-        raise ConversionError(
-            f"Refusing to load {path}: it is not a plain ReferFormer checkpoint that loads with weights_only=True "
-            f"({error.__class__.__name__}: {str(error).splitlines()[0]})"
-        ) from error
+        checkpoint = load_checkpoint_file(path)
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, expected a dict of tensors.")
     args = checkpoint.get("args")

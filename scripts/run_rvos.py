@@ -54,6 +54,7 @@ from referformer.evaluation_protocols import (
     evaluate_ytvos_folder,
     write_ytvos_submission,
 )
+from referformer.model_cards import usage_section
 from referformer.processing_referformer import IMAGE_EXTENSIONS, load_video, natural_sort_key
 from referformer.training import AccelerateTrainingArguments, collate_clips, train_with_accelerate
 from referformer.visualization import overlay_masks, voc_palette, write_palette_masks, write_video
@@ -734,22 +735,7 @@ def model_card(name: str, data_args: TrainDataArguments, model_args: TrainModelA
         lines += ["", f"On split `{data_args.eval_split}` of `{data_args.data_root}`."]
     else:
         lines.append("Not evaluated after training (see `run_rvos.py evaluate`).")
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor",
-        "",
-        f'processor = ReferFormerProcessor.from_pretrained("{name}")',
-        f'model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("{name}").eval()',
-        'inputs = processor(videos="video.mp4", text="the red circle")',
-        "results = processor.post_process_referring_video_segmentation(",
-        '    model(**inputs), target_sizes=inputs["original_sizes"], resized_sizes=inputs["resized_sizes"]',
-        ")",
-        "```",
-        "",
-    ]
+    lines += ["", *usage_section(name, "the red circle")]
     return "\n".join(lines)
 
 

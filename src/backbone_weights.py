@@ -80,6 +80,20 @@ class BackboneWeightsReport:
         return "\n".join(lines)
 
 
+def load_checkpoint_file(path: str | Path):
+    """Unpickles a `torch.save` file safely: `weights_only=True`, allowing only the globals official ReferFormer
+    training checkpoints contain (`argparse.Namespace` arguments, `collections.Counter` in the LR-scheduler state).
+    Anything else raises a `ValueError` that names the refused global."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace, collections.Counter]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler's message names the offending global
+        raise ValueError(
+            f"Refusing to load {path}: it does not load with weights_only=True "
+            f"({error.__class__.__name__}: {str(error).splitlines()[0]})"
+        ) from error
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a `.safetensors` file or of a `torch.save` file (loaded with `weights_only=True`), unwrapped from
     the `state_dict` / `model` / `module` containers of training checkpoints and from a DataParallel `module.`
@@ -89,15 +103,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"Backbone weights not found: {path}")
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    try:
-        # Training checkpoints also pickle their arguments and LR-scheduler state.
-        with torch.serialization.safe_globals([argparse.Namespace, collections.Counter]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the unpickler's message names the offending global
-        raise ValueError(
-            f"Refusing to load {path}: it does not load with weights_only=True "
-            f"({error.__class__.__name__}: {str(error).splitlines()[0]}); save its state dict alone and retry."
-        ) from error
+    checkpoint = load_checkpoint_file(path)
     while isinstance(checkpoint, dict) and not all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         container = next((key for key in CONTAINER_KEYS if isinstance(checkpoint.get(key), dict)), None)
         if container is None:

@@ -240,6 +240,26 @@ def _count(number: int, singular: str, plural: str | None = None) -> str:
     return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
+def usage_section(model_id: str, sentence: str) -> list[str]:
+    """Markdown lines of a model card's "Usage" section: segmenting a video file with the processor and the model."""
+    return [
+        "## Usage",
+        "",
+        "```python",
+        "from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor",
+        "",
+        f'processor = ReferFormerProcessor.from_pretrained("{model_id}")',
+        f'model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("{model_id}").eval()',
+        f'inputs = processor(videos="video.mp4", text="{sentence}")',
+        "outputs = model(**inputs)",
+        "results = processor.post_process_referring_video_segmentation(",
+        '    outputs, target_sizes=inputs["original_sizes"], resized_sizes=inputs["resized_sizes"]',
+        ")",
+        "```",
+        "",
+    ]
+
+
 def model_card(config, training_data: TrainingData | None, checkpoint_name: str, model_id: str) -> str:
     """The README.md (front matter and text) of a converted checkpoint.
 
@@ -303,23 +323,7 @@ def model_card(config, training_data: TrainingData | None, checkpoint_name: str,
         ]
     elif training_data is not None:
         lines += ["", "The authors report no scores for this backbone and training data."]
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor",
-        "",
-        f'processor = ReferFormerProcessor.from_pretrained("{model_id}")',
-        f'model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("{model_id}").eval()',
-        'inputs = processor(videos="video.mp4", text="a brown dog running on the grass")',
-        "outputs = model(**inputs)",
-        "results = processor.post_process_referring_video_segmentation(",
-        '    outputs, target_sizes=inputs["original_sizes"], resized_sizes=inputs["resized_sizes"]',
-        ")",
-        "```",
-        "",
-        "## License and citation",
+    lines += ["", *usage_section(model_id, "a brown dog running on the grass"), "## License and citation",
         "",
         f"Apache-2.0, as the [original code and weights]({ORIGINAL_REPOSITORY}).",
         "",
