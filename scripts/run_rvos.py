@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Referring video object segmentation with ReferFormer: predict, evaluate and train.
+"""Referring video object segmentation with ReferFormer: predict, evaluate, train, generate data and demo.
 
+    python scripts/run_rvos.py demo                              # the embedded demo model on fresh synthetic clips
     python scripts/run_rvos.py predict --model MODEL --video dog.mp4 --text "a brown dog" --output_dir out
     python scripts/run_rvos.py evaluate --model MODEL --dataset ref-davis17 --data_root DIR --davis_root DAVIS --output_dir out
     python scripts/run_rvos.py train --dataset ref-youtube-vos --data_root DIR --config_name resnet50 --output_dir run
     accelerate launch scripts/run_rvos.py train args.json        # any number of processes / GPUs
+    python scripts/run_rvos.py generate --output_dir shapes --num_videos 400    # synthetic referring-shapes data
 
 `python scripts/run_rvos.py COMMAND --help` lists the options of a command. Options can also come from a JSON or
 YAML file: `run_rvos.py COMMAND options.json`.
@@ -48,6 +50,7 @@ from referformer.data import (
     load_ref_youtube_vos,
     load_refcoco,
 )
+from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.evaluation_protocols import (
     evaluate_a2d,
     evaluate_ref_davis,
@@ -64,6 +67,10 @@ EVAL_DATASETS = ("synthetic", "ref-youtube-vos", "ref-davis17", "a2d-sentences",
 TRAIN_DATASETS = ("synthetic", "ref-youtube-vos", "a2d-sentences", "refcoco", "joint")
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(-1, 3)
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "referformer-tiny-shapes"
+# What the demo model was trained on: six-frame clips whose expressions name what one frame shows.
+DEMO_CLIP_FRAMES = 6
+DEMO_EXPRESSION_ATTRIBUTES = ("size", "color", "shape", "position")
 
 
 class UsageError(ValueError):
@@ -244,6 +251,50 @@ class RunTrainingArguments(AccelerateTrainingArguments):
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
 
 
+@dataclass
+class GenerateArguments:
+    """Synthetic referring-shapes clips (2-4 moving shapes, unambiguous expressions) in the Ref-YouTube-VOS layout."""
+
+    output_dir: str = field(metadata={"help": "Dataset folder; <split>/ and meta_expressions/<split>/ are created in it."})
+    split: str = field(default="train", metadata={"help": "train, valid or test (every split gets masks)."})
+    num_videos: int = field(default=400, metadata={"help": "Number of clips."})
+    num_frames: int = field(default=DEMO_CLIP_FRAMES, metadata={"help": "Frames per clip."})
+    height: int = field(default=96, metadata={"help": "Frame height."})
+    width: int = field(default=144, metadata={"help": "Frame width."})
+    seed: int = field(default=0, metadata={"help": "Clip i depends only on (seed, i)."})
+    min_objects: int = field(default=2, metadata={"help": "Fewest shapes per clip."})
+    max_objects: int = field(default=4, metadata={"help": "Most shapes per clip."})
+    expressions_per_object: int = field(default=2, metadata={"help": "Expressions per shape (fewer if not unique)."})
+    expression_attributes: list[str] = field(
+        default_factory=lambda: list(DEMO_EXPRESSION_ATTRIBUTES),
+        metadata={"help": f"Attributes the expressions may name, among {' '.join(ATTRIBUTES)}."},
+    )
+
+    def __post_init__(self):
+        _check_choice(self.split, ("train", "valid", "test"), "--split")
+        for name in self.expression_attributes:
+            _check_choice(name, ATTRIBUTES, "--expression_attributes")
+
+
+@dataclass
+class DemoArguments:
+    """Fresh synthetic clips in; the demo model's masks and overlays, and its J&F against the generator's masks, out."""
+
+    output_dir: str = field(
+        default="referformer-demo",
+        metadata={"help": "Writes clips/ (the generated data), predictions/<clip>/ (masks, overlays) and results.json."},
+    )
+    model: str = field(default=str(DEMO_MODEL), metadata={"help": "Model to run (default: the embedded demo model)."})
+    num_videos: int = field(default=8, metadata={"help": "Number of fresh clips (2 to 4 shapes each)."})
+    seed: int = field(default=1000, metadata={"help": "Seed of the clips (the demo model was trained on seed 0)."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
+    overwrite: bool = field(default=False, metadata={"help": "Write into an existing, non-empty --output_dir."})
+
+    def __post_init__(self):
+        if self.num_videos < 2:
+            raise UsageError(f"--num_videos must be at least 2 (the language check swaps expressions between clips), got {self.num_videos}.")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------
@@ -368,12 +419,15 @@ def prepare_output_dir(path: Path, overwrite: bool, option: str = "--overwrite")
         raise FileExistsError(f"The output folder {path} exists and is not empty; pass {option} to write into it.")
 
 
-def write_video_predictions(output_dir, video_name, frames, frame_names, sentences, results, fps, overlay_format):
-    """Palette masks, one overlay per sentence and predictions.json under `<output_dir>/<video_name>/`."""
+def write_video_predictions(
+    output_dir, video_name, frames, frame_names, sentences, results, fps, overlay_format, exp_ids=None
+):
+    """Palette masks `<exp_id>/<frame>.png` (expression ids default to 0, 1, ...), one overlay per sentence and
+    predictions.json under `<output_dir>/<video_name>/`."""
     video_dir = Path(output_dir) / video_name
     expressions = []
-    for index, (sentence, result) in enumerate(zip(sentences, results)):
-        exp_id = str(index)
+    exp_ids = exp_ids or [str(index) for index in range(len(sentences))]
+    for index, (exp_id, sentence, result) in enumerate(zip(exp_ids, sentences, results)):
         write_palette_masks(result["masks"], video_dir / exp_id, frame_names, overwrite=True)
         overlays = overlay_masks(
             frames, result["masks"], result["boxes"], text=sentence, color=tuple(int(c) for c in PALETTE[index + 1])
@@ -831,6 +885,105 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
 
 
 # ---------------------------------------------------------------------------------------------------
+# generate and demo
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_generate(args: GenerateArguments) -> dict:
+    metadata = generate_referring_shapes(
+        args.output_dir,
+        num_videos=args.num_videos,
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+        split=args.split,
+        min_objects=args.min_objects,
+        max_objects=args.max_objects,
+        expressions_per_object=args.expressions_per_object,
+        expression_attributes=args.expression_attributes,
+    )
+    count = sum(len(video["expressions"]) for video in metadata["videos"].values())
+    print(f"{args.num_videos} clips, {count} expressions: {Path(args.output_dir) / args.split}")
+    return metadata
+
+
+def swap_expressions(meta_expressions: dict) -> dict:
+    """Each clip gets the expression texts of the next clip (cyclically), keeping its own referred objects."""
+    videos = meta_expressions["videos"]
+    video_ids = list(videos)
+    swapped = {}
+    for index, video_id in enumerate(video_ids):
+        texts = [expression["exp"] for expression in videos[video_ids[(index + 1) % len(video_ids)]]["expressions"].values()]
+        expressions = {
+            exp_id: {**expression, "exp": texts[position % len(texts)]}
+            for position, (exp_id, expression) in enumerate(videos[video_id]["expressions"].items())
+        }
+        swapped[video_id] = {**videos[video_id], "expressions": expressions}
+    return {"videos": swapped}
+
+
+def segment_meta_expressions(model, processor, meta_expressions: dict, frames_root: Path, output_dir: Path, overlays: bool):
+    """Masks (and with `overlays`, overlay GIFs and predictions.json) of every expression, in the Ref-YouTube-VOS
+    prediction layout `<output_dir>/<video>/<exp_id>/<frame>.png`."""
+    for video_id, video in tqdm(meta_expressions["videos"].items(), desc="clips"):
+        frames = read_frames(frames_root / video_id / f"{name}.jpg" for name in video["frames"])
+        exp_ids = list(video["expressions"])
+        texts = [video["expressions"][exp_id]["exp"] for exp_id in exp_ids]
+        results = segment_video(model, processor, frames, texts, window=len(frames))
+        if overlays:
+            write_video_predictions(output_dir, video_id, frames, video["frames"], texts, results, 4.0, "gif", exp_ids)
+        else:
+            for exp_id, result in zip(exp_ids, results):
+                write_palette_masks(result["masks"], output_dir / video_id / exp_id, video["frames"], overwrite=True)
+
+
+def run_demo(args: DemoArguments) -> dict:
+    """Generates clips the model has not seen, segments every expression, and scores the masks (J&F) against the
+    generator's; then gives each clip the expressions of another clip and scores again (the model must use the
+    language: the second score has to be much lower)."""
+    if Path(args.model) == DEMO_MODEL and not DEMO_MODEL.is_dir():
+        raise FileNotFoundError(f"The demo model {DEMO_MODEL} is missing from this checkout.")
+    output_dir = Path(args.output_dir)
+    prepare_output_dir(output_dir, args.overwrite)
+    for folder in ("clips", "predictions", "swapped_predictions"):
+        shutil.rmtree(output_dir / folder, ignore_errors=True)
+    model, processor = load_model(ModelArguments(model=args.model, device=args.device))
+    size = processor.video_processor.size  # the demo model's processor keeps its training frames' size
+    clips = output_dir / "clips"
+    generate_referring_shapes(
+        clips,
+        num_videos=args.num_videos,
+        num_frames=DEMO_CLIP_FRAMES,
+        height=size["shortest_edge"],
+        width=size.get("longest_edge") or size["shortest_edge"],
+        seed=args.seed,
+        split="valid",
+        expression_attributes=DEMO_EXPRESSION_ATTRIBUTES,
+    )
+    meta_expressions = json.loads((clips / "meta_expressions" / "valid" / "meta_expressions.json").read_text())
+    swapped = swap_expressions(meta_expressions)
+    (clips / "meta_expressions" / "valid" / "meta_expressions_swapped.json").write_text(json.dumps(swapped, indent=1))
+    frames_root, annotations = clips / "valid" / "JPEGImages", clips / "valid" / "Annotations"
+    segment_meta_expressions(model, processor, meta_expressions, frames_root, output_dir / "predictions", overlays=True)
+    segment_meta_expressions(model, processor, swapped, frames_root, output_dir / "swapped_predictions", overlays=False)
+    scores = evaluate_ytvos_folder(output_dir / "predictions", annotations, meta_expressions)
+    swapped_scores = evaluate_ytvos_folder(output_dir / "swapped_predictions", annotations, swapped)
+    results = {
+        "model": args.model,
+        "clips": args.num_videos,
+        "seed": args.seed,
+        "expressions": sum(len(video["expressions"]) for video in meta_expressions["videos"].values()),
+        **scores,
+        "J&F, expressions of another clip": swapped_scores["J&F"],
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(format_table(results))
+    print(f"overlays and masks: {output_dir / 'predictions'}/<clip>/")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
 
@@ -842,6 +995,8 @@ COMMANDS = {
         run_train,
         "train or fine-tune with Accelerate (use `accelerate launch` for several processes)",
     ),
+    "generate": ((GenerateArguments,), run_generate, "write a synthetic referring-shapes dataset"),
+    "demo": ((DemoArguments,), run_demo, "segment fresh synthetic clips with the embedded demo model, print J&F"),
 }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +154,10 @@ def _render(objects: list[dict], num_frames: int, height: int, width: int) -> np
     return labels
 
 
-def _layout_is_usable(objects: list[dict], labels: np.ndarray, height: int, width: int) -> bool:
-    signatures = {tuple(obj[name] for name in ATTRIBUTES) for obj in objects}
+def _layout_is_usable(
+    objects: list[dict], labels: np.ndarray, height: int, width: int, attribute_names: Sequence[str]
+) -> bool:
+    signatures = {tuple(obj[name] for name in attribute_names) for obj in objects}
     if len(signatures) != len(objects):
         return False
     for index, obj in enumerate(objects):
@@ -166,10 +168,10 @@ def _layout_is_usable(objects: list[dict], labels: np.ndarray, height: int, widt
     return True
 
 
-def _unique_attribute_sets(obj_id: str, objects: Mapping[str, Mapping]) -> list[dict]:
+def _unique_attribute_sets(obj_id: str, objects: Mapping[str, Mapping], attribute_names: Sequence[str]) -> list[dict]:
     candidates = []
-    for count in range(1, len(ATTRIBUTES) + 1):
-        for names in itertools.combinations(ATTRIBUTES, count):
+    for count in range(1, len(attribute_names) + 1):
+        for names in itertools.combinations(attribute_names, count):
             attributes = {name: objects[obj_id][name] for name in names}
             if matching_objects(attributes, objects) == [obj_id]:
                 candidates.append(attributes)
@@ -184,11 +186,12 @@ def _generate_video(
     num_objects: int,
     textured: bool,
     per_object: int,
+    attribute_names: Sequence[str],
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     for _ in range(_MAX_LAYOUT_ATTEMPTS):
         objects = [_draw_object(rng, num_frames, height, width) for _ in range(num_objects)]
         labels = _render(objects, num_frames, height, width)
-        if _layout_is_usable(objects, labels, height, width):
+        if _layout_is_usable(objects, labels, height, width, attribute_names):
             break
     else:
         raise RuntimeError(
@@ -203,7 +206,7 @@ def _generate_video(
     objects_by_id = {str(index + 1): obj for index, obj in enumerate(objects)}
     expressions = {}
     for obj_id in objects_by_id:
-        candidates = _unique_attribute_sets(obj_id, objects_by_id)
+        candidates = _unique_attribute_sets(obj_id, objects_by_id, attribute_names)
         chosen = rng.choice(len(candidates), size=min(per_object, len(candidates)), replace=False)
         for candidate in sorted(int(i) for i in chosen):
             attributes = candidates[candidate]
@@ -228,6 +231,7 @@ def generate_referring_shapes(
     min_objects: int = 2,
     max_objects: int = 4,
     expressions_per_object: int = 2,
+    expression_attributes: Sequence[str] = ATTRIBUTES,
     background: str = "mixed",
     frame_stride: int = 5,
     jpeg_quality: int = 95,
@@ -237,6 +241,9 @@ def generate_referring_shapes(
     Args:
         split: split folder to write ("train", "valid" or "test"); every split gets masks and `obj_id`s, so it can be
             used for evaluation. Writing into an existing split folder is refused.
+        expression_attributes: the attributes expressions may name (objects of a clip always differ in them), e.g.
+            `("size", "color", "shape", "position")` for descriptions that a single frame shows: motion needs
+            several frames, which ReferFormer's per-frame query scores do not compare.
         background: "plain", "textured" or "mixed" (each clip picks one at random).
         frame_stride: frame names are `f"{stride * i:05d}"`, like the 5-frame spacing of Ref-YouTube-VOS.
         jpeg_quality: JPEG quality (4:4:4 chroma, so colours stay close to the masks' objects).
@@ -256,6 +263,10 @@ def generate_referring_shapes(
         raise ValueError(f"Frames must be at least 32x32, got {height}x{width}.")
     if background not in ("plain", "textured", "mixed"):
         raise ValueError(f"Unknown background {background!r}; expected 'plain', 'textured' or 'mixed'.")
+    unknown = set(expression_attributes) - set(ATTRIBUTES)
+    if not expression_attributes or unknown:
+        raise ValueError(f"`expression_attributes` must be a non-empty subset of {ATTRIBUTES}, got {expression_attributes}.")
+    attribute_names = tuple(name for name in ATTRIBUTES if name in expression_attributes)
     if expressions_per_object < 1:
         raise ValueError(f"`expressions_per_object` must be at least 1, got {expressions_per_object}.")
     root = Path(output_dir)
@@ -273,7 +284,7 @@ def generate_referring_shapes(
         num_objects = int(rng.integers(min_objects, max_objects + 1))
         textured = background == "textured" or (background == "mixed" and bool(rng.integers(2)))
         video, frames, labels = _generate_video(
-            rng, num_frames, height, width, num_objects, textured, expressions_per_object
+            rng, num_frames, height, width, num_objects, textured, expressions_per_object, attribute_names
         )
         (split_dir / "JPEGImages" / video_id).mkdir(parents=True)
         (split_dir / "Annotations" / video_id).mkdir(parents=True)

@@ -143,7 +143,22 @@ def test_generated_folder_loads_and_transforms(shapes, tmp_path):
         generate_referring_shapes(root, seed=9, split="valid", num_videos=1)
 
 
+def test_expressions_name_only_the_allowed_attributes(tmp_path):
+    allowed = ("size", "color", "shape", "position")
+    metadata = generate_referring_shapes(tmp_path, seed=3, expression_attributes=allowed, **GENERATOR_ARGS)
+    for video in metadata["videos"].values():
+        # Objects differ in the allowed attributes alone, so each still has a unique description.
+        assert len({tuple(obj[name] for name in allowed) for obj in video["objects"].values()}) == len(video["objects"])
+        assert {expression["obj_id"] for expression in video["expressions"].values()} == set(video["objects"])
+        for expression in video["expressions"].values():
+            assert set(expression["attributes"]) <= set(allowed)
+            assert "moving" not in expression["exp"] and "not moving" not in expression["exp"]
+            assert matching_objects(expression["attributes"], video["objects"]) == [expression["obj_id"]]
+
+
 def test_generator_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="expression_attributes"):
+        generate_referring_shapes(tmp_path, expression_attributes=("colour",))
     with pytest.raises(ValueError, match="split"):
         generate_referring_shapes(tmp_path, split="val")
     with pytest.raises(ValueError, match="two frames"):
