@@ -214,6 +214,13 @@ class TrainDataArguments:
     inference_size: int | None = field(
         default=None, metadata={"help": "Shorter side the saved processor resizes to (default 360; synthetic: frame height)."}
     )
+    mask_interpolation: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the saved processor brings masks to frame size: logits (the original; default for a new "
+            "model) or probabilities (sigmoid first: better edges for small models on small objects)."
+        },
+    )
     eval_split: str | None = field(
         default=None,
         metadata={"help": "synthetic/ref-youtube-vos: after training, J&F on this split of --data_root (needs its masks)."},
@@ -221,6 +228,8 @@ class TrainDataArguments:
 
     def __post_init__(self):
         _check_choice(self.dataset, TRAIN_DATASETS, "--dataset")
+        if self.mask_interpolation is not None:
+            _check_choice(self.mask_interpolation, ("logits", "probabilities"), "--mask_interpolation")
         if self.dataset == "joint" and not self.refcoco_root:
             raise UsageError("--dataset joint needs --refcoco_root (the COCO folder with the RefCOCO annotations).")
 
@@ -377,9 +386,8 @@ def segment_video(model, processor, frames, sentences, window=36, threshold=0.5,
                 logits = outputs.pred_masks[index, :, result["query_index"]]
                 height, width = resized_sizes[index].tolist()
                 logits = logits[:, : -(-height // 4), : -(-width // 4)]
-                size = tuple(original_sizes[index].tolist())
-                probabilities = F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)
-                collected["probabilities"].append(probabilities[:, 0].sigmoid().numpy())
+                probabilities = processor.video_processor.mask_probabilities(logits, *original_sizes[index].tolist())
+                collected["probabilities"].append(probabilities.numpy())
     return [
         {key: values if key == "query_indices" else np.concatenate(values) for key, values in collected.items()}
         for collected in results
@@ -567,9 +575,10 @@ def evaluate_a2d_like(model, processor, args: EvaluateArguments, split: str) -> 
             batch = {key: value.to(device) for key, value in batch.items()}
             outputs = model(**batch)
             scores = outputs.logits[0, 0].float().sigmoid().max(-1).values.cpu()
-            masks = F.interpolate(outputs.pred_masks[0, 0][None].float(), scale_factor=4, mode="bilinear")[0]
+            grid = outputs.pred_masks[0, 0]  # [Q, h, w], brought to the padded input size as the original does
+            masks = processor.video_processor.mask_probabilities(grid, 4 * grid.shape[-2], 4 * grid.shape[-1])
             height, width = sample["resized_size"].tolist()
-            masks = (masks.sigmoid() > args.threshold)[:, :height, :width].float()
+            masks = (masks > args.threshold)[:, :height, :width].float()
             masks = F.interpolate(masks[None], size=tuple(sample["original_size"].tolist()), mode="nearest")[0]
             yield sample["image_id"], masks.bool().cpu().numpy(), scores.numpy()
 
@@ -853,6 +862,8 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
             inference_size = synthetic_frame_height(probe) if probe is not None else 360
         model, processor = new_model_and_processor(model_args, data_args, inference_size, mixed_precision)
         schedule = SCHEDULES[data_args.dataset]["new"]
+    if data_args.mask_interpolation:
+        processor.video_processor.mask_interpolation = data_args.mask_interpolation
     dataset, settings = build_train_dataset(data_args, processor.tokenizer, args.seed)
     loop_args = schedule_steps(args, len(dataset), state.num_processes, schedule)
     collate = functools.partial(collate_clips, pad_token_id=processor.tokenizer.pad_token_id)

@@ -204,6 +204,11 @@ class ReferFormerConfig(PreTrainedConfig):
     class_loss_coefficient / bbox_loss_coefficient / giou_loss_coefficient / mask_loss_coefficient /
     dice_loss_coefficient (`float`, defaults to 2 / 5 / 2 / 2 / 5):
         Weights of the losses.
+    mask_loss_at_input_resolution (`bool`, defaults to `False`):
+        Compute the mask matching costs and losses on the predicted mask logits up-sampled bilinearly to the input
+        resolution (as post-processing does) against the full-resolution label masks, instead of the original's
+        labels sub-sampled to the stride-4 grid. This teaches edges between grid cells, which matters for objects
+        only a few cells wide (small inputs); the released models use `False`.
     init_std (`float`, defaults to 0.02):
         Standard deviation of the generic weight initialisation.
     disable_custom_kernels (`bool`, defaults to `False`):
@@ -267,6 +272,7 @@ class ReferFormerConfig(PreTrainedConfig):
     giou_loss_coefficient: float | int = 2.0
     mask_loss_coefficient: float | int = 2.0
     dice_loss_coefficient: float | int = 5.0
+    mask_loss_at_input_resolution: bool = False
     init_std: float = 0.02
     disable_custom_kernels: bool = False
 

@@ -23,7 +23,9 @@ Every clip has exactly one target sequence, so each decoder layer matches it ind
 (the same query index in all frames) of minimal cost `class_cost * class + bbox_cost * L1 + giou_cost * (-GIoU) +
 mask_cost * focal + dice_cost * (-dice)`: the class cost is averaged over visible frames only, every other cost over
 all frames (absent frames compare with the zero box and the empty mask). The ground-truth masks are sub-sampled to
-the stride-4 prediction grid by taking every 4th pixel from offset 2 (predictions are not up-sampled).
+the stride-4 prediction grid by taking every 4th pixel from offset 2 (predictions are not up-sampled); with
+`config.mask_loss_at_input_resolution` (not in the original) the predicted logits are instead up-sampled 4x
+bilinearly, cropped to the input size and compared with the full-resolution masks.
 
 All losses are normalized by `num_boxes`, the number of visible frames in the batch (averaged over processes,
 at least 1). `loss_ce` is a sigmoid focal loss over all frames and queries whose only positives are the matched
@@ -129,12 +131,9 @@ class ReferFormerTargets:
     class_labels: torch.Tensor
 
 
-def subsample_target_masks(masks: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """Reduces `[..., H, W]` masks at the padded input resolution to the `(h, w)` stride-4 prediction grid.
-
-    As the original: the masks are zero-padded to `(4h, 4w)` and every 4th pixel from offset 2 is kept. `H` must
-    satisfy `4(h - 1) < H <= 4h` (the input size that gives an `h`-row prediction grid), likewise `W`.
-    """
+def check_mask_size(masks: torch.Tensor, grid_size: tuple[int, int]) -> None:
+    """Checks that `[..., H, W]` label masks are at the padded input resolution of an `(h, w)` stride-4 prediction
+    grid: `4(h - 1) < H <= 4h`, likewise `W`."""
     height, width = masks.shape[-2:]
     grid_height, grid_width = grid_size
     for name, size, grid in (("height", height, grid_height), ("width", width, grid_width)):
@@ -144,9 +143,25 @@ def subsample_target_masks(masks: torch.Tensor, grid_size: tuple[int, int]) -> t
                 f"{MASK_STRIDE}): masks must be at the padded input resolution of the model, i.e. the size of "
                 "`pixel_values` (zero-pad each clip's masks like its frames)."
             )
+
+
+def subsample_target_masks(masks: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """Reduces `[..., H, W]` masks at the padded input resolution to the `(h, w)` stride-4 prediction grid.
+
+    As the original: the masks are zero-padded to `(4h, 4w)` and every 4th pixel from offset 2 is kept.
+    """
+    check_mask_size(masks, grid_size)
+    grid_height, grid_width = grid_size
     start = MASK_STRIDE // 2
     masks = masks[..., start::MASK_STRIDE, start::MASK_STRIDE]
     return F.pad(masks, (0, grid_width - masks.shape[-1], 0, grid_height - masks.shape[-2]))
+
+
+def upsample_mask_logits(pred_masks: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+    """`[..., h, w]` stride-4 mask logits -> `[..., H, W]`: bilinear 4x up-sampling cropped to the input size."""
+    grid = pred_masks.flatten(0, -3)[:, None]
+    upsampled = F.interpolate(grid, scale_factor=MASK_STRIDE, mode="bilinear", align_corners=False)
+    return upsampled[:, 0, : input_size[0], : input_size[1]].unflatten(0, pred_masks.shape[:-2])
 
 
 def prepare_targets(
@@ -156,6 +171,7 @@ def prepare_targets(
     num_classes: int,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    subsample_masks: bool = True,
 ) -> ReferFormerTargets:
     """Validates the per-clip label dicts (see the module docstring) and stacks them into [`ReferFormerTargets`].
 
@@ -166,6 +182,7 @@ def prepare_targets(
         num_classes: number of class logits of the model.
         device: device of the predictions.
         dtype: floating dtype of the predicted masks.
+        subsample_masks: reduce the masks to the prediction grid (the original); else keep the input resolution.
     """
     if len(labels) == 0:
         raise ValueError("`labels` must contain one dict per clip, got an empty list.")
@@ -193,7 +210,11 @@ def prepare_targets(
         )
 
     masks = torch.stack([clip_labels["masks"].to(device) for clip_labels in labels])
-    masks = subsample_target_masks(masks, grid_size).to(dtype)
+    if subsample_masks:
+        masks = subsample_target_masks(masks, grid_size).to(dtype)
+    else:
+        check_mask_size(masks, grid_size)
+        masks = masks.to(dtype)
     boxes = torch.stack([clip_labels["boxes"].to(device=device, dtype=dtype) for clip_labels in labels])
     valid = torch.stack([clip_labels["valid"].to(device).bool() for clip_labels in labels])
     outside = ~((boxes >= 0) & (boxes <= 1)).all(-1).all(-1)
@@ -345,6 +366,7 @@ class ReferFormerLoss(nn.Module):
             dice_cost=config.dice_cost,
         )
         self.focal_alpha = config.focal_alpha
+        self.mask_loss_at_input_resolution = config.mask_loss_at_input_resolution
         self.loss_coefficients = {
             "loss_ce": config.class_loss_coefficient,
             "loss_bbox": config.bbox_loss_coefficient,
@@ -390,13 +412,21 @@ class ReferFormerLoss(nn.Module):
 
         dtype = torch.promote_types(pred_masks.dtype, torch.float32)
         targets = prepare_targets(
-            labels, num_frames, tuple(pred_masks.shape[-2:]), num_classes, device=pred_masks.device, dtype=dtype
+            labels,
+            num_frames,
+            tuple(pred_masks.shape[-2:]),
+            num_classes,
+            device=pred_masks.device,
+            dtype=dtype,
+            subsample_masks=not self.mask_loss_at_input_resolution,
         )
         num_boxes = average_num_boxes(targets.valid)
 
         loss, loss_dict, matched_per_layer = 0.0, {}, []
         for suffix, layer in named_layers:
             predictions = [layer[key].to(dtype) for key in ("logits", "pred_boxes", "pred_masks")]
+            if self.mask_loss_at_input_resolution:
+                predictions[2] = upsample_mask_logits(predictions[2], tuple(targets.masks.shape[-2:]))
             matched = self.matcher(*predictions, targets)
             for name, value in self._layer_losses(*predictions, targets, matched, num_boxes).items():
                 loss_dict[name + suffix] = value

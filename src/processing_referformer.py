@@ -159,11 +159,16 @@ class ReferFormerVideoProcessorKwargs(VideosKwargs, total=False):
 
     frame_stride (`int`): keep every `frame_stride`-th frame. max_frames (`int`): keep at most this many frames.
     size_divisor (`int`): pad the batch to a multiple of this (32 for training as the original; none at inference).
+    mask_interpolation (`str`): how post-processing brings the stride-4 masks to frame size: `"logits"` (the
+    original: bilinear on the logits, then sigmoid) or `"probabilities"` (sigmoid, then bilinear), which puts a
+    saturated mask's edge halfway between grid cells even when its inside and outside logits differ a lot in
+    magnitude (small models trained on small objects).
     """
 
     frame_stride: int
     max_frames: int | None
     size_divisor: int | None
+    mask_interpolation: str
 
 
 class ReferFormerVideoProcessor(BaseVideoProcessor):
@@ -192,6 +197,12 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
     frame_stride = 1
     max_frames = None
     size_divisor = None
+    mask_interpolation = "logits"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.mask_interpolation not in ("logits", "probabilities"):
+            raise ValueError(f"`mask_interpolation` must be 'logits' or 'probabilities', got {self.mask_interpolation!r}.")
 
     def preprocess(self, videos, return_tensors="pt", **kwargs) -> BatchFeature:
         """Loads, resizes, normalizes and pads one video or a list of videos (see the class docstring)."""
@@ -274,7 +285,8 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         The referred object is the query with the highest frame-averaged score (the paper's rule). Its stride-4 mask
         logits are cropped to the unpadded area (`resized_sizes`, the model-input size of each video; without it no
         padding is assumed), interpolated bilinearly straight to the original frame size (`target_sizes`, `(h, w)` per
-        video) and thresholded after a sigmoid, exactly the original's Ref-YouTube-VOS rule for unpadded clips.
+        video) and thresholded after a sigmoid, exactly the original's Ref-YouTube-VOS rule for unpadded clips (with
+        `mask_interpolation="probabilities"`, the sigmoid comes before the interpolation).
 
         Returns one dict per video: `masks` `[T, H0, W0]` bool, `boxes` `[T, 4]` absolute (x0, y0, x1, y1) on the
         original frames, `scores` `[T]`, `query_index` and `query_scores` `[Q]` (frame-averaged score of every query);
@@ -301,7 +313,8 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
             target_height, target_width = target_sizes[index]
             queries = range(pred_masks.shape[2]) if return_all_queries else [best]
             masks = [
-                self._mask_to_frame(pred_masks[index, :, query, :grid_height, :grid_width], target_height, target_width, threshold)
+                self.mask_probabilities(pred_masks[index, :, query, :grid_height, :grid_width], target_height, target_width)
+                > threshold
                 for query in queries
             ]
             boxes = [self._boxes_to_frame(pred_boxes[index, :, query], target_height, target_width) for query in queries]
@@ -318,10 +331,14 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
             results.append(result)
         return results
 
-    @staticmethod
-    def _mask_to_frame(mask_logits: torch.Tensor, height: int, width: int, threshold: float) -> torch.Tensor:
-        resized = F.interpolate(mask_logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)
-        return resized[:, 0].sigmoid() > threshold
+    def mask_probabilities(self, mask_logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Mask logits `[T, h, w]` of the unpadded stride-4 grid -> probabilities `[T, height, width]` (bilinear, as
+        `mask_interpolation` says)."""
+        values = mask_logits[:, None].float()
+        if self.mask_interpolation == "probabilities":
+            values = values.sigmoid()
+        resized = F.interpolate(values, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+        return resized if self.mask_interpolation == "probabilities" else resized.sigmoid()
 
     @staticmethod
     def _boxes_to_frame(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:

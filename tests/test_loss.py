@@ -276,6 +276,32 @@ def test_focal_alpha_only_changes_loss_ce():
             torch.testing.assert_close(default[key], changed[key])
 
 
+def test_mask_losses_at_input_resolution_compare_upsampled_logits_with_full_masks():
+    predictions, labels = make_batch()
+    labels = [{**clip, "masks": clip["masks"][..., :22, :30]} for clip in labels]  # unpadded 22 x 30 input, grid 6 x 8
+    config = ReferFormerConfig(mask_loss_at_input_resolution=True)
+    _, loss_dict, matched = ReferFormerLoss(config)(**predictions, labels=labels)
+
+    batch_size, num_frames, num_queries = predictions["logits"].shape[:3]
+    upsampled = F.interpolate(predictions["pred_masks"].flatten(0, 2)[:, None], scale_factor=4, mode="bilinear")
+    upsampled = upsampled[:, 0, :22, :30].view(batch_size, num_frames, num_queries, 22, 30)
+    targets = prepare_targets(labels, num_frames, (6, 8), 1, subsample_masks=False)
+    expected_match = ReferFormerInstanceSequenceMatcher()(
+        predictions["logits"], predictions["pred_boxes"], upsampled, targets
+    )
+    assert torch.equal(matched[-1], expected_match)
+    probabilities = upsampled[torch.arange(batch_size), :, expected_match].flatten(1).sigmoid()
+    ground_truth = targets.masks.flatten(1)
+    dice = (2 * (probabilities * ground_truth).sum(1) + 1) / (probabilities.sum(1) + ground_truth.sum(1) + 1)
+    torch.testing.assert_close(loss_dict["loss_dice"], (1 - dice).sum() / (batch_size * num_frames))
+    # Same matches here as on the grid, so the class and box terms are the grid criterion's; the mask terms are not.
+    _, grid_dict, grid_matched = ReferFormerLoss(ReferFormerConfig())(**predictions, labels=labels)
+    assert torch.equal(grid_matched, matched)
+    for name in ("loss_ce", "loss_bbox", "loss_giou"):
+        torch.testing.assert_close(grid_dict[name], loss_dict[name])
+    assert not torch.allclose(grid_dict["loss_dice"], loss_dict["loss_dice"])
+
+
 # ----------------------------------------------------------------------------- unusual labels
 
 

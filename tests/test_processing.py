@@ -256,6 +256,26 @@ def test_unpadded_post_processing_is_the_original_ref_youtube_vos_rule():
     assert torch.equal(results[0]["masks"], expected[:, 0].sigmoid() > 0.5)
 
 
+def test_probability_interpolation_puts_the_edge_of_a_lopsided_mask_between_grid_cells(tmp_path):
+    # A 6x6-cell square on a 16x16 grid with weak inside (+2) and strong outside (-200) logits: interpolating the
+    # logits moves the edge almost onto the inside cells' centres; interpolating probabilities puts it halfway.
+    grid = torch.full((1, 1, 16, 16), -200.0)
+    grid[..., 5:11, 5:11] = 2.0
+    ground_truth = torch.zeros(64, 64, dtype=torch.bool)
+    ground_truth[20:44, 20:44] = True  # cells 5..10 cover pixels 20..43
+    by_logits = ReferFormerVideoProcessor().post_process_referring_video_segmentation(_outputs_for_mask(grid), [(64, 64)])
+    processor = ReferFormerVideoProcessor(mask_interpolation="probabilities")
+    by_probabilities = processor.post_process_referring_video_segmentation(_outputs_for_mask(grid), [(64, 64)])
+    assert by_logits[0]["masks"][0].sum() == 20 * 20  # pixels 22..41: shrunk by 2 on every side
+    mask = by_probabilities[0]["masks"][0]
+    assert torch.equal(mask.any(1), ground_truth.any(1)) and torch.equal(mask.any(0), ground_truth.any(0))
+    assert (mask & ground_truth).sum() / (mask | ground_truth).sum() > 0.97  # bilinear rounds the corners off
+    processor.save_pretrained(tmp_path)
+    assert ReferFormerVideoProcessor.from_pretrained(tmp_path).mask_interpolation == "probabilities"
+    with pytest.raises(ValueError, match="mask_interpolation"):
+        ReferFormerVideoProcessor(mask_interpolation="nearest")
+
+
 def test_all_queries_and_image_mode():
     mask_logits = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     processor = ReferFormerVideoProcessor()
