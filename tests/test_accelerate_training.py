@@ -73,3 +73,26 @@ def parameters_without_gradient():
         f"{name}" for name, parameter in model.named_parameters()
         if parameter.requires_grad and (parameter.grad is None or parameter.grad.abs().max() < 1e-12)
     }
+
+
+class EpochRecordingClips(torch.utils.data.Dataset):
+    """Clips that remember which epochs they were told about (as `SeededClips` needs, to vary its augmentation)."""
+
+    def __init__(self, clips):
+        self.clips, self.epochs_seen = clips, []
+
+    def set_epoch(self, epoch):
+        self.epochs_seen.append(epoch)
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, index):
+        return self.clips[index]
+
+
+def test_a_dataset_with_set_epoch_is_told_every_epoch(tmp_path):
+    clips = EpochRecordingClips(synthetic_training_clips(2))
+    args = AccelerateTrainingArguments(output_dir=str(tmp_path), max_steps=5, learning_rate=1e-3, log_every=0)
+    train_with_accelerate(tiny_training_model(), clips, args)  # batch 1: steps 1-2, 3-4 and 5 are epochs 0, 1, 2
+    assert list(dict.fromkeys(clips.epochs_seen)) == [0, 1, 2]  # (accelerate forwards it more than once)
