@@ -301,7 +301,10 @@ class DemoArguments:
 
     def __post_init__(self):
         if self.num_videos < 2:
-            raise UsageError(f"--num_videos must be at least 2 (the language check swaps expressions between clips), got {self.num_videos}.")
+            raise UsageError(
+                f"--num_videos must be at least 2 (the language check swaps expressions between clips), got "
+                f"{self.num_videos}."
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
