@@ -904,19 +904,7 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
 
 
 def run_generate(args: GenerateArguments) -> dict:
-    metadata = generate_referring_shapes(
-        args.output_dir,
-        num_videos=args.num_videos,
-        num_frames=args.num_frames,
-        height=args.height,
-        width=args.width,
-        seed=args.seed,
-        split=args.split,
-        min_objects=args.min_objects,
-        max_objects=args.max_objects,
-        expressions_per_object=args.expressions_per_object,
-        expression_attributes=args.expression_attributes,
-    )
+    metadata = generate_referring_shapes(**dataclasses.asdict(args))  # the options are the generator's arguments
     count = sum(len(video["expressions"]) for video in metadata["videos"].values())
     print(f"{args.num_videos} clips, {count} expressions: {Path(args.output_dir) / args.split}")
     return metadata
@@ -956,8 +944,6 @@ def run_demo(args: DemoArguments) -> dict:
     """Generates clips the model has not seen, segments every expression, and scores the masks (J&F) against the
     generator's; then gives each clip the expressions of another clip and scores again (the model must use the
     language: the second score has to be much lower)."""
-    if Path(args.model) == DEMO_MODEL and not DEMO_MODEL.is_dir():
-        raise FileNotFoundError(f"The demo model {DEMO_MODEL} is missing from this checkout.")
     output_dir = Path(args.output_dir)
     prepare_output_dir(output_dir, args.overwrite)
     for folder in ("clips", "predictions", "swapped_predictions"):
