@@ -3,6 +3,7 @@
 import argparse
 import collections
 import json
+import os
 import subprocess
 import sys
 
@@ -28,11 +29,12 @@ convert = load_script("convert_checkpoint")
 FIXTURES = ["original_resnet", "original_swin", "original_videoswin_public"]
 
 
-def run_converter(*args):
+def run_converter(*args, env=None):
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "convert_checkpoint.py"), *map(str, args)],
         capture_output=True,
         text=True,
+        env=env,
     )
 
 
@@ -304,6 +306,22 @@ def test_cli_errors_write_nothing(tmp_path, resnet_fixture):
     assert (output_dir / "keep.txt").read_text() == "user data"
     result = run_converter("--checkpoint", tmp_path / "missing.pth", "--output_dir", tmp_path / "other")
     assert result.returncode == 1 and "not found" in result.stderr
+
+
+def test_offline_conversion_without_a_local_tokenizer_fails_clearly(tmp_path):
+    fixture = require_fixture("original_resnet")
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps(json.loads((fixture / "config.json").read_text())["model_args"]))
+    offline = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf-home"))
+    output_dir = tmp_path / "out"
+    result = run_converter(
+        "--checkpoint", fixture / "original_state_dict.safetensors", "--output_dir", output_dir,
+        "--original_args", args_file, env=offline,
+    )
+    assert result.returncode == 1
+    assert "Cannot load the tokenizer 'FacebookAI/roberta-base'" in result.stderr
+    assert "pass --tokenizer with a local folder" in result.stderr
+    assert "Traceback" not in result.stderr and not output_dir.exists()
 
 
 def test_backbone_name_in_the_arguments_does_not_override_the_weights():

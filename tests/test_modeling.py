@@ -8,7 +8,7 @@ from huggingface_hub.dataclasses import StrictDataclassFieldValidationError
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel
 
-from helpers import all_predictions, random_inputs, randomize_weights, tiny_config
+from helpers import FP32_ROUNDING, all_predictions, random_inputs, randomize_weights, tiny_config
 from referformer import (
     ReferFormerConfig,
     ReferFormerForReferringVideoObjectSegmentation,
@@ -379,7 +379,7 @@ def test_special_initializations():
     assert config.num_dynamic_params == model.controller.layers[-1].out_features
 
 
-def test_save_and_reload_round_trip_is_exact(tmp_path):
+def test_save_and_reload_round_trip_keeps_weights_and_outputs(tmp_path):
     model = build_model()
     inputs = random_inputs(model.config)
     model.save_pretrained(tmp_path)
@@ -389,8 +389,10 @@ def test_save_and_reload_round_trip_is_exact(tmp_path):
     assert original_state.keys() == reloaded_state.keys()
     for key in original_state:
         assert torch.equal(original_state[key], reloaded_state[key]), key
+    # The weights are bit-identical; the outputs only to fp32 rounding: reloaded tensors may be memory-mapped at
+    # addresses that are not SIMD-aligned, and the CPU's vectorised kernels then sum in another order.
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(**inputs).pred_masks, model(**inputs).pred_masks, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(**inputs).pred_masks, model(**inputs).pred_masks, **FP32_ROUNDING)
 
 
 def test_auto_model_loads_the_base_model_from_a_saved_segmentation_model(tmp_path):
@@ -400,7 +402,7 @@ def test_auto_model_loads_the_base_model_from_a_saved_segmentation_model(tmp_pat
     assert type(base) is ReferFormerModel
     inputs = random_inputs(model.config)
     with torch.no_grad():
-        torch.testing.assert_close(base(**inputs).mask_features, model.model(**inputs).mask_features, rtol=0, atol=0)
+        torch.testing.assert_close(base(**inputs).mask_features, model.model(**inputs).mask_features, **FP32_ROUNDING)
 
 
 def test_loading_keeps_loaded_weights_when_a_key_is_missing(tmp_path):

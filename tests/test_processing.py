@@ -10,7 +10,7 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import AutoProcessor
 
-from helpers import randomize_weights, tiny_config, tiny_tokenizer
+from helpers import assert_masks_equal_up_to_rounding, randomize_weights, real_video, tiny_config, tiny_tokenizer
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 from referformer.modeling_referformer import ReferFormerSegmentationOutput
 from referformer.processing_referformer import get_resize_output_size, load_video
@@ -55,6 +55,39 @@ def test_mp4_and_jpeg_folder_decode_to_the_same_frames(tmp_path):
         assert decoded_video.shape == decoded_folder.shape == original.shape
         assert np.abs(decoded_video.astype(int) - original).mean() < 6
         assert np.abs(decoded_folder.astype(int) - original).mean() < 3
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "carphone_pristine.mp4"])
+def test_real_mp4_decodes_to_the_frames_pyav_reports(name):
+    path = real_video(name)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        reported = (stream.frames, stream.codec_context.height, stream.codec_context.width)
+        reference = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    assert len(reference) == reported[0]
+    frames, indices = load_video(path)
+    assert len(frames) == reported[0] and indices == list(range(reported[0]))
+    assert all(frame.shape == (*reported[1:], 3) and frame.dtype == np.uint8 for frame in frames)
+    frames, indices = load_video(path, frame_stride=7, max_frames=5)
+    assert indices == [0, 7, 14, 21, 28]
+    for frame, index in zip(frames, indices):
+        assert np.array_equal(frame, reference[index])
+    # Two different real frames: the decoder does not hand back the same buffer.
+    assert np.abs(frames[0].astype(int) - frames[-1]).mean() > 1
+
+
+def test_processor_on_a_real_mp4_keeps_the_sampled_indices_and_sizes(processor):
+    path = real_video("bikes.mp4")  # 640x272, 250 frames
+    inputs = processor(videos=str(path), text="a man riding a bike", frame_stride=50, max_frames=4)
+    assert inputs["frame_indices"].tolist() == [[0, 50, 100, 150]]
+    assert inputs["original_sizes"].tolist() == [[272, 640]]
+    height, width = get_resize_output_size(272, 640, 360)
+    assert inputs["resized_sizes"].tolist() == [[height, width]] and (height, width) == (360, 847)
+    assert inputs["pixel_values"].shape == (1, 4, 3, 360, 847)
+    frames, _ = load_video(path, frame_stride=50, max_frames=4)
+    expected = torch.from_numpy(np.array(Image.fromarray(frames[2]).resize((847, 360), Image.BILINEAR)))
+    expected = (expected.permute(2, 0, 1).float() / 255 - MEAN[0]) / STD[0]
+    torch.testing.assert_close(inputs["pixel_values"][0, 2], expected, rtol=0, atol=1e-5)
 
 
 def test_folder_frames_are_sorted_naturally_and_sampled(tmp_path):
@@ -134,11 +167,15 @@ def test_one_video_with_three_sentences_equals_three_calls(processor):
         )
         for sentence, result in zip(sentences, batched):
             inputs = processor(videos=video, text=sentence)
+            outputs = model(**inputs)
             single = processor.post_process_referring_video_segmentation(
-                model(**inputs), inputs["original_sizes"], inputs["resized_sizes"]
+                outputs, inputs["original_sizes"], inputs["resized_sizes"]
             )[0]
             assert single["query_index"] == result["query_index"]
-            assert torch.equal(single["masks"], result["masks"])
+            height, width = (-(-size // 4) for size in inputs["resized_sizes"][0].tolist())
+            mask_logits = outputs.pred_masks[0, :, single["query_index"], :height, :width]
+            probabilities = processor.video_processor.mask_probabilities(mask_logits, *inputs["original_sizes"][0].tolist())
+            assert_masks_equal_up_to_rounding(result["masks"], single["masks"], probabilities)
             torch.testing.assert_close(single["boxes"], result["boxes"], atol=1e-4, rtol=1e-5)
             torch.testing.assert_close(single["scores"], result["scores"], atol=1e-5, rtol=1e-5)
     assert batched[0]["masks"].shape == (2, 72, 96) and batched[0]["masks"].dtype == torch.bool
