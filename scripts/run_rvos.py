@@ -59,7 +59,12 @@ from referformer.evaluation_protocols import (
 from referformer.model_cards import usage_section
 from referformer.output_folders import ALL_ENTRIES, MANIFEST_NAME, check_output_target, staged_output
 from referformer.processing_referformer import IMAGE_EXTENSIONS, load_video, natural_sort_key
-from referformer.training import AccelerateTrainingArguments, collate_clips, train_with_accelerate
+from referformer.training import (
+    AccelerateTrainingArguments,
+    check_training_checkpoint,
+    collate_clips,
+    train_with_accelerate,
+)
 from referformer.visualization import overlay_masks, voc_palette, write_palette_masks, write_video
 
 
@@ -881,16 +886,6 @@ def push_folder_to_hub(folder: Path, repo_id: str, private: bool) -> str:
     return getattr(commit, "commit_url", repo_id)
 
 
-def check_resume_checkpoint(path: str) -> None:
-    checkpoint = Path(path)
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"The checkpoint {path} does not exist.")
-    if not (checkpoint / "training_state.json").is_file():
-        raise UsageError(f"{path} is not a run_rvos.py training checkpoint (no training_state.json).")
-    if not any(checkpoint.glob("model*.safetensors")) and not any(checkpoint.glob("pytorch_model*.bin")):
-        raise UsageError(f"{path} holds no model weights.")
-
-
 def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments):
     from accelerate import PartialState
     from accelerate.utils import set_seed
@@ -898,7 +893,7 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     output_dir = Path(args.output_dir)
     inputs = (model_args.init_from, data_args.data_root, data_args.refcoco_root)
     if args.resume_from_checkpoint:
-        check_resume_checkpoint(args.resume_from_checkpoint)
+        check_training_checkpoint(args.resume_from_checkpoint)
     overwrite = args.overwrite or bool(args.resume_from_checkpoint)
     check_output_target(output_dir, overwrite, inputs, "--overwrite (or --resume_from_checkpoint)", ALL_ENTRIES)
     if model_args.init_from:

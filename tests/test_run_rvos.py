@@ -288,7 +288,7 @@ def test_clear_errors(tmp_path, model_dir, data_root, capsys):
     assert "exactly one of --init_from" in error(*train, "--output_dir", str(tmp_path / "t"))
     assert "exists and is not empty" in error(*train, "--config_name", "tiny", "--output_dir", str(model_dir))
     assert "Unknown --config_name 'huge'" in error(*train, "--config_name", "huge", "--output_dir", str(tmp_path / "t"))
-    assert "no training_state.json" in error(
+    assert "missing optimizer.pt, training_state.json" in error(
         *train, "--config_name", "tiny", "--output_dir", str(tmp_path / "t"), "--resume_from_checkpoint", str(model_dir)
     )
     assert "unknown command 'fit'" in error("fit")
