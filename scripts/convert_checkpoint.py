@@ -524,7 +524,7 @@ def main(argv=None) -> int:
     try:
         convert_checkpoint(
             args.checkpoint,
-            output_dir,
+            args.output_dir,
             original_args,
             args.tokenizer,
             args.verify,

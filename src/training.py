@@ -442,7 +442,7 @@ def check_finite(accelerator, step: int, finite: torch.Tensor, what: str, loss_t
     if not bool(finite):
         terms = ""
         if loss_terms:  # the final layer's terms (the auxiliary ones end in _<layer>)
-            values = [f"{key}={float(value):.4g}" for key, value in loss_terms.items() if not key[-1].isdigit()]
+            values = [f"{key}={float(value.detach()):.4g}" for key, value in loss_terms.items() if not key[-1].isdigit()]
             terms = f" ({', '.join(values)})"
         raise NonFiniteTrainingError(
             f"Step {step}: {what} became NaN or infinite{terms}; training stopped and nothing was saved for this "
