@@ -888,7 +888,7 @@ def push_folder_to_hub(folder: Path, repo_id: str, private: bool) -> str:
 
 def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments):
     from accelerate import PartialState
-    from accelerate.utils import set_seed
+    from accelerate.utils import parse_flag_from_env, set_seed
 
     output_dir = Path(args.output_dir)
     inputs = (model_args.init_from, data_args.data_root, data_args.refcoco_root)
@@ -903,7 +903,9 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     if data_args.eval_split and data_args.dataset not in ("synthetic", "ref-youtube-vos"):
         raise UsageError("--eval_split is available for the synthetic and ref-youtube-vos datasets.")
 
-    state = PartialState()  # after the checks: every process has checked before any writes
+    # After the checks: every process has checked before any writes. ACCELERATE_USE_CPU must reach this first state
+    # (the Accelerator reuses it), or CPU processes launched together would each train alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     # Under autocast the compiled deformable attention gets mixed dtypes, which it rejects: use the PyTorch one.
     mixed_precision = args.mixed_precision != "no"
     if state.is_main_process and args.log_every:

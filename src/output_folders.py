@@ -162,6 +162,15 @@ def _lock(target: Path):
         os.close(handle)
 
 
+def _apply_umask(folder: Path) -> None:
+    """Gives everything under `folder` the permissions the umask gives new files and folders (some writers, e.g.
+    safetensors, create their files 0600)."""
+    mask = current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _remove_stale_siblings(target: Path) -> None:
     """Removes staging/aside folders that killed runs of ours left next to `target` (called under the lock)."""
     for tag in ("staging", "old"):
@@ -228,6 +237,7 @@ def staged_output(target, overwrite: bool = False, inputs=(), option: str | None
             staging = make_sibling_dir(target, "staging")
             try:
                 yield staging
+                _apply_umask(staging)
                 chosen = units
                 if units == ALL_ENTRIES:
                     chosen = [child.name for child in staging.iterdir()]

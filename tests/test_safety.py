@@ -389,6 +389,7 @@ def test_outputs_get_the_permissions_the_umask_gives(tmp_path, umask):
     try:
         with staged_output(tmp_path / "model") as staging:  # the converter's and every command's output folder
             (staging / "config.json").write_text("{}")
+            save_file({"weight": torch.zeros(2)}, staging / "model.safetensors")  # safetensors writes 0600
         masks_dir = write_palette_masks(np.zeros((2, 8, 8), bool), tmp_path / "masks", ["0", "1"])
         overlay = write_video([np.zeros((8, 8, 3), np.uint8)] * 2, tmp_path / "overlay.gif")
     finally:
@@ -396,5 +397,5 @@ def test_outputs_get_the_permissions_the_umask_gives(tmp_path, umask):
     folder_mode, file_mode = 0o777 & ~umask, 0o666 & ~umask
     for folder in (tmp_path / "model", masks_dir):
         assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
-    for path in (overlay, masks_dir / "0.png", tmp_path / "model" / "config.json"):
+    for path in (overlay, masks_dir / "0.png", tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors"):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
