@@ -161,7 +161,9 @@ class PredictArguments:
     threshold: float = field(default=0.5, metadata={"help": "Mask probability threshold."})
     overlay_format: Literal["gif", "mp4"] = field(default="gif", metadata={"help": "File type of the overlay videos."})
     fps: float = field(default=10.0, metadata={"help": "Frame rate of the overlay videos."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace existing results of this video."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an earlier run's results for this video (never other files)."}
+    )
 
     def __post_init__(self):
         _check_choice(self.overlay_format, ("gif", "mp4"), "--overlay_format")
@@ -197,7 +199,9 @@ class EvaluateArguments:
         default=None,
         metadata={"help": "A2D/JHMDB: COCO-format ground truth (default: the benchmark's file under --data_root)."},
     )
-    overwrite: bool = field(default=False, metadata={"help": "Write into an existing, non-empty --output_dir."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an earlier evaluation's results (never other files)."}
+    )
 
     def __post_init__(self):
         _check_choice(self.dataset, EVAL_DATASETS, "--dataset")
@@ -305,7 +309,9 @@ class RunTrainingArguments(AccelerateTrainingArguments):
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "Continue exactly from a checkpoint-<step> folder of --output_dir."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "Train into an existing, non-empty --output_dir."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Train into a non-empty --output_dir (the final model replaces same-named files)."}
+    )
     push_to_hub: str | None = field(default=None, metadata={"help": "Upload the final model and its card to this Hub repo id."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
 
@@ -360,7 +366,7 @@ class DemoArguments:
     num_videos: int = field(default=8, metadata={"help": "Number of fresh clips (2 to 4 shapes each)."})
     seed: int = field(default=1000, metadata={"help": "Seed of the clips (the demo model was trained on seed 0)."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
-    overwrite: bool = field(default=False, metadata={"help": "Write into an existing, non-empty --output_dir."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an earlier demo's results (never other files)."})
 
     def __post_init__(self):
         _check_device(self.device)

@@ -65,8 +65,10 @@ def write_text_atomically(path: Path, text: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _files_under(folder: Path) -> set[str]:
-    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir()} - {MANIFEST_NAME}
+def _files_under(path: Path, root: Path | None = None) -> set[str]:
+    """The files of `path` (itself if it is a file), relative to `root` (default `path`), without the manifest."""
+    files = [path] if path.is_file() else [child for child in path.rglob("*") if not child.is_dir()]
+    return {file.relative_to(root or path).as_posix() for file in files} - {MANIFEST_NAME}
 
 
 def _manifest_files(folder: Path) -> set[str] | None:
@@ -115,7 +117,7 @@ def check_output_target(target, overwrite: bool, inputs=(), option: str | None =
         if not existing:
             return
         if not overwrite:
-            raise FileExistsError(f"{target / existing[0]} exists; {_replace_hint(option)}.")
+            raise FileExistsError(f"{target / existing[0]} already exists; {_replace_hint(option)}.")
         paths = [target / unit for unit in existing]
     else:
         if not overwrite:
@@ -125,8 +127,7 @@ def check_output_target(target, overwrite: bool, inputs=(), option: str | None =
         paths = [target]
     written = _manifest_files(target) or set()
     for path in paths:
-        files = {f.relative_to(target).as_posix() for f in ([path] if path.is_file() else path.rglob("*")) if not f.is_dir()}
-        foreign = sorted(files - written - {MANIFEST_NAME})
+        foreign = sorted(_files_under(path, target) - written)
         if foreign:
             raise OutputFolderError(
                 f"{target} holds files this project did not write (e.g. {foreign[0]}); {option} only replaces earlier "
@@ -146,7 +147,8 @@ def _lock(target: Path):
             if error.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             raise OutputFolderError(
-                f"Another run is writing to {target} (it holds {lock_path}); wait for it or choose another output folder."
+                f"Another run is writing to {target} (it holds {lock_path}); wait for it or choose another output "
+                "folder."
             ) from None
         try:
             same_file = os.stat(lock_path).st_ino == os.fstat(handle).st_ino
@@ -173,14 +175,14 @@ def _apply_umask(folder: Path) -> None:
 
 def _remove_stale_siblings(target: Path) -> None:
     """Removes staging/aside folders that killed runs of ours left next to `target` (called under the lock)."""
-    for tag in ("staging", "old"):
-        for stale in target.parent.glob(f".{target.name}.{tag}-*"):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale)
+    prefixes = (f".{target.name}.staging-", f".{target.name}.old-")
+    for stale in target.parent.iterdir():
+        if stale.name.startswith(prefixes) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
 
 
 def _publish_folder(staging: Path, target: Path) -> None:
-    """Replaces `target` by `staging`: the old target is renamed aside first and deleted once the new one is in place."""
+    """Replaces `target` by `staging`: the old target is renamed aside and deleted once the new one is in place."""
     aside = None
     if target.exists():
         aside = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
@@ -208,10 +210,7 @@ def _publish_entries(staging: Path, target: Path, units: list[str]) -> None:
         (target / unit).parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging / unit, target / unit)
         written = {path for path in written if path != unit and not path.startswith(f"{unit}/")}
-        if (target / unit).is_dir():
-            written |= {f"{unit}/{name}" for name in _files_under(target / unit)}
-        else:
-            written.add(unit)
+        written |= _files_under(target / unit, target)
     write_text_atomically(target / MANIFEST_NAME, json.dumps({"files": sorted(written)}, indent=1))
     shutil.rmtree(aside)
 
@@ -242,8 +241,8 @@ def staged_output(target, overwrite: bool = False, inputs=(), option: str | None
                 if units == ALL_ENTRIES:
                     chosen = [child.name for child in staging.iterdir()]
                 if chosen is None:
-                    files = _files_under(staging)
-                    (staging / MANIFEST_NAME).write_text(json.dumps({"files": sorted(files)}, indent=1), encoding="utf-8")
+                    manifest = json.dumps({"files": sorted(_files_under(staging))}, indent=1)
+                    (staging / MANIFEST_NAME).write_text(manifest, encoding="utf-8")
                     _publish_folder(staging, target)
                 else:
                     for unit in chosen:

@@ -163,3 +163,17 @@ def synthetic_training_clips(num_clips, num_frames=2, size=64, seed=0):
         labels = {"masks": masks, "boxes": torch.tensor([box] * num_frames), "valid": torch.ones(num_frames, dtype=torch.long)}
         samples.append({"pixel_values": pixel_values, "input_ids": input_ids, "labels": labels})
     return samples
+
+
+def save_shapes_model(folder):
+    """Saves a randomly initialized `tiny`-preset model and its processor (64x96 frames) as a user's model folder."""
+    from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+    from referformer.cli_presets import build_shapes_tokenizer
+    from referformer.cli_presets import tiny_config as shapes_config
+
+    tokenizer = build_shapes_tokenizer()
+    torch.manual_seed(0)
+    ReferFormerForReferringVideoObjectSegmentation(shapes_config(len(tokenizer))).save_pretrained(folder)
+    video_processor = ReferFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    ReferFormerProcessor(video_processor, tokenizer).save_pretrained(folder)
+    return folder

@@ -15,10 +15,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from helpers import REPO_ROOT, load_script, random_inputs, synthetic_training_clips, tiny_config, tiny_training_model
-from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
-from referformer.cli_presets import build_shapes_tokenizer
-from referformer.cli_presets import tiny_config as shapes_config
+from helpers import (
+    REPO_ROOT,
+    load_script,
+    random_inputs,
+    save_shapes_model,
+    synthetic_training_clips,
+    tiny_config,
+    tiny_training_model,
+)
+from referformer import ReferFormerForReferringVideoObjectSegmentation
 from referformer.output_folders import MANIFEST_NAME, OutputFolderError, staged_output
 from referformer.processing_referformer import load_video
 from referformer.training import (
@@ -57,13 +63,7 @@ def cli_error(*argv) -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tokenizer = build_shapes_tokenizer()
-    torch.manual_seed(0)
-    ReferFormerForReferringVideoObjectSegmentation(shapes_config(len(tokenizer))).save_pretrained(folder)
-    video_processor = ReferFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96})
-    ReferFormerProcessor(video_processor, tokenizer).save_pretrained(folder)
-    return folder
+    return save_shapes_model(tmp_path_factory.mktemp("model"))
 
 
 def write_frames(folder: Path, sizes=((64, 96),) * 3) -> Path:
