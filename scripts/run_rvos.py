@@ -668,7 +668,8 @@ def format_table(results: dict) -> str:
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
 
 
-def run_evaluate(model_args: ModelArguments, args: EvaluateArguments) -> dict:
+def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name: str | None = None) -> dict:
+    """Scores `--model` on the benchmark; results.json names the model `model_name` (default: `--model`)."""
     if not Path(args.data_root).is_dir():
         raise FileNotFoundError(f"The dataset folder {args.data_root} does not exist.")
     inputs = (model_args.model, args.data_root, args.davis_root, args.ground_truth)
@@ -682,7 +683,7 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments) -> dict:
                 results = evaluate_davis(model, processor, args, split)
             else:
                 results = evaluate_a2d_like(model, processor, args, split)
-        results = {"dataset": args.dataset, "split": split, "model": model_args.model, **results}
+        results = {"dataset": args.dataset, "split": split, "model": model_name or model_args.model, **results}
         (staging / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(format_table(results))
     return results
@@ -956,7 +957,7 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
                 split=data_args.eval_split,
             )
             device = str(next(model.parameters()).device)
-            results = run_evaluate(ModelArguments(model=str(staging), device=device), eval_args)
+            results = run_evaluate(ModelArguments(model=str(staging), device=device), eval_args, str(output_dir))
         card = model_card(args.push_to_hub or output_dir.name, data_args, model_args, loop_args, settings, results)
         (staging / "README.md").write_text(card, encoding="utf-8")
     print(f"model, processor and model card saved in {output_dir}")

@@ -436,10 +436,10 @@ def train_with_accelerate(
 def check_finite(accelerator, step: int, finite: torch.Tensor, what: str, loss_terms: dict | None = None) -> None:
     """Raises [`NonFiniteTrainingError`] on every process when `finite` (a boolean tensor: the loss or the weights
     are finite) is false on any of them."""
-    finite = finite.all()
+    broken = (~finite.all()).float().reshape(1)
     if accelerator.num_processes > 1:
-        finite = accelerator.reduce(finite.float().reshape(1), "min")[0] > 0
-    if not bool(finite):
+        broken = accelerator.reduce(broken, "max")
+    if bool(broken[0] > 0):
         terms = ""
         if loss_terms:  # the final layer's terms (the auxiliary ones end in _<layer>)
             values = [f"{key}={float(value.detach()):.4g}" for key, value in loss_terms.items() if not key[-1].isdigit()]
@@ -452,9 +452,9 @@ def check_finite(accelerator, step: int, finite: torch.Tensor, what: str, loss_t
 
 def _rng_state() -> dict:
     """This process's random generators as JSON values (no pickles)."""
-    numpy_state = np.random.get_state()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     return {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
         "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
         "cuda": [base64.b64encode(state.numpy().tobytes()).decode() for state in torch.cuda.get_rng_state_all()]
@@ -500,7 +500,6 @@ def save_training_checkpoint(
             "epoch": epoch,
             "batches_in_epoch": batches_in_epoch,
             "accelerator_step": accelerator.step,
-            "num_processes": accelerator.num_processes,
             "scheduler": _scheduler_state(scheduler),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "rng": rng_states,
@@ -544,12 +543,12 @@ def load_training_checkpoint(accelerator, folder, model, optimizer, scheduler) -
     try:
         state = json.loads((folder / TRAINING_STATE_FILE).read_text(encoding="utf-8"))
         scheduler_state = {**state["scheduler"], "milestones": Counter(dict(state["scheduler"]["milestones"]))}
-        rng = state["rng"][accelerator.process_index]
-    except (ValueError, KeyError, TypeError, IndexError) as error:
+        rng_states = list(state["rng"])
+    except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{folder / TRAINING_STATE_FILE} is not a valid training state: {error!r}") from error
-    if state.get("num_processes") != accelerator.num_processes:
+    if len(rng_states) != accelerator.num_processes:
         raise CheckpointError(
-            f"{folder} was written by {state.get('num_processes')} process(es); resume it with as many (got "
+            f"{folder} was written by {len(rng_states)} process(es); resume it with as many (got "
             f"{accelerator.num_processes})."
         )
     try:
@@ -567,7 +566,7 @@ def load_training_checkpoint(accelerator, folder, model, optimizer, scheduler) -
     scheduler.load_state_dict(scheduler_state)
     if state["scaler"] is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
-    _set_rng_state(rng)
+    _set_rng_state(rng_states[accelerator.process_index])
     accelerator.step = state["accelerator_step"]
     return state["step"], state["epoch"], state["batches_in_epoch"]
 
