@@ -27,12 +27,11 @@ import json
 import logging
 import math
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 
@@ -49,6 +48,9 @@ DROPPED_KEY_PATTERNS = [
     r"\.num_batches_tracked$",
     r"^transformer\.decoder\.bbox_embed\.",  # duplicates of bbox_embed.* (checked equal before dropping)
 ]
+
+# Keys the configuration is read from.
+REQUIRED_KEYS = ("query_embed.weight", "transformer.level_embed")
 
 # Original key regex -> converted key (applied in order, first match wins). `{backbone}` is filled per family.
 KEY_RENAMES = [
@@ -142,7 +144,10 @@ def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     if not path.is_file():
         raise ConversionError(f"Checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(str(path)), {}
+        try:
+            return load_file(str(path)), {}
+        except SafetensorError as error:
+            raise ConversionError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
     from referformer.backbone_weights import load_checkpoint_file
 
     try:
@@ -247,6 +252,9 @@ def infer_config(state_dict: dict[str, torch.Tensor], args: dict | None = None):
     from referformer import ReferFormerConfig
 
     args = {**ORIGINAL_DEFAULTS, **(args or {})}
+    missing = [key for key in REQUIRED_KEYS if key not in state_dict]
+    if missing:
+        raise ConversionError(f"Not a complete ReferFormer checkpoint: it has no {', '.join(missing)}.")
     num_queries, hidden_size = state_dict["query_embed.weight"].shape
     num_levels = state_dict["transformer.level_embed"].shape[0]
     decoder_layers = _count_indices(state_dict, r"^transformer\.decoder\.layers\.(\d+)\.")
@@ -435,6 +443,7 @@ def convert_checkpoint(
     and returns the model. `training_data` names the training data for the model card (see the module docstring);
     without it, it is read from the checkpoint's training arguments."""
     from referformer.model_cards import model_card, resolve_training_data
+    from referformer.output_folders import staged_output
 
     state_dict, checkpoint_args = load_original_checkpoint(checkpoint)
     args = {**checkpoint_args, **(original_args or {})}
@@ -445,18 +454,10 @@ def convert_checkpoint(
         verify(model)
     output_dir = Path(output_dir)
     card = model_card(model.config, training, Path(checkpoint).name, push_to_hub or output_dir.name)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_output(output_dir, overwrite=False, inputs=(checkpoint, tokenizer), option=None) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / "README.md").write_text(card, encoding="utf-8")
-        if output_dir.exists():
-            output_dir.rmdir()  # only an empty folder gets here (main() refuses a non-empty one)
-        staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     print(f"saved {type(model).__name__}, its processor and model card to {output_dir}")
     print(f"training data: {training.description if training else 'unknown (pass --training_data)'}")
     if push_to_hub:
@@ -468,14 +469,22 @@ def push_folder(folder: Path, repo_id: str) -> None:
     """Uploads the converted folder (weights, code, processor, model card) to the Hub repo `repo_id` in one commit."""
     from huggingface_hub import HfApi
 
+    from referformer.output_folders import MANIFEST_NAME
+
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Convert original ReferFormer checkpoint")
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message="Convert original ReferFormer checkpoint",
+        ignore_patterns=[MANIFEST_NAME],
+    )
     print(f"pushed to {repo_id}")
 
 
 def main(argv=None) -> int:
     from referformer.model_cards import TRAINING_SETTINGS
+    from referformer.output_folders import check_output_target
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="original .pth (dict with 'model') or .safetensors file")
@@ -502,23 +511,27 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     original_args = None
     if args.original_args:
-        original_args = json.loads(Path(args.original_args).read_text())
+        try:
+            original_args = json.loads(Path(args.original_args).read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"--original_args {args.original_args} is not a readable JSON file: {error}")
         if not isinstance(original_args, dict):
             parser.error("--original_args must contain a JSON object")
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        parser.error(f"--output_dir {output_dir} exists and is not empty")
+    try:
+        check_output_target(args.output_dir, overwrite=False, inputs=(args.checkpoint,), option=None)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     try:
         convert_checkpoint(
             args.checkpoint,
-            output_dir,
+            args.output_dir,
             original_args,
             args.tokenizer,
             args.verify,
             args.push_to_hub,
             args.training_data,
         )
-    except ConversionError as error:
+    except (ValueError, OSError) as error:  # ConversionError and bad files: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

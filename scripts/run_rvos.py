@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -58,8 +57,14 @@ from referformer.evaluation_protocols import (
     write_ytvos_submission,
 )
 from referformer.model_cards import usage_section
+from referformer.output_folders import ALL_ENTRIES, MANIFEST_NAME, check_output_target, staged_output
 from referformer.processing_referformer import IMAGE_EXTENSIONS, load_video, natural_sort_key
-from referformer.training import AccelerateTrainingArguments, collate_clips, train_with_accelerate
+from referformer.training import (
+    AccelerateTrainingArguments,
+    check_training_checkpoint,
+    collate_clips,
+    train_with_accelerate,
+)
 from referformer.visualization import overlay_masks, voc_palette, write_palette_masks, write_video
 
 
@@ -82,9 +87,44 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 
 
+# Every option is checked when it is parsed (in the `__post_init__` of its dataclass), before anything is written.
+
+
 def _check_choice(value, choices, option: str) -> None:
     if value not in choices:
         raise UsageError(f"Unknown {option} {value!r}; choose one of: {', '.join(choices)}.")
+
+
+def _check_number(value, option: str, minimum=None, maximum=None, open_interval: bool = False) -> None:
+    """`value` must be finite and within [minimum, maximum] ((minimum, maximum) with `open_interval`)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UsageError(f"{option} must be a finite number, got {value}.")
+    below = minimum is not None and (value <= minimum if open_interval else value < minimum)
+    above = maximum is not None and (value >= maximum if open_interval else value > maximum)
+    if below or above:
+        low, high = ("(", ")") if open_interval else ("[", "]")
+        bounds = f"{low}{'-inf' if minimum is None else minimum}, {'inf' if maximum is None else maximum}{high}"
+        raise UsageError(f"{option} must be in {bounds}, got {value}.")
+
+
+def _check_device(name: str, option: str = "--device") -> None:
+    """`auto`, `cpu`, or an accelerator type (with index) that this machine has."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"Unknown {option} {name!r}; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    if not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+        raise UsageError(f"{option} {name} needs a {device.type} device and none is available here; use --device cpu.")
+    count = backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"{option} {name}: this machine has {count} {device.type} device(s).")
 
 
 @dataclass
@@ -99,6 +139,7 @@ class ModelArguments:
 
     def __post_init__(self):
         _check_choice(self.dtype, ("fp32", "bf16", "fp16"), "--dtype")
+        _check_device(self.device)
 
 
 @dataclass
@@ -120,12 +161,16 @@ class PredictArguments:
     threshold: float = field(default=0.5, metadata={"help": "Mask probability threshold."})
     overlay_format: Literal["gif", "mp4"] = field(default="gif", metadata={"help": "File type of the overlay videos."})
     fps: float = field(default=10.0, metadata={"help": "Frame rate of the overlay videos."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace existing results of this video."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an earlier run's results for this video (never other files)."}
+    )
 
     def __post_init__(self):
         _check_choice(self.overlay_format, ("gif", "mp4"), "--overlay_format")
-        if self.window < 1:
-            raise UsageError(f"--window must be at least 1, got {self.window}.")
+        for option in ("window", "frame_stride", "max_frames"):
+            _check_number(getattr(self, option), f"--{option}", minimum=1)
+        _check_number(self.threshold, "--threshold", 0, 1, open_interval=True)
+        _check_number(self.fps, "--fps", 0, 1000, open_interval=True)
 
 
 @dataclass
@@ -154,12 +199,15 @@ class EvaluateArguments:
         default=None,
         metadata={"help": "A2D/JHMDB: COCO-format ground truth (default: the benchmark's file under --data_root)."},
     )
-    overwrite: bool = field(default=False, metadata={"help": "Write into an existing, non-empty --output_dir."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an earlier evaluation's results (never other files)."}
+    )
 
     def __post_init__(self):
         _check_choice(self.dataset, EVAL_DATASETS, "--dataset")
-        if self.window < 1 or self.num_frames < 1:
-            raise UsageError("--window and --num_frames must be at least 1.")
+        _check_number(self.window, "--window", minimum=1)
+        _check_number(self.num_frames, "--num_frames", minimum=1)
+        _check_number(self.threshold, "--threshold", 0, 1, open_interval=True)
 
 
 @dataclass
@@ -228,6 +276,12 @@ class TrainDataArguments:
 
     def __post_init__(self):
         _check_choice(self.dataset, TRAIN_DATASETS, "--dataset")
+        _check_number(self.num_frames, "--num_frames", minimum=1)
+        _check_number(self.max_size, "--max_size", minimum=32)
+        _check_number(self.inference_size, "--inference_size", minimum=32)
+        _check_number(self.crop_prob, "--crop_prob", 0, 1)
+        for size in self.train_sizes or ():
+            _check_number(size, "--train_sizes", minimum=32)
         if self.mask_interpolation is not None:
             _check_choice(self.mask_interpolation, ("logits", "probabilities"), "--mask_interpolation")
         if self.dataset == "joint" and not self.refcoco_root:
@@ -255,9 +309,24 @@ class RunTrainingArguments(AccelerateTrainingArguments):
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "Continue exactly from a checkpoint-<step> folder of --output_dir."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "Train into an existing, non-empty --output_dir."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Train into a non-empty --output_dir (the final model replaces same-named files)."}
+    )
     push_to_hub: str | None = field(default=None, metadata={"help": "Upload the final model and its card to this Hub repo id."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+
+    def __post_init__(self):
+        _check_choice(self.mixed_precision, ("no", "fp16", "bf16"), "--mixed_precision")
+        for option in ("learning_rate", "backbone_learning_rate", "text_encoder_learning_rate"):
+            _check_number(getattr(self, option), f"--{option}", minimum=0, maximum=1)
+        for option in ("linear_projection_multiplier", "weight_decay", "max_grad_norm", "checkpoint_every", "log_every",
+                       "num_workers"):
+            _check_number(getattr(self, option), f"--{option}", minimum=0)
+        for option in ("per_device_batch_size", "gradient_accumulation_steps"):
+            _check_number(getattr(self, option), f"--{option}", minimum=1)
+        _check_number(self.num_train_epochs, "--num_train_epochs", minimum=0, open_interval=True)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise UsageError(f"--max_steps must be positive (or -1: from --num_train_epochs), got {self.max_steps}.")
 
 
 @dataclass
@@ -297,9 +366,10 @@ class DemoArguments:
     num_videos: int = field(default=8, metadata={"help": "Number of fresh clips (2 to 4 shapes each)."})
     seed: int = field(default=1000, metadata={"help": "Seed of the clips (the demo model was trained on seed 0)."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
-    overwrite: bool = field(default=False, metadata={"help": "Write into an existing, non-empty --output_dir."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an earlier demo's results (never other files)."})
 
     def __post_init__(self):
+        _check_device(self.device)
         if self.num_videos < 2:
             raise UsageError(
                 f"--num_videos must be at least 2 (the language check swaps expressions between clips), got "
@@ -345,9 +415,15 @@ def load_model(args: ModelArguments):
     """
     check_referformer_source(args.model)
     processor = ReferFormerProcessor.from_pretrained(args.model)
-    model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
-        args.model, disable_custom_kernels=args.dtype != "fp32"
+    model, loading_info = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
+        args.model, disable_custom_kernels=args.dtype != "fp32", output_loading_info=True
     )
+    missing = sorted(loading_info["missing_keys"])
+    if missing:
+        raise UsageError(
+            f"The model {args.model} lacks {len(missing)} weight(s) ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): it would run on random values. Use a complete saved model."
+        )
     return model.to(resolve_device(args.device)).eval(), processor
 
 
@@ -422,20 +498,21 @@ def video_frame_names(video: str, indices: list[int]) -> list[str]:
     return [f"{index:05d}" for index in indices]
 
 
-def prepare_output_dir(path: Path, overwrite: bool, option: str = "--overwrite") -> None:
-    """Refuses an existing non-empty folder unless `overwrite`."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"The output path {path} exists and is not a folder.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"The output folder {path} exists and is not empty; pass {option} to write into it.")
+def check_video_source(video: str) -> None:
+    """Fails clearly unless `video` is an existing regular file or folder (a FIFO or device would block reading)."""
+    path = Path(video)
+    if not path.exists():
+        raise FileNotFoundError(f"The video {video} does not exist.")
+    if not (path.is_file() or path.is_dir()):
+        raise UsageError(f"The video {video} is neither a regular file nor a folder of frames.")
 
 
 def write_video_predictions(
-    output_dir, video_name, frames, frame_names, sentences, results, fps, overlay_format, exp_ids=None
+    video_dir, video_name, frames, frame_names, sentences, results, fps, overlay_format, exp_ids=None
 ):
     """Palette masks `<exp_id>/<frame>.png` (expression ids default to 0, 1, ...), one overlay per sentence and
-    predictions.json under `<output_dir>/<video_name>/`."""
-    video_dir = Path(output_dir) / video_name
+    predictions.json (which names the video `video_name`) in `video_dir`."""
+    video_dir = Path(video_dir)
     expressions = []
     exp_ids = exp_ids or [str(index) for index in range(len(sentences))]
     for index, (exp_id, sentence, result) in enumerate(zip(exp_ids, sentences, results)):
@@ -461,21 +538,16 @@ def write_video_predictions(
 
 
 def run_predict(model_args: ModelArguments, args: PredictArguments) -> Path:
-    if not Path(args.video).exists():
-        raise FileNotFoundError(f"The video {args.video} does not exist.")
+    check_video_source(args.video)
     video_name = Path(args.video).stem if Path(args.video).is_file() else Path(args.video).resolve().name
     video_dir = Path(args.output_dir) / video_name
-    prepare_output_dir(video_dir, args.overwrite)
-    model, processor = load_model(model_args)
-    frames, indices = load_video(args.video, args.frame_stride, args.max_frames)
-    frame_names = video_frame_names(args.video, indices)
-    with autocast(model_args):
-        results = segment_video(model, processor, frames, args.text, args.window, args.threshold, progress=True)
-    if video_dir.exists():
-        shutil.rmtree(video_dir)
-    write_video_predictions(
-        args.output_dir, video_name, frames, frame_names, args.text, results, args.fps, args.overlay_format
-    )
+    with staged_output(video_dir, args.overwrite, inputs=(args.video, model_args.model)) as staging:
+        model, processor = load_model(model_args)
+        frames, indices = load_video(args.video, args.frame_stride, args.max_frames)
+        frame_names = video_frame_names(args.video, indices)
+        with autocast(model_args):
+            results = segment_video(model, processor, frames, args.text, args.window, args.threshold, progress=True)
+        write_video_predictions(staging, video_name, frames, frame_names, args.text, results, args.fps, args.overlay_format)
     print(f"{len(frames)} frames, {len(args.text)} expression(s): results in {video_dir}")
     return video_dir
 
@@ -492,8 +564,9 @@ def group_by_video(rows) -> dict[str, list[dict]]:
     return videos
 
 
-def evaluate_ytvos_layout(model, processor, args: EvaluateArguments, split: str) -> dict:
-    """Ref-YouTube-VOS layout (Ref-YouTube-VOS, synthetic): the submission folder and zip, and J&F when masks exist."""
+def evaluate_ytvos_layout(model, processor, args: EvaluateArguments, split: str, output_dir: Path) -> dict:
+    """Ref-YouTube-VOS layout (Ref-YouTube-VOS, synthetic): the submission folder and zip in `output_dir`, and J&F
+    when masks exist."""
     rows = load_ref_youtube_vos(args.data_root, split)
     if len(rows) == 0:
         raise UsageError(f"{args.data_root} lists no expression for split {split!r}.")
@@ -507,14 +580,14 @@ def evaluate_ytvos_layout(model, processor, args: EvaluateArguments, split: str)
                 progress.update(1)
                 yield video_id, row["exp_id"], row["frame_names"], result["masks"]
 
-    zip_path = write_ytvos_submission(predictions(), args.output_dir, overwrite=args.overwrite)
+    zip_path = write_ytvos_submission(predictions(), output_dir)
     progress.close()
-    results = {"num_expressions": len(rows), "submission": str(zip_path)}
+    results = {"num_expressions": len(rows), "submission": str(Path(args.output_dir) / zip_path.name)}
     if all(mask_type != "none" for mask_type in rows["mask_type"]):
         root = Path(args.data_root)
         results.update(
             evaluate_ytvos_folder(
-                args.output_dir,
+                output_dir,
                 root / split / "Annotations",
                 root / "meta_expressions" / split / "meta_expressions.json",
             )
@@ -595,22 +668,23 @@ def format_table(results: dict) -> str:
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
 
 
-def run_evaluate(model_args: ModelArguments, args: EvaluateArguments) -> dict:
+def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name: str | None = None) -> dict:
+    """Scores `--model` on the benchmark; results.json names the model `model_name` (default: `--model`)."""
     if not Path(args.data_root).is_dir():
         raise FileNotFoundError(f"The dataset folder {args.data_root} does not exist.")
-    prepare_output_dir(Path(args.output_dir), args.overwrite)
-    model, processor = load_model(model_args)
-    split = args.split or ("test" if args.dataset in A2D_GROUND_TRUTH else "valid")
-    with autocast(model_args):
-        if args.dataset in ("synthetic", "ref-youtube-vos"):
-            results = evaluate_ytvos_layout(model, processor, args, split)
-        elif args.dataset == "ref-davis17":
-            results = evaluate_davis(model, processor, args, split)
-        else:
-            results = evaluate_a2d_like(model, processor, args, split)
-    results = {"dataset": args.dataset, "split": split, "model": model_args.model, **results}
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.output_dir) / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    inputs = (model_args.model, args.data_root, args.davis_root, args.ground_truth)
+    with staged_output(args.output_dir, args.overwrite, inputs) as staging:
+        model, processor = load_model(model_args)
+        split = args.split or ("test" if args.dataset in A2D_GROUND_TRUTH else "valid")
+        with autocast(model_args):
+            if args.dataset in ("synthetic", "ref-youtube-vos"):
+                results = evaluate_ytvos_layout(model, processor, args, split, staging)
+            elif args.dataset == "ref-davis17":
+                results = evaluate_davis(model, processor, args, split)
+            else:
+                results = evaluate_a2d_like(model, processor, args, split)
+        results = {"dataset": args.dataset, "split": split, "model": model_name or model_args.model, **results}
+        (staging / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(format_table(results))
     return results
 
@@ -814,30 +888,21 @@ def push_folder_to_hub(folder: Path, repo_id: str, private: bool) -> str:
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message="Upload ReferFormer trained with run_rvos.py",
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"],
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", MANIFEST_NAME],
     )
     return getattr(commit, "commit_url", repo_id)
 
 
-def check_resume_checkpoint(path: str) -> None:
-    checkpoint = Path(path)
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"The checkpoint {path} does not exist.")
-    if not (checkpoint / "training_state.json").is_file():
-        raise UsageError(f"{path} is not a run_rvos.py training checkpoint (no training_state.json).")
-    if not any(checkpoint.glob("model*.safetensors")) and not any(checkpoint.glob("pytorch_model*.bin")):
-        raise UsageError(f"{path} holds no model weights.")
-
-
 def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments):
     from accelerate import PartialState
-    from accelerate.utils import set_seed
+    from accelerate.utils import parse_flag_from_env, set_seed
 
     output_dir = Path(args.output_dir)
+    inputs = (model_args.init_from, data_args.data_root, data_args.refcoco_root)
     if args.resume_from_checkpoint:
-        check_resume_checkpoint(args.resume_from_checkpoint)
-    else:
-        prepare_output_dir(output_dir, args.overwrite, "--overwrite (or --resume_from_checkpoint)")
+        check_training_checkpoint(args.resume_from_checkpoint)
+    overwrite = args.overwrite or bool(args.resume_from_checkpoint)
+    check_output_target(output_dir, overwrite, inputs, "--overwrite (or --resume_from_checkpoint)", ALL_ENTRIES)
     if model_args.init_from:
         check_referformer_source(model_args.init_from, "--init_from model")
     if not Path(data_args.data_root).is_dir():
@@ -845,7 +910,9 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     if data_args.eval_split and data_args.dataset not in ("synthetic", "ref-youtube-vos"):
         raise UsageError("--eval_split is available for the synthetic and ref-youtube-vos datasets.")
 
-    state = PartialState()  # after the checks: every process has checked before any writes
+    # After the checks: every process has checked before any writes. ACCELERATE_USE_CPU must reach this first state
+    # (the Accelerator reuses it), or CPU processes launched together would each train alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     # Under autocast the compiled deformable attention gets mixed dtypes, which it rejects: use the PyTorch one.
     mixed_precision = args.mixed_precision != "no"
     if state.is_main_process and args.log_every:
@@ -875,23 +942,24 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     if not state.is_main_process:
         return model
     model.config.disable_custom_kernels = False  # only training under autocast needs the pure-PyTorch attention
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    options = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
-    (output_dir / "training_args.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
-    results = {}
-    if data_args.eval_split:
-        eval_args = EvaluateArguments(
-            dataset=data_args.dataset,
-            data_root=data_args.data_root,
-            output_dir=str(output_dir / f"eval-{data_args.eval_split}"),
-            split=data_args.eval_split,
-            overwrite=True,
-        )
-        device = str(next(model.parameters()).device)
-        results = run_evaluate(ModelArguments(model=str(output_dir), device=device), eval_args)
-    card = model_card(args.push_to_hub or output_dir.name, data_args, model_args, loop_args, settings, results)
-    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    # The final model is staged and moved into --output_dir at the end (its checkpoints and logs stay).
+    with staged_output(output_dir, overwrite=True, inputs=inputs, units=ALL_ENTRIES) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        options = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
+        (staging / "training_args.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
+        results = {}
+        if data_args.eval_split:
+            eval_args = EvaluateArguments(
+                dataset=data_args.dataset,
+                data_root=data_args.data_root,
+                output_dir=str(staging / f"eval-{data_args.eval_split}"),
+                split=data_args.eval_split,
+            )
+            device = str(next(model.parameters()).device)
+            results = run_evaluate(ModelArguments(model=str(staging), device=device), eval_args, str(output_dir))
+        card = model_card(args.push_to_hub or output_dir.name, data_args, model_args, loop_args, settings, results)
+        (staging / "README.md").write_text(card, encoding="utf-8")
     print(f"model, processor and model card saved in {output_dir}")
     if args.push_to_hub:
         print(f"pushed to {push_folder_to_hub(output_dir, args.push_to_hub, args.hub_private)}")
@@ -904,7 +972,11 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
 
 
 def run_generate(args: GenerateArguments) -> dict:
-    metadata = generate_referring_shapes(**dataclasses.asdict(args))  # the options are the generator's arguments
+    """Writes the split into a staging folder and moves it (frames, masks, meta_expressions) into place at the end."""
+    units = [args.split, f"meta_expressions/{args.split}"]
+    with staged_output(args.output_dir, overwrite=False, option=None, units=units) as staging:
+        # the options are the generator's arguments
+        metadata = generate_referring_shapes(**{**dataclasses.asdict(args), "output_dir": staging})
     count = sum(len(video["expressions"]) for video in metadata["videos"].values())
     print(f"{args.num_videos} clips, {count} expressions: {Path(args.output_dir) / args.split}")
     return metadata
@@ -934,7 +1006,9 @@ def segment_meta_expressions(model, processor, meta_expressions: dict, frames_ro
         texts = [video["expressions"][exp_id]["exp"] for exp_id in exp_ids]
         results = segment_video(model, processor, frames, texts, window=len(frames))
         if overlays:
-            write_video_predictions(output_dir, video_id, frames, video["frames"], texts, results, 4.0, "gif", exp_ids)
+            write_video_predictions(
+                output_dir / video_id, video_id, frames, video["frames"], texts, results, 4.0, "gif", exp_ids
+            )
         else:
             for exp_id, result in zip(exp_ids, results):
                 write_palette_masks(result["masks"], output_dir / video_id / exp_id, video["frames"], overwrite=True)
@@ -944,10 +1018,15 @@ def run_demo(args: DemoArguments) -> dict:
     """Generates clips the model has not seen, segments every expression, and scores the masks (J&F) against the
     generator's; then gives each clip the expressions of another clip and scores again (the model must use the
     language: the second score has to be much lower)."""
-    output_dir = Path(args.output_dir)
-    prepare_output_dir(output_dir, args.overwrite)
-    for folder in ("clips", "predictions", "swapped_predictions"):
-        shutil.rmtree(output_dir / folder, ignore_errors=True)
+    with staged_output(args.output_dir, args.overwrite, inputs=(args.model,)) as staging:
+        results = write_demo(staging, args)
+    print(format_table(results))
+    print(f"overlays and masks: {Path(args.output_dir) / 'predictions'}/<clip>/")
+    return results
+
+
+def write_demo(output_dir: Path, args: DemoArguments) -> dict:
+    """The demo's clips, predictions and results, written into `output_dir`."""
     model, processor = load_model(ModelArguments(model=args.model, device=args.device))
     size = processor.video_processor.size  # the demo model's processor keeps its training frames' size
     clips = output_dir / "clips"
@@ -978,8 +1057,6 @@ def run_demo(args: DemoArguments) -> dict:
         "J&F, expressions of another clip": swapped_scores["J&F"],
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(format_table(results))
-    print(f"overlays and masks: {output_dir / 'predictions'}/<clip>/")
     return results
 
 
@@ -1026,7 +1103,7 @@ def main(argv: list[str] | None = None):
     try:
         arguments = parse(command, options)
         return COMMANDS[command][1](*arguments)
-    except (UsageError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:  # bad options, inputs or files: one line, no traceback
         sys.exit(f"run_rvos.py {command}: error: {error}")
 
 

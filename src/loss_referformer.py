@@ -210,6 +210,12 @@ def prepare_targets(
         )
 
     masks = torch.stack([clip_labels["masks"].to(device) for clip_labels in labels])
+    if masks.dtype != torch.bool and not ((masks == 0) | (masks == 1)).all():
+        values = masks.unique()
+        raise ValueError(
+            f"Label masks must be binary (bool, or 0 and 1), got values {values[:5].tolist()}"
+            f"{' ...' if len(values) > 5 else ''}; for palette or 0/255 masks compare with the object id first."
+        )
     if subsample_masks:
         masks = subsample_target_masks(masks, grid_size).to(dtype)
     else:

@@ -892,6 +892,35 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         sentence_features = pooled if pooled is not None else word_features[:, 0]
         return self.text_projection(word_features), self.text_projection(sentence_features), attention_mask.ne(1)
 
+    def _check_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask) -> None:
+        """Named errors for inputs whose shapes do not fit together, before anything is computed."""
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}.")
+        batch_size, num_frames, _, height, width = pixel_values.shape
+        if input_ids.dim() != 2 or input_ids.shape[0] != batch_size:
+            raise ValueError(
+                f"input_ids must be [batch, length] with one expression per clip ({batch_size}), got {tuple(input_ids.shape)}."
+            )
+        if min(height, width) < 32:
+            raise ValueError(f"Frames must be at least 32x32 pixels, got {height}x{width}.")
+        if pixel_mask is not None and tuple(pixel_mask.shape) != (batch_size, num_frames, height, width):
+            raise ValueError(
+                f"pixel_mask must be [batch, frames, height, width] = {(batch_size, num_frames, height, width)} like "
+                f"pixel_values, got {tuple(pixel_mask.shape)}."
+            )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}."
+            )
+        positions = getattr(getattr(self.text_encoder, "embeddings", None), "position_embeddings", None)
+        if isinstance(positions, nn.Embedding):  # RoBERTa-style position ids start after the padding index
+            limit = positions.num_embeddings - (positions.padding_idx + 1 if positions.padding_idx is not None else 0)
+            if input_ids.shape[1] > limit:
+                raise ValueError(
+                    f"input_ids has {input_ids.shape[1]} tokens, more than the text encoder's {limit} positions; "
+                    "truncate the expressions (the processor does)."
+                )
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -909,15 +938,8 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if pixel_values.dim() != 5:
-            raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}.")
+        self._check_inputs(pixel_values, input_ids, pixel_mask, attention_mask)
         batch_size, num_frames, _, height, width = pixel_values.shape
-        if input_ids.dim() != 2 or input_ids.shape[0] != batch_size:
-            raise ValueError(
-                f"input_ids must be [batch, length] with one expression per clip ({batch_size}), got {tuple(input_ids.shape)}."
-            )
-        if min(height, width) < 32:
-            raise ValueError(f"Frames must be at least 32x32 pixels, got {height}x{width}.")
         if pixel_mask is None:
             pixel_mask = torch.ones((batch_size, num_frames, height, width), dtype=torch.long, device=pixel_values.device)
         if attention_mask is None:

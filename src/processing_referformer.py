@@ -27,13 +27,52 @@ def natural_sort_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
+# PIL modes whose pixels are wider than 8 bits: converted through their numpy values (`convert("RGB")` clips them).
+_WIDE_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _pixels_to_uint8(frame: np.ndarray) -> np.ndarray:
+    """The one place pixel values become uint8: uint8 as is, bool as 0/255, uint16 (16-bit images) scaled by 255/65535,
+    floats must be finite and in [0, 1] (scaled by 255), other integers must already be in 0..255."""
+    if frame.dtype == np.uint8:
+        return frame
+    if frame.dtype == np.bool_:
+        return frame.astype(np.uint8) * 255
+    if frame.dtype == np.uint16:
+        return np.round(frame.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    if np.issubdtype(frame.dtype, np.floating):
+        if not np.isfinite(frame).all():
+            raise ValueError("A float frame has NaN or infinite values.")
+        if frame.size and (frame.min() < 0 or frame.max() > 1):
+            raise ValueError(
+                f"Float frames must be in [0, 1], got values in [{frame.min():g}, {frame.max():g}]; divide 0..255 "
+                "values by 255 (or pass them as uint8)."
+            )
+        return np.round(frame * 255.0).astype(np.uint8)
+    if np.issubdtype(frame.dtype, np.integer):
+        if frame.size and (frame.min() < 0 or frame.max() > 255):
+            raise ValueError(
+                f"{frame.dtype} frames must hold 8-bit values (0..255), got [{frame.min()}, {frame.max()}]; pass "
+                "16-bit images as uint16 (they are scaled) or convert them to uint8."
+            )
+        return frame.astype(np.uint8)
+    raise TypeError(f"Unsupported pixel type {frame.dtype} (use uint8, uint16, bool or float in [0, 1]).")
+
+
 def _frame_to_rgb(frame) -> np.ndarray:
-    """A PIL image, or a numpy array / torch tensor (HWC or CHW, gray, RGB or RGBA; uint8, or float in [0, 1]), as an
-    RGB uint8 array [H, W, 3]."""
+    """A PIL image, or a numpy array / torch tensor (HWC or CHW, gray, RGB or RGBA), as an RGB uint8 array [H, W, 3];
+    pixel values are converted by [`_pixels_to_uint8`]."""
     if isinstance(frame, Image.Image):
-        return np.asarray(frame.convert("RGB"))
+        if frame.mode not in _WIDE_PIL_MODES:
+            return np.asarray(frame.convert("RGB"))
+        frame = np.asarray(frame)
+        if frame.dtype.kind in "iu" and frame.dtype != np.uint8:
+            if frame.min() < 0 or frame.max() > 65535:
+                raise ValueError(f"A 32-bit integer image must hold 16-bit values, got [{frame.min()}, {frame.max()}].")
+            frame = frame.astype(np.uint16)  # 16-bit grayscale images (PNG) decode as mode "I;16" or "I"
     if isinstance(frame, torch.Tensor):
-        frame = frame.detach().cpu().numpy()
+        frame = frame.detach().cpu()
+        frame = (frame.float() if frame.dtype in (torch.bfloat16, torch.float16) else frame).numpy()
     if not isinstance(frame, np.ndarray):
         raise TypeError(f"A frame must be a PIL image, a numpy array or a torch tensor, got {type(frame).__name__}.")
     if frame.ndim == 3 and frame.shape[-1] not in (1, 3, 4) and frame.shape[0] in (1, 3, 4):
@@ -42,10 +81,7 @@ def _frame_to_rgb(frame) -> np.ndarray:
         frame = frame[:, :, None]
     if frame.ndim != 3 or frame.shape[-1] not in (1, 3, 4):
         raise ValueError(f"A frame must be [H, W], [H, W, C] or [C, H, W] with 1, 3 or 4 channels, got {frame.shape}.")
-    if frame.dtype != np.uint8:
-        if np.issubdtype(frame.dtype, np.floating):
-            frame = np.clip(np.round(frame * 255.0), 0, 255)
-        frame = frame.astype(np.uint8)
+    frame = _pixels_to_uint8(frame)
     if frame.shape[-1] == 1:
         frame = np.repeat(frame, 3, axis=-1)
     return np.ascontiguousarray(frame[:, :, :3])
@@ -59,6 +95,8 @@ def _decode_video_file(path: Path, keep) -> tuple[list[np.ndarray], list[int]]:
     frames, indices = [], []
     try:
         with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"The file {path} has no video stream.")
             for index, frame in enumerate(container.decode(video=0)):
                 decision = keep(index)
                 if decision is None:
@@ -92,6 +130,8 @@ def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> t
         path = Path(video)
         if not path.exists():
             raise FileNotFoundError(f"Video not found: {path}")
+        if not (path.is_file() or path.is_dir()):
+            raise ValueError(f"The video {path} is neither a regular file nor a folder (a pipe or device is not read).")
         if path.is_dir():
             files = sorted(
                 (child for child in path.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS),
@@ -116,6 +156,12 @@ def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> t
         frames = [_frame_to_rgb(video[index]) for index in indices]
     if not frames:
         raise ValueError(f"The video has no frames: {video if isinstance(video, (str, Path)) else 'empty input'}.")
+    for frame, index in zip(frames, indices):
+        if frame.shape != frames[0].shape:
+            raise ValueError(
+                f"The frames of a video must all have one size: frame {indices[0]} is {frames[0].shape[1]}x"
+                f"{frames[0].shape[0]}, frame {index} is {frame.shape[1]}x{frame.shape[0]} (width x height)."
+            )
     return frames, indices
 
 
@@ -180,7 +226,7 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
 
     Returns `pixel_values` `[B, T, 3, H, W]`, `pixel_mask` `[B, T, H, W]` (1 on real pixels), `resized_sizes`
     `[B, 2]` (unpadded model-input height and width), `original_sizes` `[B, 2]` and `frame_indices` `[B, T]` (indices of
-    the kept frames in the source video). All frames of a video are resized to the geometry of its first frame.
+    the kept frames in the source video). All frames of a video must have one size.
     """
 
     valid_kwargs = ReferFormerVideoProcessorKwargs
@@ -242,8 +288,6 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
                 else np.asarray(Image.fromarray(frame).resize((width, height), resample=resample))
                 for frame in frames
             ]
-        elif any(frame.shape[:2] != (height, width) for frame in frames):
-            raise ValueError("Frames of different sizes need do_resize=True to be brought to one size.")
         if min(height, width) < MIN_FRAME_SIZE:
             raise ValueError(
                 f"Frames of {height}x{width} pixels are too small for ReferFormer (at least {MIN_FRAME_SIZE} on each side)."

@@ -9,9 +9,13 @@ list of dicts) and `eval_do_concat_batches=False`. The step decay per epoch has 
 `"constant"` reproduces the learning rate before the first drop.
 """
 
+import base64
 import json
 import math
+import pickle
+import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -309,6 +313,16 @@ class AccelerateTrainingArguments:
 
 
 TRAINING_STATE_FILE = "training_state.json"
+MODEL_STATE_FILE = "model.safetensors"
+OPTIMIZER_STATE_FILE = "optimizer.pt"
+
+
+class CheckpointError(ValueError):
+    """A folder that is not a training checkpoint this code wrote; nothing in it was executed or loaded."""
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """The loss or the weights became NaN or infinite; training stopped before saving them."""
 
 
 def train_with_accelerate(
@@ -362,15 +376,14 @@ def train_with_accelerate(
     # Stepped once per optimizer step by hand: a prepared scheduler would step once per process.
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_drop_steps), gamma=0.1)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    accelerator.register_for_checkpointing(scheduler)
     if args.report_to:
         accelerator.init_trackers("referformer", config={k: v for k, v in vars(args).items() if k != "lr_drop_steps"})
 
     step, epoch, batches_done = 0, 0, 0
     if resume_from_checkpoint:
-        accelerator.load_state(resume_from_checkpoint)
-        state = json.loads((Path(resume_from_checkpoint) / TRAINING_STATE_FILE).read_text())
-        step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
+        step, epoch, batches_done = load_training_checkpoint(
+            accelerator, resume_from_checkpoint, model, optimizer, scheduler
+        )
         accelerator.print(f"resumed from {resume_from_checkpoint} at step {step}")
 
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
@@ -382,11 +395,15 @@ def train_with_accelerate(
             batches_done += 1
             with accelerator.accumulate(model):
                 outputs = model(**batch)
+                check_finite(accelerator, step + 1, torch.isfinite(outputs.loss.detach()), "the loss", outputs.loss_dict)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    weights_finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+                    check_finite(accelerator, step + 1, weights_finite, "the weights")
             window_clips += batch["pixel_values"].shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
@@ -403,7 +420,10 @@ def train_with_accelerate(
                 accelerator.log(logs, step=step)
                 logger.info(f"step {step}: " + ", ".join(f"{key}={value:.4g}" for key, value in logs.items()))
             if args.checkpoint_every and step % args.checkpoint_every == 0:
-                save_training_checkpoint(accelerator, Path(args.output_dir) / f"checkpoint-{step}", step, epoch, batches_done)
+                save_training_checkpoint(
+                    accelerator, Path(args.output_dir) / f"checkpoint-{step}", model, optimizer, scheduler,
+                    step, epoch, batches_done,
+                )
             if step >= args.max_steps:
                 break
         else:
@@ -413,21 +433,154 @@ def train_with_accelerate(
     return accelerator.unwrap_model(model)
 
 
-def save_training_checkpoint(accelerator, folder: Path, step: int, epoch: int, batches_in_epoch: int) -> None:
-    """Writes a resumable checkpoint: Accelerate state plus the step counter and the position in the data."""
-    accelerator.save_state(str(folder))
+def check_finite(accelerator, step: int, finite: torch.Tensor, what: str, loss_terms: dict | None = None) -> None:
+    """Raises [`NonFiniteTrainingError`] on every process when `finite` (a boolean tensor: the loss or the weights
+    are finite) is false on any of them."""
+    broken = (~finite.all()).float().reshape(1)
+    if accelerator.num_processes > 1:
+        broken = accelerator.reduce(broken, "max")
+    if bool(broken[0] > 0):
+        terms = ""
+        if loss_terms:  # the final layer's terms (the auxiliary ones end in _<layer>)
+            values = [f"{key}={float(value.detach()):.4g}" for key, value in loss_terms.items() if not key[-1].isdigit()]
+            terms = f" ({', '.join(values)})"
+        raise NonFiniteTrainingError(
+            f"Step {step}: {what} became NaN or infinite{terms}; training stopped and nothing was saved for this "
+            "step. Lower the learning rates or check the labels (masks must be binary)."
+        )
+
+
+def _rng_state() -> dict:
+    """This process's random generators as JSON values (no pickles)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    return {
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "cuda": [base64.b64encode(state.numpy().tobytes()).decode() for state in torch.cuda.get_rng_state_all()]
+        if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(tensor(state["torch"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(text) for text in state["cuda"]])
+
+
+def _scheduler_state(scheduler) -> dict:
+    state = dict(scheduler.state_dict())
+    state["milestones"] = sorted(state["milestones"].items())  # a Counter: stored as [milestone, count] pairs
+    return state
+
+
+def save_training_checkpoint(
+    accelerator, folder: Path, model, optimizer, scheduler, step: int, epoch: int, batches_in_epoch: int
+) -> None:
+    """Writes a resumable checkpoint without pickles of Python objects: the weights (`model.safetensors`), the
+    optimizer state (`optimizer.pt`, tensors and numbers only, read back with `weights_only=True`) and a JSON file
+    with the step, the position in the data, the scheduler, the loss scaler and every process's random generators.
+    The folder appears complete or not at all."""
+    from accelerate.utils import gather_object
+    from safetensors.torch import save_model
+
+    from .output_folders import staged_output
+
+    rng_states = gather_object([_rng_state()])
     if accelerator.is_main_process:
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
-        (folder / TRAINING_STATE_FILE).write_text(json.dumps(state))
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "batches_in_epoch": batches_in_epoch,
+            "accelerator_step": accelerator.step,
+            "scheduler": _scheduler_state(scheduler),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "rng": rng_states,
+        }
+        with staged_output(folder, overwrite=True) as staging:
+            save_model(accelerator.unwrap_model(model), str(staging / MODEL_STATE_FILE))
+            torch.save(optimizer.state_dict(), staging / OPTIMIZER_STATE_FILE)
+            (staging / TRAINING_STATE_FILE).write_text(json.dumps(state))
     accelerator.wait_for_everyone()
+
+
+def check_training_checkpoint(folder) -> None:
+    """Raises a [`CheckpointError`] unless `folder` holds exactly the files [`save_training_checkpoint`] writes."""
+    from .output_folders import MANIFEST_NAME
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"The checkpoint {folder} does not exist or is not a folder.")
+    expected = {MODEL_STATE_FILE, OPTIMIZER_STATE_FILE, TRAINING_STATE_FILE}
+    present = {child.name for child in folder.iterdir()} - {MANIFEST_NAME}
+    if present != expected:
+        problems = [f"unexpected {', '.join(sorted(present - expected))}"] if present - expected else []
+        problems += [f"missing {', '.join(sorted(expected - present))}"] if expected - present else []
+        raise CheckpointError(
+            f"{folder} is not a training checkpoint written by this code ({'; '.join(problems)}); refusing to load "
+            f"it (only {', '.join(sorted(expected))} are read, never pickles)."
+        )
+
+
+def load_training_checkpoint(accelerator, folder, model, optimizer, scheduler) -> tuple[int, int, int]:
+    """Restores what [`save_training_checkpoint`] wrote and returns `(step, epoch, batches_in_epoch)`.
+
+    Only the three files it writes are read, none of them can run code (safetensors, a `weights_only` tensor file,
+    JSON); a folder holding anything else (e.g. Accelerate's pickles) is refused with a [`CheckpointError`].
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    check_training_checkpoint(folder)
+    try:
+        state = json.loads((folder / TRAINING_STATE_FILE).read_text(encoding="utf-8"))
+        scheduler_state = {**state["scheduler"], "milestones": Counter(dict(state["scheduler"]["milestones"]))}
+        rng_states = list(state["rng"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{folder / TRAINING_STATE_FILE} is not a valid training state: {error!r}") from error
+    if len(rng_states) != accelerator.num_processes:
+        raise CheckpointError(
+            f"{folder} was written by {len(rng_states)} process(es); resume it with as many (got "
+            f"{accelerator.num_processes})."
+        )
+    try:
+        load_model(accelerator.unwrap_model(model), str(folder / MODEL_STATE_FILE), strict=True)
+    except (SafetensorError, RuntimeError) as error:
+        raise CheckpointError(f"{folder / MODEL_STATE_FILE} does not hold this model's weights: {error}") from error
+    try:
+        optimizer_state = torch.load(folder / OPTIMIZER_STATE_FILE, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise CheckpointError(
+            f"{folder / OPTIMIZER_STATE_FILE} holds more than tensors and numbers (or is damaged); refusing to load "
+            f"it: {str(error).splitlines()[0]}"
+        ) from error
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    if state["scaler"] is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(rng_states[accelerator.process_index])
+    accelerator.step = state["accelerator_step"]
+    return state["step"], state["epoch"], state["batches_in_epoch"]
 
 
 __all__ = [
     "AccelerateTrainingArguments",
+    "CheckpointError",
+    "NonFiniteTrainingError",
     "ReferFormerTrainer",
     "ReferringSegmentationMetrics",
     "collate_clips",
+    "check_training_checkpoint",
     "get_parameter_groups",
+    "load_training_checkpoint",
     "save_training_checkpoint",
     "train_with_accelerate",
 ]

@@ -4,12 +4,13 @@ export either completes or leaves nothing behind."""
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from .output_folders import make_sibling_dir, temporary_sibling_file
 
 
 def voc_palette(num_colors: int = 256) -> list[int]:
@@ -56,14 +57,6 @@ def overlay_masks(frames, masks, boxes=None, text: str | None = None, color=(255
     return overlays
 
 
-def _atomic_file(path: Path):
-    """A temporary file next to `path` (same folder, same suffix) to be renamed onto it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    return Path(temporary)
-
-
 def write_video(frames, path, fps: float = 10.0) -> Path:
     """Writes RGB frames to a `.gif` (Pillow) or `.mp4` (PyAV, H.264 when available, else MPEG-4) file, atomically."""
     path = Path(path)
@@ -72,7 +65,7 @@ def write_video(frames, path, fps: float = 10.0) -> Path:
     if path.suffix.lower() not in (".gif", ".mp4"):
         raise ValueError(f"Unsupported video format {path.suffix!r}: use .gif or .mp4.")
     frames = [np.asarray(frame, dtype=np.uint8) for frame in frames]
-    temporary = _atomic_file(path)
+    temporary = temporary_sibling_file(path)
     try:
         if path.suffix.lower() == ".gif":
             images = [Image.fromarray(frame) for frame in frames]
@@ -116,7 +109,7 @@ def write_palette_masks(masks, output_dir, frame_names, object_id: int = 1, over
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} exists; pass overwrite=True to replace it.")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    staging = make_sibling_dir(output_dir, "staging")
     try:
         palette = voc_palette()
         for name, mask in zip(frame_names, masks):

@@ -190,3 +190,17 @@ def assert_masks_equal_up_to_rounding(actual, expected, probabilities, threshold
     differing = actual != expected
     assert differing.float().mean() < 1e-3, f"{int(differing.sum())} pixels differ"
     assert bool(((probabilities[differing] - threshold).abs() <= margin).all()), "a pixel far from the threshold differs"
+
+
+def save_shapes_model(folder):
+    """Saves a randomly initialized `tiny`-preset model and its processor (64x96 frames) as a user's model folder."""
+    from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+    from referformer.cli_presets import build_shapes_tokenizer
+    from referformer.cli_presets import tiny_config as shapes_config
+
+    tokenizer = build_shapes_tokenizer()
+    torch.manual_seed(0)
+    ReferFormerForReferringVideoObjectSegmentation(shapes_config(len(tokenizer))).save_pretrained(folder)
+    video_processor = ReferFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    ReferFormerProcessor(video_processor, tokenizer).save_pretrained(folder)
+    return folder

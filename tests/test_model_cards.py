@@ -266,8 +266,9 @@ def test_cli_training_data_option_and_push(tmp_path, resnet_checkpoint, monkeypa
     def create_repo(self, repo_id, exist_ok=False):
         calls.append(("create_repo", repo_id, exist_ok))
 
-    def upload_folder(self, repo_id, folder_path, commit_message):
-        calls.append(("upload_folder", repo_id, sorted(path.name for path in folder_path.iterdir())))
+    def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns):
+        uploaded = [path.name for path in folder_path.iterdir() if path.name not in ignore_patterns]
+        calls.append(("upload_folder", repo_id, sorted(uploaded)))
         calls.append(("card", (folder_path / "README.md").read_text()))
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
@@ -283,6 +284,7 @@ def test_cli_training_data_option_and_push(tmp_path, resnet_checkpoint, monkeypa
     assert calls[0] == ("create_repo", "someone/referformer-test", True)
     assert calls[1][:2] == ("upload_folder", "someone/referformer-test")
     assert {"README.md", "config.json", "model.safetensors", "processor_config.json"} <= set(calls[1][2])
+    assert not any(name.startswith(".") for name in calls[1][2])  # the output manifest stays local
     assert calls[2][1] == (output_dir / "README.md").read_text()
     assert "Ref-YouTube-VOS and RefCOCO/RefCOCO+/RefCOCOg jointly; given with `--training_data joint`" in calls[2][1]
     assert 'from_pretrained("someone/referformer-test")' in calls[2][1]

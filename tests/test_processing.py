@@ -143,10 +143,10 @@ def test_preprocessing_values_match_the_original_pipeline():
     assert padded["pixel_values"].shape[-2:] == (384, 480)
 
 
-def test_frames_of_different_sizes_are_resized_to_the_first_frames_geometry():
+def test_frames_of_different_sizes_are_refused():
     frames = [np.zeros((100, 150, 3), np.uint8), np.zeros((200, 300, 3), np.uint8)]
-    outputs = ReferFormerVideoProcessor()(frames)
-    assert outputs["pixel_values"].shape == (1, 2, 3, 360, 540)
+    with pytest.raises(ValueError, match="frame 0 is 150x100, frame 1 is 300x200"):
+        ReferFormerVideoProcessor()(frames)
 
 
 # ----------------------------------------------------------------------------- processor

@@ -18,9 +18,8 @@ from pycocotools import mask as mask_utils
 from safetensors.torch import load_file
 from scipy.io import savemat
 
-from helpers import REPO_ROOT, load_script
-from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
-from referformer.cli_presets import build_shapes_tokenizer, tiny_config
+from helpers import REPO_ROOT, load_script, save_shapes_model
+from referformer import ReferFormerProcessor
 from referformer.data_synthetic import generate_referring_shapes
 from referformer.visualization import write_video
 
@@ -41,13 +40,7 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A randomly initialized tiny model and its processor, saved as a user's model folder."""
-    folder = tmp_path_factory.mktemp("model")
-    tokenizer = build_shapes_tokenizer()
-    torch.manual_seed(0)
-    ReferFormerForReferringVideoObjectSegmentation(tiny_config(len(tokenizer))).save_pretrained(folder)
-    video_processor = ReferFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96})
-    ReferFormerProcessor(video_processor, tokenizer).save_pretrained(folder)
-    return folder
+    return save_shapes_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(autouse=True)
@@ -288,7 +281,7 @@ def test_clear_errors(tmp_path, model_dir, data_root, capsys):
     assert "exactly one of --init_from" in error(*train, "--output_dir", str(tmp_path / "t"))
     assert "exists and is not empty" in error(*train, "--config_name", "tiny", "--output_dir", str(model_dir))
     assert "Unknown --config_name 'huge'" in error(*train, "--config_name", "huge", "--output_dir", str(tmp_path / "t"))
-    assert "no training_state.json" in error(
+    assert "missing optimizer.pt, training_state.json" in error(
         *train, "--config_name", "tiny", "--output_dir", str(tmp_path / "t"), "--resume_from_checkpoint", str(model_dir)
     )
     assert "unknown command 'fit'" in error("fit")

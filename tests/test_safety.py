@@ -1,0 +1,401 @@
+"""Hostile and careless inputs (issue 17): no code runs from a checkpoint folder, no user file is deleted, bad inputs
+get one clear error before any output, and results are never partial or mixed. Every hostile file is built here."""
+
+import json
+import os
+import pickle
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from helpers import (
+    REPO_ROOT,
+    load_script,
+    random_inputs,
+    save_shapes_model,
+    synthetic_training_clips,
+    tiny_config,
+    tiny_training_model,
+)
+from referformer import ReferFormerForReferringVideoObjectSegmentation
+from referformer.output_folders import MANIFEST_NAME, OutputFolderError, staged_output
+from referformer.processing_referformer import load_video
+from referformer.training import (
+    AccelerateTrainingArguments,
+    CheckpointError,
+    NonFiniteTrainingError,
+    load_training_checkpoint,
+    save_training_checkpoint,
+    train_with_accelerate,
+)
+from referformer.visualization import write_palette_masks, write_video
+
+
+run_rvos = load_script("run_rvos")
+convert = load_script("convert_checkpoint")
+
+
+class WritesMarker:
+    """Unpickling this object creates the file `path`: proof that a loader executed code from a pickle."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def cli_error(*argv) -> str:
+    """The one-line message `run_rvos.py` exits with."""
+    with pytest.raises(SystemExit) as raised:
+        run_rvos.main([str(value) for value in argv])
+    message = str(raised.value.code)
+    assert message.startswith("run_rvos.py") and "\n" not in message, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_shapes_model(tmp_path_factory.mktemp("model"))
+
+
+def write_frames(folder: Path, sizes=((64, 96),) * 3) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index, (height, width) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{index:05d}.png")
+    return folder
+
+
+def snapshot(folder: Path) -> dict:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def predict_args(model_dir, video, output_dir, *extra):
+    options = ["predict", "--model", model_dir, "--video", video, "--text", "the red circle", "--output_dir", output_dir]
+    return [str(value) for value in [*options, *extra]]
+
+
+# 1. Resume loads only what training wrote -------------------------------------------------------------------------
+
+
+def test_resume_never_unpickles_and_refuses_foreign_files(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    marker = tmp_path / "code-was-executed"
+
+    def setup():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(cpu=True)
+        model = tiny_training_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3], gamma=0.1)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        return accelerator, model, optimizer, scheduler
+
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    accelerator, model, optimizer, scheduler = setup()
+    save_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler, 2, 0, 2)
+    assert sorted(path.name for path in checkpoint.iterdir()) == [
+        MANIFEST_NAME, "model.safetensors", "optimizer.pt", "training_state.json"
+    ]
+    def load():
+        accelerator, model, optimizer, scheduler = setup()
+        return load_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
+
+    assert load() == (2, 0, 2)
+
+    # Accelerate's pickles planted next to the checkpoint's files: refused before anything is read.
+    (checkpoint / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(WritesMarker(marker)))
+    with pytest.raises(CheckpointError, match="unexpected custom_checkpoint_0.pkl"):
+        load()
+    message = cli_error("train", "--config_name", "tiny", "--dataset", "synthetic", "--data_root", tmp_path,
+                        "--output_dir", tmp_path / "run", "--resume_from_checkpoint", checkpoint)
+    assert "never pickles" in message
+    (checkpoint / "custom_checkpoint_0.pkl").unlink()
+
+    # A code-carrying optimizer.pt: read with weights_only, refused.
+    torch.save({"state": WritesMarker(marker)}, checkpoint / "optimizer.pt")
+    with pytest.raises(CheckpointError, match="optimizer.pt holds more than tensors"):
+        load()
+    assert not marker.exists()
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+# 2. Data loss: --overwrite never deletes inputs, foreign files or the old results of a failed run -----------------
+
+
+def test_overwrite_never_deletes_inputs_user_files_or_old_results(tmp_path, model_dir):
+    frames = write_frames(tmp_path / "clips" / "dog")
+    before = snapshot(tmp_path / "clips")
+    # The output folder holding the frames: the per-video folder would be the frames folder itself.
+    message = cli_error(*predict_args(model_dir, frames, tmp_path / "clips", "--overwrite"))
+    assert "is or contains the input" in message
+    assert snapshot(tmp_path / "clips") == before
+
+    # A user's folder where the results would go: --overwrite only replaces results of an earlier run.
+    user_dir = tmp_path / "out" / "dog"
+    user_dir.mkdir(parents=True)
+    (user_dir / "notes.txt").write_text("mine")
+    assert "did not write (e.g. notes.txt)" in cli_error(*predict_args(model_dir, frames, tmp_path / "out", "--overwrite"))
+    assert (user_dir / "notes.txt").read_text() == "mine"
+    (user_dir / "notes.txt").unlink()
+
+    run_rvos.main(predict_args(model_dir, frames, tmp_path / "out", "--overwrite"))
+    results = snapshot(user_dir)
+    assert {"predictions.json", "0/00000.png", "overlay_0.gif", MANIFEST_NAME} <= set(results)
+    # A failing --overwrite run (an unreadable frame, found after the model loaded) leaves the old results whole.
+    (frames / "00003.png").write_bytes(b"not a png")
+    assert "Cannot read frame image" in cli_error(*predict_args(model_dir, frames, tmp_path / "out", "--overwrite"))
+    assert snapshot(user_dir) == results
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["dog"]  # no staging or lock left
+    # A successful one replaces them completely.
+    (frames / "00003.png").unlink()
+    run_rvos.main(predict_args(model_dir, frames, tmp_path / "out", "--overwrite", "--overlay_format", "mp4"))
+    assert (user_dir / "overlay_0.mp4").exists() and not (user_dir / "overlay_0.gif").exists()
+
+
+# 3. Concurrent runs ----------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_the_same_folder_fails_clearly(tmp_path, model_dir):
+    frames = write_frames(tmp_path / "dog")
+    with staged_output(tmp_path / "out" / "dog") as staging:  # a first run, still writing
+        (staging / "predictions.json").write_text("{}")
+        assert "Another run is writing to" in cli_error(*predict_args(model_dir, frames, tmp_path / "out"))
+        with pytest.raises(OutputFolderError, match="Another run is writing"):
+            with staged_output(tmp_path / "out" / "dog"):
+                pass
+    assert snapshot(tmp_path / "out" / "dog") == {
+        "predictions.json": b"{}", MANIFEST_NAME: json.dumps({"files": ["predictions.json"]}, indent=1).encode()
+    }
+
+
+# 4. Pixel values are converted by dtype, or refused --------------------------------------------------------------
+
+
+def test_pixel_dtypes_are_converted_or_refused_and_mixed_sizes_write_nothing(tmp_path, model_dir):
+    values = (np.arange(64 * 96).reshape(64, 96) * 10).astype(np.uint16)  # up to 61430 of 65535
+    folder = tmp_path / "sixteen"
+    folder.mkdir()
+    Image.fromarray(values).save(folder / "00000.png")  # a 16-bit grayscale PNG
+    frames, _ = load_video(folder)
+    expected = np.round(values / 257.0).astype(np.uint8)
+    assert np.array_equal(frames[0], np.repeat(expected[:, :, None], 3, axis=-1))
+    assert np.array_equal(load_video(values[None, :, :, None])[0][0][:, :, 0], expected)  # uint16 array
+
+    rgb = np.random.default_rng(0).integers(0, 256, (1, 64, 96, 3))
+    assert np.array_equal(load_video(rgb.astype(np.int32))[0][0], rgb[0].astype(np.uint8))  # 8-bit values in int32
+    assert np.array_equal(load_video(rgb / 255.0)[0][0], rgb[0].astype(np.uint8))  # floats in [0, 1]
+    with pytest.raises(ValueError, match=r"Float frames must be in \[0, 1\], got values in \[0, 255\]"):
+        load_video(rgb.astype(np.float32))
+    with pytest.raises(ValueError, match=r"int32 frames must hold 8-bit values \(0..255\), got \[0, 300\]"):
+        load_video(np.full((1, 64, 96, 3), 300, dtype=np.int32) * (rgb > 0))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_video(np.full((1, 64, 96, 3), np.nan))
+
+    mixed = write_frames(tmp_path / "mixed", sizes=[(64, 96), (64, 96), (72, 96)])
+    message = cli_error(*predict_args(model_dir, mixed, tmp_path / "out"))
+    assert "must all have one size: frame 0 is 96x64, frame 2 is 96x72" in message
+    assert not (tmp_path / "out").exists()
+
+
+# 5. Partial outputs: options checked first; the final save of train is all or nothing ----------------------------
+
+
+def test_bad_options_fail_before_any_output_and_publishing_is_all_or_nothing(tmp_path, model_dir, monkeypatch):
+    frames = write_frames(tmp_path / "dog")
+    for option, value, text in [("--fps", "0", "--fps must be in (0, 1000)"),
+                                ("--fps", "-3", "--fps must be in (0, 1000)"),
+                                ("--threshold", "1.5", "--threshold must be in (0, 1)"),
+                                ("--frame_stride", "0", "--frame_stride must be in [1, inf]")]:
+        assert text in cli_error(*predict_args(model_dir, frames, tmp_path / "out", option, value))
+    assert not (tmp_path / "out").exists()
+
+    # Train's final save: the model folder's entries are moved in with config.json last, so an interrupted publish
+    # never leaves a loadable-looking folder without its processor.
+    target = tmp_path / "run"
+    (target / "checkpoint-2").mkdir(parents=True)
+    moves = []
+    real_rename = os.rename
+
+    def rename_then_die(source, destination):
+        moves.append(Path(destination).name)
+        if Path(destination).name == "preprocessor_config.json":
+            raise OSError("killed")
+        real_rename(source, destination)
+
+    with pytest.raises(OSError, match="killed"):
+        with staged_output(target, overwrite=True, units="all") as staging:
+            for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+                (staging / name).write_text(name)
+            monkeypatch.setattr("referformer.output_folders.os.rename", rename_then_die)
+    monkeypatch.undo()
+    assert moves[-1] == "preprocessor_config.json" and "config.json" not in moves
+    assert not (target / "config.json").exists() and (target / "checkpoint-2").is_dir()
+
+
+# 6. Silent nonsense ----------------------------------------------------------------------------------------------
+
+
+def test_non_finite_training_stops_with_a_clear_error(tmp_path):
+    assert "--learning_rate must be a finite number, got nan" in cli_error(
+        "train", "--config_name", "tiny", "--dataset", "synthetic", "--data_root", tmp_path,
+        "--output_dir", tmp_path / "run", "--learning_rate", "nan")
+    assert "--learning_rate must be in [0, 1], got 1000000.0" in cli_error(
+        "train", "--config_name", "tiny", "--dataset", "synthetic", "--data_root", tmp_path,
+        "--output_dir", tmp_path / "run", "--learning_rate", "1e6")
+    assert not (tmp_path / "run").exists()
+
+    from accelerate.state import AcceleratorState
+
+    args = AccelerateTrainingArguments(output_dir=str(tmp_path / "lib"), max_steps=5, learning_rate=1e6,
+                                       backbone_learning_rate=1e6, max_grad_norm=0, log_every=0)
+    with pytest.raises(NonFiniteTrainingError, match=r"Step \d: the (loss|weights) became NaN or infinite"):
+        train_with_accelerate(tiny_training_model(), synthetic_training_clips(2), args)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_label_masks_must_be_binary():
+    torch.manual_seed(0)
+    model = ReferFormerForReferringVideoObjectSegmentation(tiny_config())
+    inputs = random_inputs(model.config, num_frames=2)
+    masks = torch.zeros(1, 2, 64, 80)
+    masks[:, :, 10:30, 10:30] = 255.0
+    labels = [{"masks": masks[0], "boxes": torch.full((2, 4), 0.2), "valid": torch.ones(2, dtype=torch.long)}]
+    with pytest.raises(ValueError, match=r"Label masks must be binary \(bool, or 0 and 1\), got values \[0.0, 255.0\]"):
+        model(**inputs, labels=labels)
+    labels[0]["masks"] = masks[0] / 255.0
+    assert torch.isfinite(model(**inputs, labels=labels).loss)
+
+
+def test_model_folders_with_missing_weights_are_refused(tmp_path, model_dir):
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    for path in model_dir.iterdir():
+        if path.is_file():
+            (incomplete / path.name).write_bytes(path.read_bytes())
+    weights = load_file(model_dir / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("class_embed.")}, incomplete / "model.safetensors",
+              metadata={"format": "pt"})
+    frames = write_frames(tmp_path / "dog")
+    message = cli_error(*predict_args(incomplete, frames, tmp_path / "out"))
+    assert "lacks" in message and "class_embed." in message and "random values" in message
+    assert "lacks" in cli_error("evaluate", "--model", incomplete, "--dataset", "synthetic", "--data_root", tmp_path,
+                                "--output_dir", tmp_path / "eval")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists()
+
+
+# 7. Model input checks -------------------------------------------------------------------------------------------
+
+
+def test_forward_names_inputs_whose_shapes_do_not_fit():
+    torch.manual_seed(0)
+    model = ReferFormerForReferringVideoObjectSegmentation(tiny_config()).eval()
+    inputs = random_inputs(model.config, batch_size=2, num_frames=2, height=64, width=96)
+    mask = torch.ones(2, 2, 64, 96, dtype=torch.long)
+    cases = {
+        "wrong size": mask[..., :80],
+        "transposed": mask.transpose(-1, -2),
+        "without frames": mask[:, 0],
+        "other batch size": mask[:1],
+    }
+    for case, pixel_mask in cases.items():
+        with pytest.raises(ValueError, match=r"pixel_mask must be \[batch, frames, height, width\] = \(2, 2, 64, 96\)"):
+            model(**{**inputs, "pixel_mask": pixel_mask})
+    long_ids = torch.full((2, 39), 5)  # 40 positions, RoBERTa's first two reserved: 38 tokens at most
+    with pytest.raises(ValueError, match="input_ids has 39 tokens, more than the text encoder's 38 positions"):
+        model(pixel_values=inputs["pixel_values"], input_ids=long_ids)
+    with pytest.raises(ValueError, match=r"attention_mask \(2, 3\) must have the shape of input_ids"):
+        model(**{**inputs, "attention_mask": torch.ones(2, 3, dtype=torch.long)})
+
+
+# 8. One-line errors ----------------------------------------------------------------------------------------------
+
+
+def test_obscure_failures_become_one_line_errors(tmp_path, model_dir):
+    frames = write_frames(tmp_path / "dog")
+    assert "Unknown --device 'tpu9'" in cli_error(*predict_args(model_dir, frames, tmp_path / "o"), "--device", "tpu9")
+    if not torch.cuda.is_available():
+        assert "needs a cuda device and none is available" in cli_error(
+            *predict_args(model_dir, frames, tmp_path / "o"), "--device", "cuda")
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    assert "neither a regular file nor a folder" in cli_error(*predict_args(model_dir, fifo, tmp_path / "o"))
+    with pytest.raises(ValueError, match="neither a regular file nor a folder"):
+        load_video(fifo)
+
+    import av
+
+    audio_only = tmp_path / "audio.mp4"
+    with av.open(str(audio_only), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    assert "has no video stream" in cli_error(*predict_args(model_dir, audio_only, tmp_path / "o"))
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("hello")
+    assert "Cannot decode video file" in cli_error(*predict_args(model_dir, not_a_video, tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_converter_errors_are_one_line_and_write_nothing(tmp_path):
+    def run(*args):
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "convert_checkpoint.py"), *map(str, args)],
+                                capture_output=True, text=True)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.returncode, result.stderr.strip().splitlines()[-1]
+
+    empty, truncated = tmp_path / "empty.safetensors", tmp_path / "truncated.safetensors"
+    empty.write_bytes(b"")
+    save_file({"query_embed.weight": torch.zeros(5, 8)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-10])
+    for checkpoint in (empty, truncated):
+        code, line = run("--checkpoint", checkpoint, "--output_dir", tmp_path / "out")
+        assert code == 1 and "is not a readable safetensors file" in line
+    with pytest.raises(convert.ConversionError, match="it has no query_embed.weight"):
+        convert.infer_config({"transformer.level_embed": torch.zeros(4, 8)})
+    no_queries = tmp_path / "no_queries.safetensors"
+    save_file({"transformer.level_embed": torch.zeros(4, 8)}, no_queries)
+    code, line = run("--checkpoint", no_queries, "--output_dir", tmp_path / "out")
+    assert code == 1 and "it has no query_embed.weight" in line
+    bad_json = tmp_path / "args.json"
+    bad_json.write_text("{nheads: 8")
+    code, line = run("--checkpoint", no_queries, "--output_dir", tmp_path / "out", "--original_args", bad_json)
+    assert code == 2 and "--original_args" in line and "is not a readable JSON file" in line
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    code, line = run("--checkpoint", no_queries, "--output_dir", a_file)
+    assert code == 2 and "exists and is not a folder" in line and a_file.read_text() == "mine"
+    assert not (tmp_path / "out").exists()
+
+
+# 9. Permissions follow the umask ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_permissions_the_umask_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        with staged_output(tmp_path / "model") as staging:  # the converter's and every command's output folder
+            (staging / "config.json").write_text("{}")
+            save_file({"weight": torch.zeros(2)}, staging / "model.safetensors")  # safetensors writes 0600
+        masks_dir = write_palette_masks(np.zeros((2, 8, 8), bool), tmp_path / "masks", ["0", "1"])
+        overlay = write_video([np.zeros((8, 8, 3), np.uint8)] * 2, tmp_path / "overlay.gif")
+    finally:
+        os.umask(previous)
+    folder_mode, file_mode = 0o777 & ~umask, 0o666 & ~umask
+    for folder in (tmp_path / "model", masks_dir):
+        assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
+    for path in (overlay, masks_dir / "0.png", tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
