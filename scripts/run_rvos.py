@@ -7,6 +7,7 @@
     python scripts/run_rvos.py train --dataset ref-youtube-vos --data_root DIR --config_name resnet50 --output_dir run
     accelerate launch scripts/run_rvos.py train args.json        # any number of processes / GPUs
     python scripts/run_rvos.py generate --output_dir shapes --num_videos 400    # synthetic referring-shapes data
+    python scripts/run_rvos.py serve                             # web demo on http://127.0.0.1:7860 (the demo extra)
 
 `python scripts/run_rvos.py COMMAND --help` lists the options of a command. Options can also come from a JSON or
 YAML file: `run_rvos.py COMMAND options.json`.
@@ -20,15 +21,14 @@ import math
 import re
 import sys
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, HfArgumentParser, PretrainedConfig
 
@@ -40,7 +40,6 @@ from referformer import (
 )
 from referformer.cli_presets import CONFIG_PRESETS, DEFAULT_TOKENIZERS, build_shapes_tokenizer, tiny_config
 from referformer.data import (
-    ReferringVideoEvalTransform,
     ReferringVideoTrainTransform,
     expand_clip_starts,
     load_a2d_sentences,
@@ -50,31 +49,37 @@ from referformer.data import (
     load_refcoco,
 )
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
+from referformer.evaluation import ref_davis_label_maps
 from referformer.evaluation_protocols import (
     evaluate_a2d,
     evaluate_ref_davis,
     evaluate_ytvos_folder,
+    predict_a2d,
     write_ytvos_submission,
+)
+from referformer.inference import (
+    CompressedArray,
+    ReferringVideoSegmenter,
+    iter_frames,
+    process_state,
+    run_sharded,
+    write_predictions,
 )
 from referformer.model_cards import usage_section
 from referformer.output_folders import ALL_ENTRIES, MANIFEST_NAME, check_output_target, staged_output
-from referformer.processing_referformer import IMAGE_EXTENSIONS, load_video, natural_sort_key
-from referformer.training import (
-    AccelerateTrainingArguments,
-    check_training_checkpoint,
-    collate_clips,
-    train_with_accelerate,
-)
-from referformer.visualization import overlay_masks, voc_palette, write_palette_masks, write_video
+from referformer.processing_referformer import IMAGE_EXTENSIONS, natural_sort_key
+from referformer.training import AccelerateTrainingArguments, check_training_checkpoint, collate_clips, train_with_accelerate
+from referformer.visualization import write_palette_masks
 
 
 EVAL_DATASETS = ("synthetic", "ref-youtube-vos", "ref-davis17", "a2d-sentences", "jhmdb-sentences")
 TRAIN_DATASETS = ("synthetic", "ref-youtube-vos", "a2d-sentences", "refcoco", "joint")
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(-1, 3)
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "referformer-tiny-shapes"
 # What the demo model was trained on: six-frame clips whose expressions name what one frame shows.
 DEMO_CLIP_FRAMES = 6
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
+DAVIS_WINDOW = 36  # the original's Ref-DAVIS17 inference: independent 36-frame clips
 DEMO_EXPRESSION_ATTRIBUTES = ("size", "color", "shape", "position")
 
 
@@ -146,15 +151,24 @@ class ModelArguments:
 class PredictArguments:
     """A video and sentences in; masks, overlays and boxes out."""
 
-    video: str = field(metadata={"help": "Video file (any format PyAV decodes) or folder of frame images."})
+    video: str = field(
+        metadata={
+            "help": "Video file (any format PyAV decodes), folder of frame images, or a folder of such videos (split "
+            "across the processes of `accelerate launch`)."
+        }
+    )
     text: list[str] = field(
         metadata={"help": "One or more referring expressions, each quoted: --text 'the red car' 'the dog'."}
     )
     output_dir: str = field(
         metadata={"help": "Writes <output_dir>/<video>/<exp>/<frame>.png masks, overlay_<exp>.gif and predictions.json."}
     )
-    window: int = field(
-        default=36, metadata={"help": "Frames per forward pass; longer videos are cut into independent windows."}
+    window: int | None = field(
+        default=None,
+        metadata={
+            "help": "Unset: one query over the whole video (the Ref-YouTube-VOS protocol). N: independent windows of N "
+            "frames, each with its own query (the Ref-DAVIS17 protocol: 36)."
+        },
     )
     frame_stride: int = field(default=1, metadata={"help": "Keep every N-th frame of the video."})
     max_frames: int | None = field(default=None, metadata={"help": "Keep at most this many frames (after the stride)."})
@@ -183,11 +197,11 @@ class EvaluateArguments:
     split: str | None = field(
         default=None, metadata={"help": "Split to evaluate (default: valid; test for A2D-Sentences; JHMDB has one)."}
     )
-    window: int = field(
-        default=36,
+    window: int | None = field(
+        default=None,
         metadata={
-            "help": "Frames per forward pass (Ref-DAVIS17 uses 36-frame clips; the original runs a Ref-YouTube-VOS "
-            "video in one pass: give a window longer than the videos)."
+            "help": "Frames per forward pass, each window with its own query. Default: the whole video with one query "
+            "(the Ref-YouTube-VOS protocol); 36 for ref-davis17 (its protocol)."
         },
     )
     num_frames: int = field(default=5, metadata={"help": "A2D/JHMDB: frames of the window centered on the annotated frame."})
@@ -377,6 +391,23 @@ class DemoArguments:
             )
 
 
+@dataclass
+class ServeArguments:
+    """A web page where one uploads a video, types sentences and gets the overlay video, the masks and the scores."""
+
+    model: str = field(default=str(DEMO_MODEL), metadata={"help": "Default model folder (the page can name another)."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
+    port: int = field(default=7860, metadata={"help": "Port to serve on."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
+    dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "Inference precision."})
+    max_frames: int = field(default=300, metadata={"help": "Longest video accepted, in frames."})
+
+    def __post_init__(self):
+        _check_choice(self.dtype, ("fp32", "bf16", "fp16"), "--dtype")
+        if self.max_frames < 1:
+            raise UsageError(f"--max_frames must be at least 1, got {self.max_frames}.")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------
@@ -401,84 +432,11 @@ def check_referformer_source(name: str, what: str = "model") -> None:
         )
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_model(args: ModelArguments):
-    """The model (in eval mode, on the device) and the processor of `args.model`.
-
-    Half precision runs the float32 weights under autocast, with the pure-PyTorch deformable attention (the compiled
-    kernel needs one dtype for all its inputs, and the reference points stay in float32).
-    """
+def load_model(args: ModelArguments) -> ReferringVideoSegmenter:
+    """The model and processor of `args.model`, on `--device`, in `--dtype`."""
     check_referformer_source(args.model)
-    processor = ReferFormerProcessor.from_pretrained(args.model)
-    model, loading_info = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
-        args.model, disable_custom_kernels=args.dtype != "fp32", output_loading_info=True
-    )
-    missing = sorted(loading_info["missing_keys"])
-    if missing:
-        raise UsageError(
-            f"The model {args.model} lacks {len(missing)} weight(s) ({', '.join(missing[:3])}"
-            f"{', ...' if len(missing) > 3 else ''}): it would run on random values. Use a complete saved model."
-        )
-    return model.to(resolve_device(args.device)).eval(), processor
-
-
-def autocast(args: ModelArguments):
-    """The mixed-precision context of `--dtype` (a no-op for fp32)."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    return torch.autocast(resolve_device(args.device).type, dtype=dtype, enabled=args.dtype != "fp32")
-
-
-@torch.no_grad()
-def segment_video(model, processor, frames, sentences, window=36, threshold=0.5, with_probabilities=False, progress=False):
-    """Segments the object referred to by each sentence in every frame of `frames` (RGB arrays).
-
-    The video is cut into consecutive windows of `window` frames, each an independent forward pass with its own query
-    selection (the original's Ref-DAVIS17 inference). Returns one dict per sentence: `masks` `[T, H, W]` bool,
-    `boxes` `[T, 4]` (x0, y0, x1, y1), `scores` `[T]`, `query_indices` (one per window) and, with
-    `with_probabilities`, `probabilities` `[T, H, W]` (the selected query's mask probabilities).
-    """
-    device = next(model.parameters()).device
-    results = [defaultdict(list) for _ in sentences]
-    starts = range(0, len(frames), window)
-    for start in tqdm(starts, desc="windows", disable=not progress, leave=False):
-        inputs = processor(videos=list(frames[start : start + window]), text=list(sentences))
-        inputs = {key: value.to(device) for key, value in inputs.items()}
-        outputs = model(**inputs)
-        outputs = SimpleNamespace(
-            **{name: getattr(outputs, name).float().cpu() for name in ("logits", "pred_boxes", "pred_masks")}
-        )
-        original_sizes, resized_sizes = inputs["original_sizes"].cpu(), inputs["resized_sizes"].cpu()
-        window_results = processor.post_process_referring_video_segmentation(
-            outputs, original_sizes, resized_sizes, threshold=threshold
-        )
-        for index, (result, collected) in enumerate(zip(window_results, results)):
-            collected["masks"].append(result["masks"].numpy())
-            collected["boxes"].append(result["boxes"].numpy())
-            collected["scores"].append(result["scores"].numpy())
-            collected["query_indices"].append(result["query_index"])
-            if with_probabilities:
-                logits = outputs.pred_masks[index, :, result["query_index"]]
-                height, width = resized_sizes[index].tolist()
-                logits = logits[:, : -(-height // 4), : -(-width // 4)]
-                probabilities = processor.video_processor.mask_probabilities(logits, *original_sizes[index].tolist())
-                collected["probabilities"].append(probabilities.numpy())
-    return [
-        {key: values if key == "query_indices" else np.concatenate(values) for key, values in collected.items()}
-        for collected in results
-    ]
-
-
-def read_frames(paths) -> list[np.ndarray]:
-    frames = []
-    for path in paths:
-        with Image.open(path) as image:
-            frames.append(np.asarray(image.convert("RGB")))
-    return frames
+    device = process_state().device if args.device == "auto" else args.device  # each process its own GPU
+    return ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -507,49 +465,48 @@ def check_video_source(video: str) -> None:
         raise UsageError(f"The video {video} is neither a regular file nor a folder of frames.")
 
 
-def write_video_predictions(
-    video_dir, video_name, frames, frame_names, sentences, results, fps, overlay_format, exp_ids=None
-):
-    """Palette masks `<exp_id>/<frame>.png` (expression ids default to 0, 1, ...), one overlay per sentence and
-    predictions.json (which names the video `video_name`) in `video_dir`."""
-    video_dir = Path(video_dir)
-    expressions = []
-    exp_ids = exp_ids or [str(index) for index in range(len(sentences))]
-    for index, (exp_id, sentence, result) in enumerate(zip(exp_ids, sentences, results)):
-        write_palette_masks(result["masks"], video_dir / exp_id, frame_names, overwrite=True)
-        overlays = overlay_masks(
-            frames, result["masks"], result["boxes"], text=sentence, color=tuple(int(c) for c in PALETTE[index + 1])
-        )
-        write_video(overlays, video_dir / f"overlay_{exp_id}.{overlay_format}", fps=fps)
-        expressions.append(
-            {
-                "exp_id": exp_id,
-                "text": sentence,
-                "window_query_indices": [int(query) for query in result["query_indices"]],
-                "frames": [
-                    {"frame": name, "box": [round(float(v), 2) for v in box], "score": round(float(score), 4)}
-                    for name, box, score in zip(frame_names, result["boxes"], result["scores"])
-                ],
-            }
-        )
-    predictions = {"video": video_name, "frames": frame_names, "expressions": expressions}
-    (video_dir / "predictions.json").write_text(json.dumps(predictions, indent=1), encoding="utf-8")
-    return video_dir
+def list_videos(path: Path) -> list[Path]:
+    """The videos of `--video`: a video file, a folder of frames, or a folder of video files and frame folders."""
+    check_video_source(path)
+    if path.is_file() or any(child.suffix.lower() in IMAGE_EXTENSIONS for child in path.iterdir()):
+        return [path]
+    videos = [
+        child for child in path.iterdir()
+        if (child.is_file() and child.suffix.lower() in VIDEO_EXTENSIONS)
+        or (child.is_dir() and any(grandchild.suffix.lower() in IMAGE_EXTENSIONS for grandchild in child.iterdir()))
+    ]
+    if not videos:
+        raise UsageError(f"{path} holds no frame image, video file ({', '.join(VIDEO_EXTENSIONS)}) or frame folder.")
+    return sorted(videos, key=lambda video: natural_sort_key(video.name))
 
 
-def run_predict(model_args: ModelArguments, args: PredictArguments) -> Path:
-    check_video_source(args.video)
-    video_name = Path(args.video).stem if Path(args.video).is_file() else Path(args.video).resolve().name
-    video_dir = Path(args.output_dir) / video_name
-    with staged_output(video_dir, args.overwrite, inputs=(args.video, model_args.model)) as staging:
-        model, processor = load_model(model_args)
-        frames, indices = load_video(args.video, args.frame_stride, args.max_frames)
-        frame_names = video_frame_names(args.video, indices)
-        with autocast(model_args):
-            results = segment_video(model, processor, frames, args.text, args.window, args.threshold, progress=True)
-        write_video_predictions(staging, video_name, frames, frame_names, args.text, results, args.fps, args.overlay_format)
-    print(f"{len(frames)} frames, {len(args.text)} expression(s): results in {video_dir}")
-    return video_dir
+def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path] | None:
+    check_referformer_source(model_args.model)
+    videos = list_videos(Path(args.video))
+    video_dirs = [Path(args.output_dir) / (video.stem if video.is_file() else video.resolve().name) for video in videos]
+    if len(set(video_dirs)) != len(video_dirs):
+        raise UsageError(f"Two videos of {args.video} have the same name (without extension).")
+    for video, video_dir in zip(videos, video_dirs):
+        check_output_target(video_dir, args.overwrite, inputs=(video, model_args.model))
+    segmenter = load_model(model_args)
+
+    def predict(video_and_folder):
+        video, video_dir = video_and_folder
+        with staged_output(video_dir, args.overwrite, inputs=(video, model_args.model)) as staging:
+            results = segmenter(video, args.text, args.window, args.frame_stride, args.max_frames, args.threshold, progress=True)
+            frame_names = video_frame_names(str(video), results[0].frame_indices)
+            frames = iter_frames(video, args.frame_stride, args.max_frames)
+            write_predictions(
+                staging, frames, results, frame_names, args.overlay_format, args.fps, video_name=video_dir.name
+            )
+        return len(frame_names)
+
+    num_frames = run_sharded(predict, zip(videos, video_dirs), "videos" if len(videos) > 1 else None)
+    if not process_state().is_main_process:
+        return None
+    for video_dir, count in zip(video_dirs, num_frames):
+        print(f"{count} frames, {len(args.text)} expression(s): results in {video_dir}")
+    return video_dirs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -564,24 +521,27 @@ def group_by_video(rows) -> dict[str, list[dict]]:
     return videos
 
 
-def evaluate_ytvos_layout(model, processor, args: EvaluateArguments, split: str, output_dir: Path) -> dict:
+def evaluate_ytvos_layout(segmenter: ReferringVideoSegmenter, args: EvaluateArguments, split: str, output_dir) -> dict:
     """Ref-YouTube-VOS layout (Ref-YouTube-VOS, synthetic): the submission folder and zip in `output_dir`, and J&F
     when masks exist."""
     rows = load_ref_youtube_vos(args.data_root, split)
     if len(rows) == 0:
         raise UsageError(f"{args.data_root} lists no expression for split {split!r}.")
-    progress = tqdm(total=len(rows), desc="expressions")
 
-    def predictions():
-        for video_id, video_rows in group_by_video(rows).items():
-            frames = read_frames(video_rows[0]["frames"])
-            for row in video_rows:
-                result = segment_video(model, processor, frames, [row["expression"]], args.window, args.threshold)[0]
-                progress.update(1)
-                yield video_id, row["exp_id"], row["frame_names"], result["masks"]
+    def segment(video_rows):
+        results = segmenter(video_rows[0]["frames"], [row["expression"] for row in video_rows], args.window, threshold=args.threshold)
+        return [(row["exp_id"], row["frame_names"], CompressedArray(result.masks)) for row, result in zip(video_rows, results)]
 
-    zip_path = write_ytvos_submission(predictions(), output_dir)
-    progress.close()
+    videos = group_by_video(rows)
+    segmented = run_sharded(segment, videos.values(), "videos")
+    if not process_state().is_main_process:
+        return None
+    predictions = (
+        (video_id, exp_id, frame_names, masks.numpy())
+        for video_id, expressions in zip(videos, segmented)
+        for exp_id, frame_names, masks in expressions
+    )
+    zip_path = write_ytvos_submission(predictions, output_dir)
     results = {"num_expressions": len(rows), "submission": str(Path(args.output_dir) / zip_path.name)}
     if all(mask_type != "none" for mask_type in rows["mask_type"]):
         root = Path(args.data_root)
@@ -595,24 +555,24 @@ def evaluate_ytvos_layout(model, processor, args: EvaluateArguments, split: str,
     return results
 
 
-def evaluate_davis(model, processor, args: EvaluateArguments, split: str) -> dict:
+def evaluate_davis(segmenter: ReferringVideoSegmenter, args: EvaluateArguments, split: str) -> dict:
     """Ref-DAVIS17: probabilities of 36-frame clips, the four expression sets, DAVIS-2017 unsupervised J&F."""
     if not args.davis_root:
         raise UsageError("--dataset ref-davis17 needs --davis_root (the DAVIS-2017 folder with Annotations_unsupervised/).")
-    rows = load_ref_davis17(args.data_root, split)
-    videos = group_by_video(rows)
+    videos = group_by_video(load_ref_davis17(args.data_root, split))
 
-    def predictions():
-        for video_id, video_rows in tqdm(videos.items(), desc="videos"):
-            video_rows = sorted(video_rows, key=lambda row: int(row["exp_id"]))
-            frames = read_frames(video_rows[0]["frames"])
-            results = [
-                segment_video(model, processor, frames, [row["expression"]], args.window, args.threshold, True)[0]
-                for row in video_rows
-            ]
-            yield video_id, [result["probabilities"] for result in results]
+    def label_maps(video_rows):
+        video_rows = sorted(video_rows, key=lambda row: int(row["exp_id"]))
+        sentences = [row["expression"] for row in video_rows]
+        results = segmenter(video_rows[0]["frames"], sentences, args.window or DAVIS_WINDOW, threshold=args.threshold)
+        return CompressedArray(np.stack(ref_davis_label_maps([result.probabilities() for result in results])))
 
-    scores = evaluate_ref_davis(args.davis_root, predictions(), subset="val" if split == "valid" else split)
+    segmented = run_sharded(label_maps, videos.values(), "videos")
+    if not process_state().is_main_process:
+        return None
+    predictions = ((video_id, maps.numpy()) for video_id, maps in zip(videos, segmented))
+    subset = "val" if split == "valid" else split
+    scores = evaluate_ref_davis(args.davis_root, predictions, subset=subset, label_maps=True)
     return {"J&F": scores["J&F-Mean"], "J": scores["J-Mean"], "F": scores["F-Mean"], **scores}
 
 
@@ -622,8 +582,7 @@ A2D_GROUND_TRUTH = {
 }
 
 
-@torch.no_grad()
-def evaluate_a2d_like(model, processor, args: EvaluateArguments, split: str) -> dict:
+def evaluate_a2d_like(segmenter: ReferringVideoSegmenter, args: EvaluateArguments, split: str) -> dict:
     """A2D-Sentences / JHMDB-Sentences: every query's mask on the annotated frame, P@K, IoUs and mask mAP."""
     ground_truth = Path(args.ground_truth or Path(args.data_root) / A2D_GROUND_TRUTH[args.dataset])
     if not ground_truth.is_file():
@@ -632,33 +591,15 @@ def evaluate_a2d_like(model, processor, args: EvaluateArguments, split: str) -> 
         rows = load_a2d_sentences(args.data_root, split)
     else:
         rows = load_jhmdb_sentences(args.data_root)
-    size = processor.video_processor.size
-    transform = ReferringVideoEvalTransform(
-        args.num_frames,
-        size=size["shortest_edge"],
-        max_size=size.get("longest_edge") or 640,
-        tokenizer=processor.tokenizer,
-        mean=processor.video_processor.image_mean,
-        std=processor.video_processor.image_std,
-    )
-    device = next(model.parameters()).device
 
-    def predictions():
-        for index in tqdm(range(len(rows)), desc="samples"):
-            sample = {key: values[0] for key, values in transform(rows[index : index + 1]).items()}
-            batch = collate_clips([sample], pad_token_id=processor.tokenizer.pad_token_id)
-            batch.pop("labels", None)
-            batch = {key: value.to(device) for key, value in batch.items()}
-            outputs = model(**batch)
-            scores = outputs.logits[0, 0].float().sigmoid().max(-1).values.cpu()
-            grid = outputs.pred_masks[0, 0]  # [Q, h, w], brought to the padded input size as the original does
-            masks = processor.video_processor.mask_probabilities(grid, 4 * grid.shape[-2], 4 * grid.shape[-1])
-            height, width = sample["resized_size"].tolist()
-            masks = (masks > args.threshold)[:, :height, :width].float()
-            masks = F.interpolate(masks[None], size=tuple(sample["original_size"].tolist()), mode="nearest")[0]
-            yield sample["image_id"], masks.bool().cpu().numpy(), scores.numpy()
+    def predict(index):
+        ((image_id, masks, scores),) = predict_a2d(segmenter, rows, args.num_frames, args.threshold, indices=[index])
+        return image_id, CompressedArray(masks), scores
 
-    return evaluate_a2d(ground_truth, predictions())
+    predictions = run_sharded(predict, range(len(rows)), "samples")
+    if not process_state().is_main_process:
+        return None
+    return evaluate_a2d(ground_truth, ((image_id, masks.numpy(), scores) for image_id, masks, scores in predictions))
 
 
 def format_table(results: dict) -> str:
@@ -673,16 +614,20 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name
     if not Path(args.data_root).is_dir():
         raise FileNotFoundError(f"The dataset folder {args.data_root} does not exist.")
     inputs = (model_args.model, args.data_root, args.davis_root, args.ground_truth)
-    with staged_output(args.output_dir, args.overwrite, inputs) as staging:
-        model, processor = load_model(model_args)
-        split = args.split or ("test" if args.dataset in A2D_GROUND_TRUTH else "valid")
-        with autocast(model_args):
-            if args.dataset in ("synthetic", "ref-youtube-vos"):
-                results = evaluate_ytvos_layout(model, processor, args, split, staging)
-            elif args.dataset == "ref-davis17":
-                results = evaluate_davis(model, processor, args, split)
-            else:
-                results = evaluate_a2d_like(model, processor, args, split)
+    check_output_target(args.output_dir, args.overwrite, inputs)
+    segmenter = load_model(model_args)
+    split = args.split or ("test" if args.dataset in A2D_GROUND_TRUTH else "valid")
+    # Every process segments its share; the main one writes the outputs (staged, then moved into place).
+    main_process = process_state().is_main_process
+    with staged_output(args.output_dir, args.overwrite, inputs) if main_process else nullcontext() as staging:
+        if args.dataset in ("synthetic", "ref-youtube-vos"):
+            results = evaluate_ytvos_layout(segmenter, args, split, staging)
+        elif args.dataset == "ref-davis17":
+            results = evaluate_davis(segmenter, args, split)
+        else:
+            results = evaluate_a2d_like(segmenter, args, split)
+        if not main_process:
+            return None
         results = {"dataset": args.dataset, "split": split, "model": model_name or model_args.model, **results}
         (staging / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(format_table(results))
@@ -997,21 +942,19 @@ def swap_expressions(meta_expressions: dict) -> dict:
     return {"videos": swapped}
 
 
-def segment_meta_expressions(model, processor, meta_expressions: dict, frames_root: Path, output_dir: Path, overlays: bool):
+def segment_meta_expressions(segmenter, meta_expressions: dict, frames_root: Path, output_dir: Path, overlays: bool):
     """Masks (and with `overlays`, overlay GIFs and predictions.json) of every expression, in the Ref-YouTube-VOS
     prediction layout `<output_dir>/<video>/<exp_id>/<frame>.png`."""
     for video_id, video in tqdm(meta_expressions["videos"].items(), desc="clips"):
-        frames = read_frames(frames_root / video_id / f"{name}.jpg" for name in video["frames"])
+        frame_paths = [frames_root / video_id / f"{name}.jpg" for name in video["frames"]]
         exp_ids = list(video["expressions"])
         texts = [video["expressions"][exp_id]["exp"] for exp_id in exp_ids]
-        results = segment_video(model, processor, frames, texts, window=len(frames))
+        results = segmenter(frame_paths, texts)
         if overlays:
-            write_video_predictions(
-                output_dir / video_id, video_id, frames, video["frames"], texts, results, 4.0, "gif", exp_ids
-            )
+            write_predictions(output_dir / video_id, iter_frames(frame_paths), results, video["frames"], "gif", 4.0, exp_ids)
         else:
             for exp_id, result in zip(exp_ids, results):
-                write_palette_masks(result["masks"], output_dir / video_id / exp_id, video["frames"], overwrite=True)
+                write_palette_masks(result.masks, output_dir / video_id / exp_id, video["frames"], overwrite=True)
 
 
 def run_demo(args: DemoArguments) -> dict:
@@ -1027,8 +970,8 @@ def run_demo(args: DemoArguments) -> dict:
 
 def write_demo(output_dir: Path, args: DemoArguments) -> dict:
     """The demo's clips, predictions and results, written into `output_dir`."""
-    model, processor = load_model(ModelArguments(model=args.model, device=args.device))
-    size = processor.video_processor.size  # the demo model's processor keeps its training frames' size
+    segmenter = load_model(ModelArguments(model=args.model, device=args.device))
+    size = segmenter.processor.video_processor.size  # the demo model's processor keeps its training frames' size
     clips = output_dir / "clips"
     generate_referring_shapes(
         clips,
@@ -1044,8 +987,8 @@ def write_demo(output_dir: Path, args: DemoArguments) -> dict:
     swapped = swap_expressions(meta_expressions)
     (clips / "meta_expressions" / "valid" / "meta_expressions_swapped.json").write_text(json.dumps(swapped, indent=1))
     frames_root, annotations = clips / "valid" / "JPEGImages", clips / "valid" / "Annotations"
-    segment_meta_expressions(model, processor, meta_expressions, frames_root, output_dir / "predictions", overlays=True)
-    segment_meta_expressions(model, processor, swapped, frames_root, output_dir / "swapped_predictions", overlays=False)
+    segment_meta_expressions(segmenter, meta_expressions, frames_root, output_dir / "predictions", overlays=True)
+    segment_meta_expressions(segmenter, swapped, frames_root, output_dir / "swapped_predictions", overlays=False)
     scores = evaluate_ytvos_folder(output_dir / "predictions", annotations, meta_expressions)
     swapped_scores = evaluate_ytvos_folder(output_dir / "swapped_predictions", annotations, swapped)
     results = {
@@ -1058,6 +1001,16 @@ def write_demo(output_dir: Path, args: DemoArguments) -> dict:
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return results
+
+
+def run_serve(args: ServeArguments) -> None:
+    check_referformer_source(args.model)
+    try:
+        from referformer.web_demo import build_demo
+    except ImportError as error:
+        raise UsageError(f"The web demo needs Gradio: pip install -e \".[demo]\" ({error}).") from error
+    demo = build_demo(args.model, device=args.device, dtype=args.dtype, max_frames=args.max_frames)
+    demo.queue().launch(server_name=args.host, server_port=args.port)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1074,6 +1027,7 @@ COMMANDS = {
     ),
     "generate": ((GenerateArguments,), run_generate, "write a synthetic referring-shapes dataset"),
     "demo": ((DemoArguments,), run_demo, "segment fresh synthetic clips with the embedded demo model, print J&F"),
+    "serve": ((ServeArguments,), run_serve, "web demo (Gradio): upload a video, type sentences, see the masks"),
 }
 
 

@@ -1,10 +1,12 @@
 """ReferFormer for the Hugging Face ecosystem.
 
 Importing the package registers the config and models with the transformers Auto classes, and marks them so that
-`save_pretrained` writes the code needed by `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
+`save_pretrained` writes the code needed by `AutoModel.from_pretrained(folder, trust_remote_code=True)`; registers the
+pipeline task "referring-video-object-segmentation" with `transformers.pipeline`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoProcessor, AutoVideoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_referformer import (
     ReferFormerConfig,
@@ -19,6 +21,8 @@ from .modeling_referformer import (
     ReferFormerPreTrainedModel,
     ReferFormerSegmentationOutput,
 )
+from .pipeline_referformer import TASK as PIPELINE_TASK
+from .pipeline_referformer import ReferringVideoObjectSegmentationPipeline
 from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor
 
 
@@ -32,6 +36,12 @@ ReferFormerModel.register_for_auto_class("AutoModel")
 ReferFormerForReferringVideoObjectSegmentation.register_for_auto_class("AutoModel")
 ReferFormerVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 ReferFormerProcessor.register_for_auto_class("AutoProcessor")
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK,
+    pipeline_class=ReferringVideoObjectSegmentationPipeline,
+    pt_model=ReferFormerForReferringVideoObjectSegmentation,
+    type="multimodal",
+)
 
 __all__ = [
     "ReferFormerConfig",
@@ -45,4 +55,5 @@ __all__ = [
     "ReferFormerTimmBackboneConfig",
     "ReferFormerVideoProcessor",
     "ReferFormerVideoSwinBackboneConfig",
+    "ReferringVideoObjectSegmentationPipeline",
 ]

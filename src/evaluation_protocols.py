@@ -6,7 +6,7 @@
 * Ref-DAVIS17: `evaluate_ref_davis` turns per-expression probability maps into the four `anno_k`
   label maps and runs the DAVIS-2017 unsupervised evaluation against the DAVIS annotations.
 * A2D-Sentences / JHMDB-Sentences: `evaluate_a2d` scores per-sample predictions against the
-  COCO-format ground-truth file of the benchmark.
+  COCO-format ground-truth file of the benchmark; `predict_a2d` runs a model over the benchmark's samples.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from torch.nn import functional as F
+from tqdm.auto import tqdm
 
+from .data import ReferringVideoEvalTransform
 from .evaluation import (
     A2DEvaluator,
     RefDavisEvaluator,
@@ -30,6 +34,7 @@ from .evaluation import (
     contour_accuracy,
     region_similarity,
 )
+from .training import collate_clips
 
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "evaluate_a2d",
     "evaluate_ref_davis",
     "evaluate_ytvos_folder",
+    "predict_a2d",
     "read_davis_annotations",
     "write_ytvos_submission",
 ]
@@ -229,7 +235,9 @@ def read_davis_annotations(davis_root, sequence: str, resolution: str = "480p") 
     return np.stack([_read_png(path) for path in paths])
 
 
-def evaluate_ref_davis(davis_root, predictions, subset: str = "val", resolution: str = "480p") -> dict:
+def evaluate_ref_davis(
+    davis_root, predictions, subset: str = "val", resolution: str = "480p", label_maps: bool = False
+) -> dict:
     """Ref-DAVIS17 evaluation from per-expression probability maps.
 
     Each video's expression maps become the four `anno_k` label maps (`ref_davis_label_maps`), each set is
@@ -244,15 +252,19 @@ def evaluate_ref_davis(davis_root, predictions, subset: str = "val", resolution:
             expression order (`4 * object + annotator_set`).
         subset: the DAVIS subset whose sequences are all evaluated.
         resolution: the annotation resolution folder.
+        label_maps: the items hold the four label maps of `ref_davis_label_maps` instead of the probabilities.
 
     Returns:
         The dictionary of `ref_davis_scores`.
     """
     items = predictions.items() if isinstance(predictions, Mapping) else predictions
     evaluator = RefDavisEvaluator()
-    for sequence, expression_probabilities in items:
+    for sequence, maps in items:
         ground_truth = read_davis_annotations(davis_root, sequence, resolution)
-        evaluator.add_probabilities(sequence, ground_truth, expression_probabilities)
+        if label_maps:
+            evaluator.add(sequence, ground_truth, maps)
+        else:
+            evaluator.add_probabilities(sequence, ground_truth, maps)
     return evaluator.compute(sequence_order=davis_sequence_names(davis_root, subset))
 
 
@@ -290,3 +302,36 @@ def evaluate_a2d(ground_truth, predictions: Iterable | Mapping, top1_only: bool 
         gt = mask_utils.decode(annotations[image_id]["segmentation"])
         evaluator.add(image_id, gt, pred_masks, scores)
     return evaluator.compute(top1_only=top1_only, image_order=[image["id"] for image in dataset["images"]])
+
+
+@torch.no_grad()
+def predict_a2d(segmenter, rows, num_frames: int, threshold: float = 0.5, progress: bool = False, indices=None):
+    """Predictions of a `referformer.inference.ReferringVideoSegmenter` in the A2D-Sentences / JHMDB-Sentences
+    protocol, as `evaluate_a2d` takes them: for each sample of `rows` (a `referformer.data` table), a
+    window of `num_frames` frames centred on the annotated frame goes through the model and every query's mask on
+    that frame is brought to the original size (as the original: through the padded input size) and thresholded.
+    Yields `(image_id, masks [Q, H, W] bool, scores [Q])` for the samples `indices` (default: all)."""
+    video_processor = segmenter.processor.video_processor
+    size = video_processor.size
+    transform = ReferringVideoEvalTransform(
+        num_frames,
+        size=size["shortest_edge"],
+        max_size=size.get("longest_edge") or 640,
+        tokenizer=segmenter.processor.tokenizer,
+        mean=video_processor.image_mean,
+        std=video_processor.image_std,
+    )
+    indices = range(len(rows)) if indices is None else indices
+    for index in tqdm(indices, desc="samples", disable=not progress):
+        sample = {key: values[0] for key, values in transform(rows[index : index + 1]).items()}
+        batch = collate_clips([sample], pad_token_id=segmenter.processor.tokenizer.pad_token_id)
+        batch.pop("labels", None)
+        with segmenter.autocast():
+            outputs = segmenter.model(**{key: value.to(segmenter.device) for key, value in batch.items()})
+        scores = outputs.logits[0, 0].float().sigmoid().max(-1).values.cpu()
+        grid = outputs.pred_masks[0, 0]  # [Q, h, w], brought to the padded input size as the original does
+        masks = video_processor.mask_probabilities(grid, 4 * grid.shape[-2], 4 * grid.shape[-1])
+        height, width = sample["resized_size"].tolist()
+        masks = (masks > threshold)[:, :height, :width].float()
+        masks = F.interpolate(masks[None], size=tuple(sample["original_size"].tolist()), mode="nearest")[0]
+        yield sample["image_id"], masks.bool().cpu().numpy(), scores.numpy()

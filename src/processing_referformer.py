@@ -87,12 +87,11 @@ def _frame_to_rgb(frame) -> np.ndarray:
     return np.ascontiguousarray(frame[:, :, :3])
 
 
-def _decode_video_file(path: Path, keep) -> tuple[list[np.ndarray], list[int]]:
-    """Decodes the frames of a video file whose index satisfies `keep(index)` (stops at the first refused index
-    past the last kept one)."""
+def _decode_video_file(path: Path, keep):
+    """Yields `(index, frame)` for the frames of a video file whose index satisfies `keep(index)` (stops at the first
+    refused index past the last kept one)."""
     import av
 
-    frames, indices = [], []
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -102,20 +101,15 @@ def _decode_video_file(path: Path, keep) -> tuple[list[np.ndarray], list[int]]:
                 if decision is None:
                     break
                 if decision:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    indices.append(index)
+                    yield index, frame.to_ndarray(format="rgb24")
     except (av.error.FFmpegError, UnicodeDecodeError, IndexError) as error:
         raise ValueError(f"Cannot decode video file {path}: {error}") from error
-    return frames, indices
 
 
-def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> tuple[list[np.ndarray], list[int]]:
-    """Loads one video as RGB uint8 frames, keeping every `frame_stride`-th frame (at most `max_frames`).
-
-    `video` is a video file (decoded with PyAV), a folder of frame images (sorted naturally), a list of frames
-    (PIL images, numpy arrays or tensors) or a 4-D array / tensor `[T, H, W, C]` or `[T, C, H, W]`. Returns the
-    frames and their indices in the original video.
-    """
+def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = None):
+    """Yields `(index, frame)` for one video, one RGB uint8 frame at a time, keeping every `frame_stride`-th frame (at
+    most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes; frames
+    are decoded only when asked for, so a long video never has to fit in memory."""
     if frame_stride < 1:
         raise ValueError(f"frame_stride must be >= 1, got {frame_stride}.")
     if max_frames is not None and max_frames < 1:
@@ -125,6 +119,19 @@ def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> t
         if max_frames is not None and index >= max_frames * frame_stride:
             return None
         return index % frame_stride == 0
+
+    first = None
+
+    def checked(index: int, frame: np.ndarray):
+        nonlocal first
+        if first is None:
+            first = (index, frame.shape)
+        elif frame.shape != first[1]:
+            raise ValueError(
+                f"The frames of a video must all have one size: frame {first[0]} is {first[1][1]}x{first[1][0]}, "
+                f"frame {index} is {frame.shape[1]}x{frame.shape[0]} (width x height)."
+            )
+        return index, frame
 
     if isinstance(video, (str, Path)):
         path = Path(video)
@@ -139,30 +146,34 @@ def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> t
             )
             if not files:
                 raise ValueError(f"No frame images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}.")
-            indices = [index for index in range(len(files)) if keep(index)]
-            frames = []
-            for index in indices:
+            for index in (index for index in range(len(files)) if keep(index)):
                 try:
                     with Image.open(files[index]) as image:
-                        frames.append(_frame_to_rgb(image))
+                        frame = _frame_to_rgb(image)
                 except OSError as error:
                     raise ValueError(f"Cannot read frame image {files[index]}: {error}") from error
+                yield checked(index, frame)
         else:
-            frames, indices = _decode_video_file(path, keep)
+            for index, frame in _decode_video_file(path, keep):
+                yield checked(index, frame)
     else:
         if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
             raise ValueError(f"A video array must be 4-D ([T, H, W, C] or [T, C, H, W]), got shape {tuple(video.shape)}.")
-        indices = [index for index in range(len(video)) if keep(index)]
-        frames = [_frame_to_rgb(video[index]) for index in indices]
-    if not frames:
+        for index in (index for index in range(len(video)) if keep(index)):
+            yield checked(index, _frame_to_rgb(video[index]))
+    if first is None:
         raise ValueError(f"The video has no frames: {video if isinstance(video, (str, Path)) else 'empty input'}.")
-    for frame, index in zip(frames, indices):
-        if frame.shape != frames[0].shape:
-            raise ValueError(
-                f"The frames of a video must all have one size: frame {indices[0]} is {frames[0].shape[1]}x"
-                f"{frames[0].shape[0]}, frame {index} is {frame.shape[1]}x{frame.shape[0]} (width x height)."
-            )
-    return frames, indices
+
+
+def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """Loads one video as RGB uint8 frames, keeping every `frame_stride`-th frame (at most `max_frames`).
+
+    `video` is a video file (decoded with PyAV), a folder of frame images (sorted naturally), a list of frames
+    (PIL images, numpy arrays or tensors) or a 4-D array / tensor `[T, H, W, C]` or `[T, C, H, W]`. Returns the
+    frames and their indices in the original video.
+    """
+    pairs = list(iter_video_frames(video, frame_stride, max_frames))
+    return [frame for _, frame in pairs], [index for index, _ in pairs]
 
 
 def get_resize_output_size(height: int, width: int, shortest_edge: int, longest_edge: int | None = None) -> tuple[int, int]:
@@ -323,6 +334,7 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         resized_sizes=None,
         threshold: float = 0.5,
         return_all_queries: bool = False,
+        return_mask_logits: bool = False,
     ) -> list[dict]:
         """Per-frame mask, box and score of the referred object in each video of the batch.
 
@@ -334,7 +346,9 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
 
         Returns one dict per video: `masks` `[T, H0, W0]` bool, `boxes` `[T, 4]` absolute (x0, y0, x1, y1) on the
         original frames, `scores` `[T]`, `query_index` and `query_scores` `[Q]` (frame-averaged score of every query);
-        with `return_all_queries`, also `all_masks` `[Q, T, H0, W0]` and `all_boxes` `[Q, T, 4]`.
+        with `return_all_queries`, also `all_masks` `[Q, T, H0, W0]` and `all_boxes` `[Q, T, 4]`. With
+        `return_mask_logits`, `mask_logits` `[T, h, w]` (the selected query's unpadded stride-4 logits) replaces
+        `masks`, which `mask_probabilities(mask_logits, H0, W0) > threshold` gives frame by frame (for long videos).
         """
         logits, pred_masks, pred_boxes = outputs.logits, outputs.pred_masks, outputs.pred_boxes
         batch_size = logits.shape[0]
@@ -356,19 +370,24 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
                 grid_height, grid_width = min(grid_height, -(-height // 4)), min(grid_width, -(-width // 4))
             target_height, target_width = target_sizes[index]
             queries = range(pred_masks.shape[2]) if return_all_queries else [best]
-            masks = [
-                self.mask_probabilities(pred_masks[index, :, query, :grid_height, :grid_width], target_height, target_width)
-                > threshold
-                for query in queries
-            ]
             boxes = [self._boxes_to_frame(pred_boxes[index, :, query], target_height, target_width) for query in queries]
             result = {
-                "masks": masks[queries.index(best)],
                 "boxes": boxes[queries.index(best)],
                 "scores": probabilities[:, best].max(-1).values,
                 "query_index": best,
                 "query_scores": query_scores,
             }
+            if return_mask_logits:
+                result["mask_logits"] = pred_masks[index, :, best, :grid_height, :grid_width]
+            if return_all_queries or not return_mask_logits:
+                masks = [
+                    self.mask_probabilities(
+                        pred_masks[index, :, query, :grid_height, :grid_width], target_height, target_width
+                    )
+                    > threshold
+                    for query in queries
+                ]
+                result["masks"] = masks[queries.index(best)]
             if return_all_queries:
                 result["all_masks"] = torch.stack(masks)
                 result["all_boxes"] = torch.stack(boxes)
@@ -446,10 +465,12 @@ class ReferFormerProcessor(ProcessorMixin):
             )
         return self.tokenizer(sentences, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
 
-    def post_process_referring_video_segmentation(self, outputs, target_sizes, resized_sizes=None, threshold=0.5, return_all_queries=False):
+    def post_process_referring_video_segmentation(
+        self, outputs, target_sizes, resized_sizes=None, threshold=0.5, return_all_queries=False, return_mask_logits=False
+    ):
         """See [`ReferFormerVideoProcessor.post_process_referring_video_segmentation`]."""
         return self.video_processor.post_process_referring_video_segmentation(
-            outputs, target_sizes, resized_sizes, threshold, return_all_queries
+            outputs, target_sizes, resized_sizes, threshold, return_all_queries, return_mask_logits
         )
 
     def post_process_referring_image_segmentation(self, outputs, target_sizes, resized_sizes=None, threshold=0.5):
@@ -457,4 +478,10 @@ class ReferFormerProcessor(ProcessorMixin):
         return self.video_processor.post_process_referring_image_segmentation(outputs, target_sizes, resized_sizes, threshold)
 
 
-__all__ = ["ReferFormerProcessor", "ReferFormerVideoProcessor", "get_resize_output_size", "load_video"]
+__all__ = [
+    "ReferFormerProcessor",
+    "ReferFormerVideoProcessor",
+    "get_resize_output_size",
+    "iter_video_frames",
+    "load_video",
+]

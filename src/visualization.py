@@ -57,72 +57,125 @@ def overlay_masks(frames, masks, boxes=None, text: str | None = None, color=(255
     return overlays
 
 
-def write_video(frames, path, fps: float = 10.0) -> Path:
-    """Writes RGB frames to a `.gif` (Pillow) or `.mp4` (PyAV, H.264 when available, else MPEG-4) file, atomically."""
-    path = Path(path)
-    if not len(frames):
-        raise ValueError("No frames to write.")
-    if path.suffix.lower() not in (".gif", ".mp4"):
-        raise ValueError(f"Unsupported video format {path.suffix!r}: use .gif or .mp4.")
-    frames = [np.asarray(frame, dtype=np.uint8) for frame in frames]
-    temporary = temporary_sibling_file(path)
-    try:
-        if path.suffix.lower() == ".gif":
-            images = [Image.fromarray(frame) for frame in frames]
-            images[0].save(temporary, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+class VideoWriter:
+    """Writes RGB frames one at a time to a `.gif` (Pillow) or `.mp4` (PyAV, H.264 when available, else MPEG-4) file,
+    atomically: use it as a context manager; the file appears when the block completes, nothing on an error.
+
+    MP4 frames are encoded as they arrive; GIF frames are kept as 8-bit palette images (a third of the RGB size)
+    until Pillow writes the file at the end."""
+
+    def __init__(self, path, fps: float = 10.0):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".gif", ".mp4"):
+            raise ValueError(f"Unsupported video format {self.path.suffix!r}: use .gif or .mp4.")
+        self.fps = fps
+        self.num_frames = 0
+
+    def __enter__(self):
+        self._temporary = temporary_sibling_file(self.path)
+        self._gif_frames, self._container = [], None
+        return self
+
+    def write(self, frame) -> None:
+        frame = np.asarray(frame, dtype=np.uint8)
+        if self.path.suffix.lower() == ".gif":
+            # The conversion Pillow's GIF writer applies to RGB frames, done now to hold a third of the memory.
+            self._gif_frames.append(Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE))
         else:
-            _write_mp4(frames, temporary, fps)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+            self._write_mp4_frame(frame)
+        self.num_frames += 1
+
+    def _write_mp4_frame(self, frame: np.ndarray) -> None:
+        import av
+        from fractions import Fraction
+
+        if self._container is None:
+            height, width = frame.shape[:2]
+            self._container = av.open(str(self._temporary), mode="w")
+            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+            self._stream = self._container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1000))
+            # yuv420p needs even sizes
+            self._stream.width, self._stream.height, self._stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
+        height, width = self._stream.height, self._stream.width
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:height, :width]), format="rgb24")
+        for packet in self._stream.encode(video_frame):
+            self._container.mux(packet)
+
+    def __exit__(self, error_type, error, traceback):
+        try:
+            if error_type is None:
+                if not self.num_frames:
+                    raise ValueError("No frames to write.")
+                if self._container is not None:
+                    for packet in self._stream.encode():
+                        self._container.mux(packet)
+                    self._container.close()
+                    self._container = None
+                else:
+                    first, *rest = self._gif_frames
+                    first.save(self._temporary, save_all=True, append_images=rest, duration=round(1000 / self.fps), loop=0)
+                os.replace(self._temporary, self.path)
+        finally:
+            if self._container is not None:
+                self._container.close()
+            self._gif_frames = []
+            self._temporary.unlink(missing_ok=True)
+        return False
 
 
-def _write_mp4(frames: list[np.ndarray], path: Path, fps: float) -> None:
-    import av
-    from fractions import Fraction
-
-    height, width = frames[0].shape[:2]
-    height, width = height - height % 2, width - width % 2  # yuv420p needs even sizes
-    with av.open(str(path), mode="w") as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+def write_video(frames, path, fps: float = 10.0) -> Path:
+    """Writes RGB frames to a `.gif` or `.mp4` file, atomically (see [`VideoWriter`])."""
+    with VideoWriter(path, fps) as writer:
         for frame in frames:
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:height, :width]), format="rgb24")
-            for packet in stream.encode(video_frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(frame)
+    return writer.path
+
+
+class PaletteMaskWriter:
+    """Writes palette PNG masks one frame at a time into a folder that appears complete or not at all (see
+    [`write_palette_masks`]); use it as a context manager."""
+
+    def __init__(self, output_dir, object_id: int = 1, overwrite: bool = False):
+        if not 0 < object_id < 256:
+            raise ValueError(f"object_id must be in 1..255, got {object_id}.")
+        self.output_dir = Path(output_dir)
+        if self.output_dir.exists() and not overwrite:
+            raise FileExistsError(f"{self.output_dir} exists; pass overwrite=True to replace it.")
+        self.object_id = object_id
+        self._palette = voc_palette()
+
+    def __enter__(self):
+        self.output_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._staging = make_sibling_dir(self.output_dir, "staging")
+        return self
+
+    def write(self, frame_name: str, mask) -> None:
+        image = Image.fromarray(_to_numpy(mask).astype(bool).astype(np.uint8) * self.object_id)
+        image.putpalette(self._palette)  # turns the 8-bit image into a palette image
+        image.save(self._staging / f"{Path(frame_name).stem}.png")
+
+    def __exit__(self, error_type, error, traceback):
+        try:
+            if error_type is None:
+                if self.output_dir.exists():
+                    shutil.rmtree(self.output_dir)
+                self._staging.rename(self.output_dir)
+        finally:
+            if self._staging.exists():
+                shutil.rmtree(self._staging)
+        return False
 
 
 def write_palette_masks(masks, output_dir, frame_names, object_id: int = 1, overwrite: bool = False) -> Path:
     """Writes one palette PNG per frame (`<output_dir>/<frame_name>.png`, pixel value `object_id` on the mask, 0
     elsewhere, DAVIS palette) as Ref-YouTube-VOS annotations are stored. The folder appears complete or not at all;
     an existing folder is replaced only with `overwrite=True`."""
-    masks = _to_numpy(masks).astype(bool)
-    output_dir = Path(output_dir)
     if len(frame_names) != len(masks):
         raise ValueError(f"Got {len(frame_names)} frame names for {len(masks)} masks.")
-    if not 0 < object_id < 256:
-        raise ValueError(f"object_id must be in 1..255, got {object_id}.")
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists; pass overwrite=True to replace it.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = make_sibling_dir(output_dir, "staging")
-    try:
-        palette = voc_palette()
+    with PaletteMaskWriter(output_dir, object_id, overwrite) as writer:
         for name, mask in zip(frame_names, masks):
-            image = Image.fromarray(mask.astype(np.uint8) * object_id)
-            image.putpalette(palette)  # turns the 8-bit image into a palette image
-            image.save(staging / f"{Path(name).stem}.png")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return output_dir
+            writer.write(name, mask)
+    return writer.output_dir
 
 
-__all__ = ["overlay_masks", "voc_palette", "write_palette_masks", "write_video"]
+__all__ = ["PaletteMaskWriter", "VideoWriter", "overlay_masks", "voc_palette", "write_palette_masks", "write_video"]

@@ -257,6 +257,56 @@ def test_predict_on_an_mp4_in_windows(tmp_path, model_dir, data_root):
     assert (video_dir / "overlay_1.mp4").is_file() and not (video_dir / "overlay_1.gif").exists()
 
 
+def test_predict_selects_one_query_over_the_whole_video_by_default(tmp_path, model_dir, data_root):
+    frame_paths = sorted((data_root / "valid" / "JPEGImages" / "shapes00000").iterdir())
+    frames = [np.asarray(Image.open(path)) for path in frame_paths] * 40  # 120 frames
+    video = write_video(frames, tmp_path / "long.mp4", fps=10)
+    run_rvos.main(["predict", "--model", str(model_dir), "--video", str(video), "--text", "the red circle",
+                   "the big square", "--output_dir", str(tmp_path / "pred"), "--overlay_format", "mp4"])
+    predictions = json.loads((tmp_path / "pred" / "long" / "predictions.json").read_text())
+    assert len(predictions["frames"]) == 120
+    for expression in predictions["expressions"]:
+        assert len(expression["window_query_indices"]) == 1 and expression["window_starts"] == [0]
+        assert [frame["index"] for frame in expression["frames"]] == list(range(120))
+
+
+def test_two_processes_evaluate_and_predict_exactly_as_one(tmp_path, model_dir):
+    root = tmp_path / "shapes"
+    generate_referring_shapes(root, num_videos=3, num_frames=3, height=64, width=96, seed=2, split="valid", max_objects=2)
+    videos = tmp_path / "videos"  # a folder of videos: two MP4 files and a frame folder
+    for index, clip in enumerate(sorted((root / "valid" / "JPEGImages").iterdir())):
+        if index < 2:
+            write_video([np.asarray(Image.open(path)) for path in sorted(clip.iterdir())], videos / f"{clip.name}.mp4", fps=5)
+        else:
+            shutil.copytree(clip, videos / clip.name)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    for name, command in (("one", [sys.executable]), ("two", launch)):
+        for options in (
+            ["evaluate", "--model", str(model_dir), "--dataset", "synthetic", "--data_root", str(root), "--output_dir",
+             str(tmp_path / name / "eval")],
+            ["predict", "--model", str(model_dir), "--video", str(videos), "--text", "the red circle", "the big square",
+             "--output_dir", str(tmp_path / name / "pred")],
+        ):
+            result = subprocess.run(command + [str(SCRIPT), *options], capture_output=True, text=True, env=ENV)
+            assert result.returncode == 0, result.stderr[-3000:]
+    one, two = json.loads((tmp_path / "one" / "eval" / "results.json").read_text()), json.loads(
+        (tmp_path / "two" / "eval" / "results.json").read_text()
+    )
+    assert one["num_expressions"] > 3 and {key: value for key, value in one.items() if key != "submission"} == {
+        key: value for key, value in two.items() if key != "submission"
+    }
+    for folder in ("eval/Annotations", "pred"):
+        files = sorted(path.relative_to(tmp_path / "one" / folder) for path in (tmp_path / "one" / folder).rglob("*.*"))
+        assert len(files) > 20 and files == sorted(
+            path.relative_to(tmp_path / "two" / folder) for path in (tmp_path / "two" / folder).rglob("*.*")
+        )
+        for path in files:
+            if path.suffix in (".png", ".json"):
+                assert (tmp_path / "one" / folder / path).read_bytes() == (tmp_path / "two" / folder / path).read_bytes(), path
+    assert sorted(path.name for path in (tmp_path / "two" / "pred").iterdir()) == ["shapes00000", "shapes00001", "shapes00002"]
+
+
 def test_clear_errors(tmp_path, model_dir, data_root, capsys):
     def error(*argv):
         with pytest.raises(SystemExit) as raised:

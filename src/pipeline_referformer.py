@@ -1,0 +1,155 @@
+"""The `transformers` pipeline of the task "referring-video-object-segmentation".
+
+    import referformer  # registers the task
+    from transformers import pipeline
+
+    segmenter = pipeline("referring-video-object-segmentation", model="path/to/model", device="cpu")
+    segmenter("dog.mp4", text="a brown dog")                       # one dict
+    segmenter("dog.mp4", text=["a brown dog", "the ball"])         # one dict per sentence
+    segmenter(["a.mp4", "b.mp4"], text="a dog", batch_size=2)      # one dict per video
+
+A folder written by the pipeline's `save_pretrained` carries this code, so that
+`pipeline(model=folder, trust_remote_code=True)` works where the package is not installed.
+"""
+
+import torch
+from transformers import Pipeline
+
+from .inference import iter_frames, prepare_inputs, segmentation_from_output
+from .processing_referformer import _is_single_video
+
+
+TASK = "referring-video-object-segmentation"
+
+
+class ReferringVideoObjectSegmentationPipeline(Pipeline):
+    """Segments the object a sentence refers to in every kept frame of a video, selecting one query over the whole
+    video (ReferFormer's Ref-YouTube-VOS protocol; `referformer.inference.ReferringVideoSegmenter` also offers the
+    windowed Ref-DAVIS17 protocol).
+
+    Inputs: a video (file, folder of frames, list of frames or 4-D array) or a list of videos, and `text`: one
+    sentence, or a list of sentences (for one video: one result per sentence; for a list of videos: one sentence
+    each). Options: `frame_stride`, `max_frames` (frame sampling) and `threshold` (mask probability).
+
+    Each result is a dict: `sentence`, `masks` `[T, H, W]` bool at the original frame size, `boxes` `[T, 4]`
+    absolute (x0, y0, x1, y1), `scores` `[T]`, `query_index` and `frame_indices` (the kept frames' indices in the
+    video). With `batch_size > 1`, the videos of a batch must have the same number of kept frames (frames of different
+    sizes are padded, as the processor pads a batch).
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def _sanitize_parameters(self, frame_stride=None, max_frames=None, threshold=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"Unknown arguments of the {TASK} pipeline: {', '.join(sorted(kwargs))}.")
+        preprocess = {key: value for key, value in (("frame_stride", frame_stride), ("max_frames", max_frames)) if value is not None}
+        postprocess = {}
+        if threshold is not None:
+            if not 0 < threshold < 1:
+                raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+            postprocess["threshold"] = threshold
+        return preprocess, {}, postprocess
+
+    def __call__(self, videos, text=None, **kwargs):
+        """Segments `text` in `videos` (see the class docstring)."""
+        if text is None:
+            raise ValueError(f"The {TASK} pipeline needs `text`: the sentence(s) naming the object to segment.")
+        many_videos = not _is_single_video(videos)
+        if many_videos:
+            sentences = [text] * len(videos) if isinstance(text, str) else list(text)
+            if len(sentences) != len(videos):
+                raise ValueError(f"Got {len(videos)} videos and {len(sentences)} sentences: give one sentence per video.")
+            return super().__call__([{"video": video, "text": sentence} for video, sentence in zip(videos, sentences)], **kwargs)
+        if isinstance(text, str):
+            return super().__call__([{"video": videos, "text": text}], **kwargs)[0]
+        return super().__call__([{"video": videos, "text": sentence} for sentence in text], **kwargs)
+
+    def preprocess(self, item, frame_stride=1, max_frames=None):
+        frames = iter_frames(item["video"], frame_stride, max_frames)
+        inputs, frame_indices = prepare_inputs(self.processor, frames, [item["text"]])
+        inputs["frame_indices"] = torch.tensor([frame_indices])
+        # Under a non-tensor key, the pipeline's batching hands the items to `_forward` as a list, which batches them.
+        return {"video_inputs": inputs, "sentence": item["text"]}
+
+    def _forward(self, batch):
+        items = batch["video_inputs"] if isinstance(batch["video_inputs"], list) else [batch["video_inputs"]]
+        sentences = batch["sentence"] if isinstance(batch["sentence"], list) else [batch["sentence"]]
+        inputs = self._collate(items)
+        outputs = self.model(**{key: inputs[key] for key in ("pixel_values", "pixel_mask", "input_ids", "attention_mask")})
+        return {
+            "logits": outputs.logits.float(),
+            "pred_boxes": outputs.pred_boxes.float(),
+            "pred_masks": outputs.pred_masks.float(),
+            "original_sizes": inputs["original_sizes"],
+            "resized_sizes": inputs["resized_sizes"],
+            "frame_indices": inputs["frame_indices"],
+            "sentence": sentences,
+        }
+
+    def _collate(self, items: list[dict]) -> dict:
+        """One batch of videos with the same number of kept frames: frames zero-padded to the largest size (with
+        their pixel masks), sentences padded to the longest."""
+        num_frames = {item["pixel_values"].shape[1] for item in items}
+        if len(num_frames) > 1:
+            raise ValueError(
+                f"The videos of a batch must have the same number of kept frames, got {sorted(num_frames)}; use "
+                "batch_size=1 or max_frames."
+            )
+        clips = [item["pixel_values"][0] for item in items]
+        pixel_values, pixel_mask = self.processor.video_processor.pad(clips)
+        for index, item in enumerate(items):  # keep each video's own padding (e.g. from size_divisor)
+            height, width = item["pixel_mask"].shape[-2:]
+            pixel_mask[index, :, :height, :width] = item["pixel_mask"][0]
+        length = max(item["input_ids"].shape[1] for item in items)
+        input_ids = torch.full((len(items), length), self.processor.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+        for index, item in enumerate(items):
+            input_ids[index, : item["input_ids"].shape[1]] = item["input_ids"][0]
+            attention_mask[index, : item["attention_mask"].shape[1]] = item["attention_mask"][0]
+        batch = {"pixel_values": pixel_values.to(self.dtype), "pixel_mask": pixel_mask, "input_ids": input_ids,
+                 "attention_mask": attention_mask}
+        for key in ("resized_sizes", "original_sizes", "frame_indices"):
+            batch[key] = torch.cat([item[key] for item in items])
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    def postprocess(self, outputs, threshold=0.5):
+        outputs = {key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in outputs.items()}
+        sentence = outputs["sentence"] if isinstance(outputs["sentence"], str) else outputs["sentence"][0]
+        result = self.processor.post_process_referring_video_segmentation(
+            _Outputs(outputs), outputs["original_sizes"], outputs["resized_sizes"], threshold, return_mask_logits=True
+        )[0]
+        segmentation = segmentation_from_output(
+            result,
+            sentence,
+            outputs["frame_indices"][0].tolist(),
+            outputs["original_sizes"][0].tolist(),
+            threshold,
+            self.processor.video_processor,
+        )
+        return {
+            "sentence": segmentation.sentence,
+            "masks": segmentation.masks,
+            "boxes": segmentation.boxes,
+            "scores": segmentation.scores,
+            "query_index": segmentation.query_indices[0],
+            "frame_indices": segmentation.frame_indices,
+        }
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Saves the model, the processor and this pipeline's code. The folder's config names the pipeline with the
+        `AutoModel` class, through which remote code loads the complete segmentation model."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+        self.model.config.custom_pipelines[TASK]["pt"] = ("AutoModel",)
+        self.model.config.save_pretrained(save_directory)
+
+
+class _Outputs:
+    """The model outputs as post-processing reads them (attributes)."""
+
+    def __init__(self, outputs: dict):
+        self.logits, self.pred_boxes, self.pred_masks = outputs["logits"], outputs["pred_boxes"], outputs["pred_masks"]

@@ -1,0 +1,136 @@
+"""The library inference API (`referformer.inference`): the same masks as the model + processor + post-processing
+path, whole-video and windowed query selection, frames streamed, outputs written frame by frame."""
+
+import json
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import randomize_weights, tiny_config, tiny_tokenizer
+from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from referformer.inference import PREPROCESS_CHUNK, ReferringVideoSegmenter, iter_frames, write_predictions
+
+
+SENTENCES = ["the bright square", "the dark background"]
+
+
+def clip(num_frames, height=48, width=72, seed=0):
+    """RGB frames with a square moving over noise."""
+    generator = np.random.default_rng(seed)
+    frames = generator.integers(0, 120, (num_frames, height, width, 3), dtype=np.uint8)
+    for index in range(num_frames):
+        left = (3 * index) % (width - 16)
+        frames[index, 10:26, left : left + 16] = (250, 240, 30)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(tiny_config()).eval())
+    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), tiny_tokenizer())
+    return ReferringVideoSegmenter(model, processor, device="cpu")
+
+
+@torch.no_grad()
+def direct(segmenter, frames, sentences):
+    """Today's path: the processor on all frames, one forward, post-processing."""
+    inputs = segmenter.processor(videos=list(frames), text=sentences)
+    outputs = segmenter.model(**inputs)
+    return segmenter.processor.post_process_referring_video_segmentation(
+        outputs, inputs["original_sizes"], inputs["resized_sizes"]
+    )
+
+
+def test_whole_video_equals_the_model_processor_path(segmenter):
+    frames = clip(2 * PREPROCESS_CHUNK + 3)  # several preprocessing chunks
+    results = segmenter(frames, SENTENCES)
+    expected = direct(segmenter, frames, SENTENCES)
+    assert [result.sentence for result in results] == SENTENCES
+    for result, reference in zip(results, expected):
+        assert result.query_indices == [reference["query_index"]] and result.window_starts == [0]
+        assert result.frame_indices == list(range(len(frames))) and result.original_size == (48, 72)
+        np.testing.assert_array_equal(result.masks, reference["masks"].numpy())
+        np.testing.assert_array_equal(result.boxes, reference["boxes"].numpy())
+        np.testing.assert_array_equal(result.scores, reference["scores"].numpy())
+        assert result.masks.any() and not result.masks.all()
+    assert not np.array_equal(results[0].scores, results[1].scores)  # each sentence conditions its own pass
+
+
+def test_windows_are_independent_passes_and_sampling_keeps_frame_indices(segmenter, tmp_path):
+    frames = clip(14)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"frame{index}.png")
+    results = segmenter(tmp_path, SENTENCES, window=3, frame_stride=2, max_frames=6)
+    kept = frames[0:12:2]
+    for window, start in enumerate((0, 3)):
+        expected = direct(segmenter, kept[start : start + 3], SENTENCES)
+        for result, reference in zip(results, expected):
+            assert result.query_indices[window] == reference["query_index"]
+            np.testing.assert_array_equal(result.masks[start : start + 3], reference["masks"].numpy())
+            np.testing.assert_array_equal(result.scores[start : start + 3], reference["scores"].numpy())
+    assert results[0].frame_indices == [0, 2, 4, 6, 8, 10] and results[0].window_starts == [0, 3]
+    probabilities = results[0].probabilities()
+    assert probabilities.dtype == np.float32 and np.array_equal(probabilities > 0.5, results[0].masks)
+
+
+class CountedFrames:
+    """A video as a sequence of frames made on access; counts how many of the frames made are still alive."""
+
+    def __init__(self, frames):
+        self.frames, self.alive, self.most_alive = frames, [], 0
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        frame = self.frames[index].copy()
+        self.alive = [ref for ref in self.alive if ref() is not None] + [weakref.ref(frame)]
+        self.most_alive = max(self.most_alive, len(self.alive))
+        return frame
+
+
+def test_frames_are_streamed_and_outputs_written_frame_by_frame(segmenter, tmp_path):
+    frames = clip(3 * PREPROCESS_CHUNK)
+    video = CountedFrames(frames)
+    results = segmenter(video, SENTENCES)
+    assert video.most_alive <= PREPROCESS_CHUNK + 1  # never the whole video at once
+    video = CountedFrames(frames)
+    names = [f"{index:05d}" for index in range(len(frames))]
+    write_predictions(tmp_path / "clip", iter_frames(video), results, names, overlay_format="mp4", fps=5)
+    assert video.most_alive <= 2
+    predictions = json.loads((tmp_path / "clip" / "predictions.json").read_text())
+    assert [expression["text"] for expression in predictions["expressions"]] == SENTENCES
+    for exp_id, result in enumerate(results):
+        written = np.stack([np.asarray(Image.open(tmp_path / "clip" / str(exp_id) / f"{name}.png")) for name in names])
+        np.testing.assert_array_equal(written == 1, result.masks)
+        assert predictions["expressions"][exp_id]["window_query_indices"] == result.query_indices
+        assert (tmp_path / "clip" / f"overlay_{exp_id}.mp4").stat().st_size > 0
+
+
+def test_bad_inputs_fail_before_anything_is_written(segmenter, tmp_path):
+    frames = list(clip(PREPROCESS_CHUNK + 2))
+    frames[PREPROCESS_CHUNK] = np.zeros((50, 72, 3), dtype=np.uint8)  # the first frame of the second chunk
+    with pytest.raises(ValueError, match="must all have one size"):
+        segmenter(frames, SENTENCES)
+    with pytest.raises(ValueError, match="window must be at least 1"):
+        segmenter(frames[:2], SENTENCES, window=0)
+    with pytest.raises(ValueError, match="no frames"):
+        segmenter(np.zeros((0, 48, 72, 3), dtype=np.uint8), SENTENCES)
+    results = segmenter(frames[:3], SENTENCES)
+    with pytest.raises(ValueError, match="Got 2 frames for 3"):
+        write_predictions(tmp_path / "clip", iter_frames(frames[:2]), results, ["a", "b", "c"])
+    assert not (tmp_path / "clip").exists() or not any((tmp_path / "clip").iterdir())
+
+
+def test_half_precision_runs_under_autocast(segmenter):
+    bf16 = ReferringVideoSegmenter(segmenter.model, segmenter.processor, dtype="bf16")
+    results = bf16(clip(4), SENTENCES[:1])
+    reference = segmenter(clip(4), SENTENCES[:1])
+    assert results[0].scores.dtype == np.float32 and results[0].mask_logits.dtype == torch.float32
+    assert np.abs(results[0].scores - reference[0].scores).max() < 0.05
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        ReferringVideoSegmenter(segmenter.model, segmenter.processor, dtype="int8")
