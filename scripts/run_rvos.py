@@ -20,7 +20,6 @@ import logging
 import math
 import re
 import sys
-from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,22 +42,12 @@ from referformer.data import (
     ReferringVideoTrainTransform,
     expand_clip_starts,
     load_a2d_sentences,
-    load_jhmdb_sentences,
-    load_ref_davis17,
     load_ref_youtube_vos,
     load_refcoco,
 )
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
-from referformer.evaluation import ref_davis_label_maps
-from referformer.evaluation_protocols import (
-    evaluate_a2d,
-    evaluate_ref_davis,
-    evaluate_ytvos_folder,
-    predict_a2d,
-    write_ytvos_submission,
-)
+from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark, evaluate_ytvos_folder
 from referformer.inference import (
-    CompressedArray,
     ReferringVideoSegmenter,
     iter_frames,
     process_state,
@@ -72,14 +61,12 @@ from referformer.training import AccelerateTrainingArguments, check_training_che
 from referformer.visualization import write_palette_masks
 
 
-EVAL_DATASETS = ("synthetic", "ref-youtube-vos", "ref-davis17", "a2d-sentences", "jhmdb-sentences")
 TRAIN_DATASETS = ("synthetic", "ref-youtube-vos", "a2d-sentences", "refcoco", "joint")
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "referformer-tiny-shapes"
 # What the demo model was trained on: six-frame clips whose expressions name what one frame shows.
 DEMO_CLIP_FRAMES = 6
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
-DAVIS_WINDOW = 36  # the original's Ref-DAVIS17 inference: independent 36-frame clips
 DEMO_EXPRESSION_ATTRIBUTES = ("size", "color", "shape", "position")
 
 
@@ -191,7 +178,7 @@ class PredictArguments:
 class EvaluateArguments:
     """A benchmark (or a synthetic folder) in; scores, and the Ref-YouTube-VOS submission, out."""
 
-    dataset: str = field(metadata={"help": f"One of: {', '.join(EVAL_DATASETS)}."})
+    dataset: str = field(metadata={"help": f"One of: {', '.join(BENCHMARKS)}."})
     data_root: str = field(metadata={"help": "Dataset folder (the Ref-YouTube-VOS layout for the first three datasets)."})
     output_dir: str = field(metadata={"help": "Writes results.json (and Annotations/ + submission.zip for Ref-YouTube-VOS)."})
     split: str | None = field(
@@ -218,10 +205,12 @@ class EvaluateArguments:
     )
 
     def __post_init__(self):
-        _check_choice(self.dataset, EVAL_DATASETS, "--dataset")
+        _check_choice(self.dataset, BENCHMARKS, "--dataset")
         _check_number(self.window, "--window", minimum=1)
         _check_number(self.num_frames, "--num_frames", minimum=1)
         _check_number(self.threshold, "--threshold", 0, 1, open_interval=True)
+        if self.dataset == "ref-davis17" and not self.davis_root:
+            raise UsageError("--dataset ref-davis17 needs --davis_root (the DAVIS-2017 folder with Annotations_unsupervised/).")
 
 
 @dataclass
@@ -514,94 +503,6 @@ def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path
 # ---------------------------------------------------------------------------------------------------
 
 
-def group_by_video(rows) -> dict[str, list[dict]]:
-    videos = defaultdict(list)
-    for row in rows:
-        videos[row["video_id"]].append(row)
-    return videos
-
-
-def evaluate_ytvos_layout(segmenter: ReferringVideoSegmenter, args: EvaluateArguments, split: str, output_dir) -> dict:
-    """Ref-YouTube-VOS layout (Ref-YouTube-VOS, synthetic): the submission folder and zip in `output_dir`, and J&F
-    when masks exist."""
-    rows = load_ref_youtube_vos(args.data_root, split)
-    if len(rows) == 0:
-        raise UsageError(f"{args.data_root} lists no expression for split {split!r}.")
-
-    def segment(video_rows):
-        results = segmenter(video_rows[0]["frames"], [row["expression"] for row in video_rows], args.window, threshold=args.threshold)
-        return [(row["exp_id"], row["frame_names"], CompressedArray(result.masks)) for row, result in zip(video_rows, results)]
-
-    videos = group_by_video(rows)
-    segmented = run_sharded(segment, videos.values(), "videos")
-    if not process_state().is_main_process:
-        return None
-    predictions = (
-        (video_id, exp_id, frame_names, masks.numpy())
-        for video_id, expressions in zip(videos, segmented)
-        for exp_id, frame_names, masks in expressions
-    )
-    zip_path = write_ytvos_submission(predictions, output_dir)
-    results = {"num_expressions": len(rows), "submission": str(Path(args.output_dir) / zip_path.name)}
-    if all(mask_type != "none" for mask_type in rows["mask_type"]):
-        root = Path(args.data_root)
-        results.update(
-            evaluate_ytvos_folder(
-                output_dir,
-                root / split / "Annotations",
-                root / "meta_expressions" / split / "meta_expressions.json",
-            )
-        )
-    return results
-
-
-def evaluate_davis(segmenter: ReferringVideoSegmenter, args: EvaluateArguments, split: str) -> dict:
-    """Ref-DAVIS17: probabilities of 36-frame clips, the four expression sets, DAVIS-2017 unsupervised J&F."""
-    if not args.davis_root:
-        raise UsageError("--dataset ref-davis17 needs --davis_root (the DAVIS-2017 folder with Annotations_unsupervised/).")
-    videos = group_by_video(load_ref_davis17(args.data_root, split))
-
-    def label_maps(video_rows):
-        video_rows = sorted(video_rows, key=lambda row: int(row["exp_id"]))
-        sentences = [row["expression"] for row in video_rows]
-        results = segmenter(video_rows[0]["frames"], sentences, args.window or DAVIS_WINDOW, threshold=args.threshold)
-        return CompressedArray(np.stack(ref_davis_label_maps([result.probabilities() for result in results])))
-
-    segmented = run_sharded(label_maps, videos.values(), "videos")
-    if not process_state().is_main_process:
-        return None
-    predictions = ((video_id, maps.numpy()) for video_id, maps in zip(videos, segmented))
-    subset = "val" if split == "valid" else split
-    scores = evaluate_ref_davis(args.davis_root, predictions, subset=subset, label_maps=True)
-    return {"J&F": scores["J&F-Mean"], "J": scores["J-Mean"], "F": scores["F-Mean"], **scores}
-
-
-A2D_GROUND_TRUTH = {
-    "a2d-sentences": "a2d_sentences_test_annotations_in_coco_format.json",
-    "jhmdb-sentences": "jhmdb_sentences_gt_annotations_in_coco_format.json",
-}
-
-
-def evaluate_a2d_like(segmenter: ReferringVideoSegmenter, args: EvaluateArguments, split: str) -> dict:
-    """A2D-Sentences / JHMDB-Sentences: every query's mask on the annotated frame, P@K, IoUs and mask mAP."""
-    ground_truth = Path(args.ground_truth or Path(args.data_root) / A2D_GROUND_TRUTH[args.dataset])
-    if not ground_truth.is_file():
-        raise FileNotFoundError(f"Ground-truth file not found: {ground_truth} (set --ground_truth).")
-    if args.dataset == "a2d-sentences":
-        rows = load_a2d_sentences(args.data_root, split)
-    else:
-        rows = load_jhmdb_sentences(args.data_root)
-
-    def predict(index):
-        ((image_id, masks, scores),) = predict_a2d(segmenter, rows, args.num_frames, args.threshold, indices=[index])
-        return image_id, CompressedArray(masks), scores
-
-    predictions = run_sharded(predict, range(len(rows)), "samples")
-    if not process_state().is_main_process:
-        return None
-    return evaluate_a2d(ground_truth, ((image_id, masks.numpy(), scores) for image_id, masks, scores in predictions))
-
-
 def format_table(results: dict) -> str:
     rows = [(key, f"{value:.4f}" if isinstance(value, float) else str(value)) for key, value in results.items()
             if isinstance(value, (int, float, str))]
@@ -616,18 +517,18 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name
     inputs = (model_args.model, args.data_root, args.davis_root, args.ground_truth)
     check_output_target(args.output_dir, args.overwrite, inputs)
     segmenter = load_model(model_args)
-    split = args.split or ("test" if args.dataset in A2D_GROUND_TRUTH else "valid")
+    split = args.split or default_split(args.dataset)
     # Every process segments its share; the main one writes the outputs (staged, then moved into place).
     main_process = process_state().is_main_process
     with staged_output(args.output_dir, args.overwrite, inputs) if main_process else nullcontext() as staging:
-        if args.dataset in ("synthetic", "ref-youtube-vos"):
-            results = evaluate_ytvos_layout(segmenter, args, split, staging)
-        elif args.dataset == "ref-davis17":
-            results = evaluate_davis(segmenter, args, split)
-        else:
-            results = evaluate_a2d_like(segmenter, args, split)
+        results = evaluate_benchmark(
+            segmenter, args.dataset, args.data_root, staging, split, args.window, args.num_frames, args.threshold,
+            args.davis_root, args.ground_truth,
+        )
         if not main_process:
             return None
+        if "submission" in results:  # where it will be once the staged folder is in place
+            results["submission"] = str(Path(args.output_dir) / Path(results["submission"]).name)
         results = {"dataset": args.dataset, "split": split, "model": model_name or model_args.model, **results}
         (staging / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(format_table(results))

@@ -6,7 +6,11 @@
 * Ref-DAVIS17: `evaluate_ref_davis` turns per-expression probability maps into the four `anno_k`
   label maps and runs the DAVIS-2017 unsupervised evaluation against the DAVIS annotations.
 * A2D-Sentences / JHMDB-Sentences: `evaluate_a2d` scores per-sample predictions against the
-  COCO-format ground-truth file of the benchmark; `predict_a2d` runs a model over the benchmark's samples.
+  COCO-format ground-truth file of the benchmark; `predict_a2d` runs a model over the benchmark's samples, its masks
+  post-processed by the benchmark's rule (`post_process_a2d_masks`).
+
+`evaluate_benchmark` runs a `referformer.inference.ReferringVideoSegmenter` over one of `BENCHMARKS` with its protocol
+(the videos split across the processes of `accelerate launch`) and scores it: what `run_rvos.py evaluate` does.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -26,20 +31,38 @@ from pycocotools import mask as mask_utils
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .data import ReferringVideoEvalTransform
+from .data import (
+    ReferringVideoEvalTransform,
+    load_a2d_sentences,
+    load_jhmdb_sentences,
+    load_ref_davis17,
+    load_ref_youtube_vos,
+)
 from .evaluation import (
     A2DEvaluator,
     RefDavisEvaluator,
     _as_strict_binary_masks,
     contour_accuracy,
+    ref_davis_label_maps,
     region_similarity,
 )
+from .inference import CompressedArray, process_state, run_sharded
 from .training import collate_clips
 
 
 __all__ = [
+    "A2D_GROUND_TRUTH",
+    "BENCHMARKS",
+    "REF_DAVIS_WINDOW",
     "davis_sequence_names",
+    "default_split",
     "evaluate_a2d",
+    "evaluate_a2d_benchmark",
+    "evaluate_benchmark",
+    "evaluate_ref_davis17_benchmark",
+    "evaluate_ytvos_layout",
+    "group_by_video",
+    "post_process_a2d_masks",
     "evaluate_ref_davis",
     "evaluate_ytvos_folder",
     "predict_a2d",
@@ -329,9 +352,162 @@ def predict_a2d(segmenter, rows, num_frames: int, threshold: float = 0.5, progre
         with segmenter.autocast():
             outputs = segmenter.model(**{key: value.to(segmenter.device) for key, value in batch.items()})
         scores = outputs.logits[0, 0].float().sigmoid().max(-1).values.cpu()
-        grid = outputs.pred_masks[0, 0]  # [Q, h, w], brought to the padded input size as the original does
-        masks = video_processor.mask_probabilities(grid, 4 * grid.shape[-2], 4 * grid.shape[-1])
-        height, width = sample["resized_size"].tolist()
-        masks = (masks > threshold)[:, :height, :width].float()
-        masks = F.interpolate(masks[None], size=tuple(sample["original_size"].tolist()), mode="nearest")[0]
-        yield sample["image_id"], masks.bool().cpu().numpy(), scores.numpy()
+        masks = post_process_a2d_masks(
+            video_processor, outputs.pred_masks[0, 0], sample["resized_size"].tolist(),
+            sample["original_size"].tolist(), threshold,
+        )
+        yield sample["image_id"], masks.cpu().numpy(), scores.numpy()
+
+
+def post_process_a2d_masks(video_processor, mask_logits, resized_size, original_size, threshold: float = 0.5):
+    """The A2D-Sentences / JHMDB-Sentences mask rule of the original: the stride-4 mask logits `[Q, h, w]` of the
+    annotated frame go to the padded input size (4x, the way `video_processor.mask_interpolation` says), are
+    thresholded, cropped to the resized frame `resized_size` and brought to `original_size` by nearest neighbour
+    (the whole-video rule of `post_process_referring_video_segmentation` interpolates to the frame size instead).
+    Returns boolean masks `[Q, H, W]`."""
+    masks = video_processor.mask_probabilities(mask_logits, 4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
+    height, width = resized_size
+    masks = (masks > threshold)[:, :height, :width].float()
+    return F.interpolate(masks[None], size=tuple(original_size), mode="nearest")[0].bool()
+
+
+# ---------------------------------------------------------------------------------------------------
+# A model on a benchmark
+# ---------------------------------------------------------------------------------------------------
+
+BENCHMARKS = ("synthetic", "ref-youtube-vos", "ref-davis17", "a2d-sentences", "jhmdb-sentences")
+A2D_GROUND_TRUTH = {
+    "a2d-sentences": "a2d_sentences_test_annotations_in_coco_format.json",
+    "jhmdb-sentences": "jhmdb_sentences_gt_annotations_in_coco_format.json",
+}
+REF_DAVIS_WINDOW = 36  # the original's Ref-DAVIS17 inference: independent 36-frame clips
+
+
+def default_split(benchmark: str) -> str:
+    """The split a benchmark is evaluated on: `test` for A2D-Sentences (JHMDB-Sentences has one), else `valid`."""
+    return "test" if benchmark in A2D_GROUND_TRUTH else "valid"
+
+
+def group_by_video(rows) -> dict[str, list[dict]]:
+    """The rows of a `referformer.data` table grouped by `video_id`, videos in order of first appearance."""
+    videos = defaultdict(list)
+    for row in rows:
+        videos[row["video_id"]].append(row)
+    return videos
+
+
+def evaluate_benchmark(
+    segmenter,
+    benchmark: str,
+    data_root,
+    output_dir,
+    split: str | None = None,
+    window: int | None = None,
+    num_frames: int = 5,
+    threshold: float = 0.5,
+    davis_root=None,
+    ground_truth=None,
+) -> dict | None:
+    """Segments `benchmark` (one of `BENCHMARKS`) with `segmenter` under its protocol and scores it.
+
+    Args:
+        segmenter: a `referformer.inference.ReferringVideoSegmenter`.
+        benchmark: `synthetic` and `ref-youtube-vos` (the Ref-YouTube-VOS layout: `evaluate_ytvos_layout`),
+            `ref-davis17` (`evaluate_ref_davis17_benchmark`), `a2d-sentences` or `jhmdb-sentences`
+            (`evaluate_a2d_benchmark`).
+        data_root: the dataset folder.
+        output_dir: receives the Ref-YouTube-VOS submission (`Annotations/`, `submission.zip`); unused otherwise.
+        split: default `default_split(benchmark)`.
+        window: frames per forward pass, each window with its own query; default the whole video
+            (`REF_DAVIS_WINDOW` for Ref-DAVIS17).
+        num_frames: A2D/JHMDB: frames of the window centred on the annotated frame.
+        threshold: mask probability threshold.
+        davis_root: Ref-DAVIS17: the DAVIS-2017 folder.
+        ground_truth: A2D/JHMDB: the COCO-format ground truth (default: the benchmark's file in `data_root`).
+
+    Returns:
+        The scores (and for the Ref-YouTube-VOS layout `num_expressions` and the `submission` path) on the main
+        process, None on the others.
+    """
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}.")
+    split = split or default_split(benchmark)
+    if benchmark in ("synthetic", "ref-youtube-vos"):
+        return evaluate_ytvos_layout(segmenter, data_root, split, output_dir, window, threshold)
+    if benchmark == "ref-davis17":
+        return evaluate_ref_davis17_benchmark(segmenter, data_root, davis_root, split, window or REF_DAVIS_WINDOW, threshold)
+    return evaluate_a2d_benchmark(segmenter, benchmark, data_root, split, ground_truth, num_frames, threshold)
+
+
+def evaluate_ytvos_layout(segmenter, data_root, split: str, output_dir, window=None, threshold=0.5) -> dict | None:
+    """A dataset in the Ref-YouTube-VOS layout (Ref-YouTube-VOS, synthetic): one query per video (or per `window`),
+    the submission folder and zip written into `output_dir`, and J&F when the split has masks."""
+    rows = load_ref_youtube_vos(data_root, split)
+    if len(rows) == 0:
+        raise ValueError(f"{data_root} lists no expression for split {split!r}.")
+
+    def segment(video_rows):
+        sentences = [row["expression"] for row in video_rows]
+        results = segmenter(video_rows[0]["frames"], sentences, window, threshold=threshold)
+        return [(row["exp_id"], row["frame_names"], CompressedArray(result.masks)) for row, result in zip(video_rows, results)]
+
+    videos = group_by_video(rows)
+    segmented = run_sharded(segment, videos.values(), "videos")
+    if not process_state().is_main_process:
+        return None
+    predictions = (
+        (video_id, exp_id, frame_names, masks.numpy())
+        for video_id, expressions in zip(videos, segmented)
+        for exp_id, frame_names, masks in expressions
+    )
+    zip_path = write_ytvos_submission(predictions, output_dir)
+    results = {"num_expressions": len(rows), "submission": str(zip_path)}
+    if all(mask_type != "none" for mask_type in rows["mask_type"]):
+        root = Path(data_root)
+        annotations = root / split / YTVOS_ANNOTATIONS_DIR
+        results.update(evaluate_ytvos_folder(output_dir, annotations, root / "meta_expressions" / split / "meta_expressions.json"))
+    return results
+
+
+def evaluate_ref_davis17_benchmark(
+    segmenter, data_root, davis_root, split: str = "valid", window: int = REF_DAVIS_WINDOW, threshold: float = 0.5
+) -> dict | None:
+    """Ref-DAVIS17: probabilities of independent `window`-frame clips, the four expression sets' label maps, and the
+    DAVIS-2017 unsupervised J&F against `davis_root`."""
+    if not davis_root:
+        raise ValueError("Ref-DAVIS17 needs the DAVIS-2017 folder with Annotations_unsupervised/ (`davis_root`).")
+    videos = group_by_video(load_ref_davis17(data_root, split))
+
+    def label_maps(video_rows):
+        video_rows = sorted(video_rows, key=lambda row: int(row["exp_id"]))
+        sentences = [row["expression"] for row in video_rows]
+        results = segmenter(video_rows[0]["frames"], sentences, window, threshold=threshold)
+        return CompressedArray(np.stack(ref_davis_label_maps([result.probabilities() for result in results])))
+
+    segmented = run_sharded(label_maps, videos.values(), "videos")
+    if not process_state().is_main_process:
+        return None
+    predictions = ((video_id, maps.numpy()) for video_id, maps in zip(videos, segmented))
+    subset = "val" if split == "valid" else split
+    scores = evaluate_ref_davis(davis_root, predictions, subset=subset, label_maps=True)
+    return {"J&F": scores["J&F-Mean"], "J": scores["J-Mean"], "F": scores["F-Mean"], **scores}
+
+
+def evaluate_a2d_benchmark(
+    segmenter, benchmark: str, data_root, split: str = "test", ground_truth=None, num_frames: int = 5, threshold=0.5
+) -> dict | None:
+    """A2D-Sentences / JHMDB-Sentences (`benchmark`): every query's mask on the annotated frame (`predict_a2d`), P@K,
+    IoUs and mask mAP against the COCO-format `ground_truth` (default: the benchmark's file in `data_root`)."""
+    ground_truth = Path(ground_truth or Path(data_root) / A2D_GROUND_TRUTH[benchmark])
+    if not ground_truth.is_file():
+        raise FileNotFoundError(f"Ground-truth file not found: {ground_truth} (pass `ground_truth`, `--ground_truth`).")
+    rows = load_a2d_sentences(data_root, split) if benchmark == "a2d-sentences" else load_jhmdb_sentences(data_root)
+
+    def predict(index):
+        ((image_id, masks, scores),) = predict_a2d(segmenter, rows, num_frames, threshold, indices=[index])
+        return image_id, CompressedArray(masks), scores
+
+    predictions = run_sharded(predict, range(len(rows)), "samples")
+    if not process_state().is_main_process:
+        return None
+    return evaluate_a2d(ground_truth, ((image_id, masks.numpy(), scores) for image_id, masks, scores in predictions))

@@ -13,11 +13,13 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from referformer import ReferFormerVideoProcessor
 from referformer.evaluation import (
     A2DEvaluator,
     RefDavisEvaluator,
@@ -36,6 +38,8 @@ from referformer.evaluation import (
 )
 from referformer.evaluation_protocols import (
     evaluate_a2d,
+    group_by_video,
+    post_process_a2d_masks,
     evaluate_ref_davis,
     evaluate_ytvos_folder,
     write_ytvos_submission,
@@ -903,6 +907,25 @@ def test_evaluate_a2d_from_coco_ground_truth(tmp_path):
         evaluate_a2d(path, reversed_predictions[:-1])
     with pytest.raises(KeyError, match="not in the ground truth"):
         evaluate_a2d(path, [("unknown", samples[0]["pred_masks"], samples[0]["scores"])])
+
+
+def test_a2d_mask_rule_goes_through_the_padded_input_size():
+    # A 2x3 stride-4 grid, logit 10 in cell (0, 0) and -10 elsewhere. Bilinear 4x up-sampling (half-pixel centres)
+    # keeps logits > 0 on pixels 0..3 of that cell: the padded 8x12 mask is exactly the cell. Cropped to the
+    # resized 6x10 frame and brought to 3x5 by nearest neighbour (source pixels 0, 2, 4 and 0, 2, 4, 6, 8).
+    logits = torch.full((2, 2, 3), -10.0)
+    logits[0, 0, 0] = 10.0
+    masks = post_process_a2d_masks(ReferFormerVideoProcessor(), logits, (6, 10), (3, 5), threshold=0.5)
+    expected = np.zeros((2, 3, 5), dtype=bool)
+    expected[0, :2, :2] = True
+    assert masks.dtype == torch.bool
+    np.testing.assert_array_equal(masks.numpy(), expected)
+
+
+def test_group_by_video_keeps_first_appearance_order():
+    rows = [{"video_id": "b", "exp_id": "0"}, {"video_id": "a", "exp_id": "0"}, {"video_id": "b", "exp_id": "1"}]
+    grouped = group_by_video(rows)
+    assert list(grouped) == ["b", "a"] and [row["exp_id"] for row in grouped["b"]] == ["0", "1"]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_evaluate_synthetic_from_a_yaml_file_writes_scores_and_submission(tmp_pa
     results = json.loads((output_dir / "results.json").read_text())
     assert set(results) >= {"J&F", "J", "F", "num_expressions"}
     assert results["J&F"] == pytest.approx((results["J"] + results["F"]) / 2)
-    assert (output_dir / "submission.zip").is_file()
+    assert results["submission"] == str(output_dir / "submission.zip") and (output_dir / "submission.zip").is_file()
     meta = json.loads((data_root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())
     assert results["num_expressions"] == sum(len(video["expressions"]) for video in meta["videos"].values())
     video, frames = next((name, video["frames"]) for name, video in meta["videos"].items())
