@@ -25,26 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, HfArgumentParser, PretrainedConfig
+from transformers import HfArgumentParser, PretrainedConfig
 
 from referformer import (
     ReferFormerConfig,
     ReferFormerForReferringVideoObjectSegmentation,
     ReferFormerProcessor,
-    ReferFormerVideoProcessor,
 )
-from referformer.cli_presets import CONFIG_PRESETS, DEFAULT_TOKENIZERS, build_shapes_tokenizer, tiny_config
-from referformer.data import (
-    ReferringVideoTrainTransform,
-    expand_clip_starts,
-    load_a2d_sentences,
-    load_ref_youtube_vos,
-    load_refcoco,
-)
+from referformer.cli_presets import CONFIG_PRESETS
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark, evaluate_ytvos_folder
 from referformer.inference import (
@@ -58,10 +48,18 @@ from referformer.model_cards import usage_section
 from referformer.output_folders import ALL_ENTRIES, MANIFEST_NAME, check_output_target, staged_output
 from referformer.processing_referformer import IMAGE_EXTENSIONS, natural_sort_key
 from referformer.training import AccelerateTrainingArguments, check_training_checkpoint, collate_clips, train_with_accelerate
+from referformer.training_recipe import (
+    REFCOCO_DATASETS,
+    SCHEDULES,
+    TRAIN_DATASETS,
+    build_train_dataset,
+    default_inference_size,
+    new_model_and_processor,
+    schedule_steps,
+)
 from referformer.visualization import write_palette_masks
 
 
-TRAIN_DATASETS = ("synthetic", "ref-youtube-vos", "a2d-sentences", "refcoco", "joint")
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "referformer-tiny-shapes"
 # What the demo model was trained on: six-frame clips whose expressions name what one frame shows.
@@ -235,6 +233,13 @@ class TrainModelArguments:
     def __post_init__(self):
         if (self.init_from is None) == (self.config_name is None):
             raise UsageError("Give exactly one of --init_from (a saved model) and --config_name (a new model).")
+        if self.config_name is not None and self.config_name not in CONFIG_PRESETS:
+            if not Path(self.config_name).is_file():
+                raise UsageError(
+                    f"Unknown --config_name {self.config_name!r}: use {', '.join(CONFIG_PRESETS)} or a JSON config file."
+                )
+            if self.tokenizer_name is None:
+                raise UsageError("A new model from a JSON config needs --tokenizer_name.")
 
 
 @dataclass
@@ -247,7 +252,7 @@ class TrainDataArguments:
     )
     refcoco_root: str | None = field(default=None, metadata={"help": "joint: the COCO folder of the RefCOCO data."})
     refcoco_datasets: list[str] = field(
-        default_factory=lambda: ["refcoco", "refcoco+", "refcocog"],
+        default_factory=lambda: list(REFCOCO_DATASETS),
         metadata={"help": "refcoco/joint: the referring-expression datasets to concatenate."},
     )
     split: str = field(default="train", metadata={"help": "Split of --data_root to train on."})
@@ -539,129 +544,6 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name
 # train
 # ---------------------------------------------------------------------------------------------------
 
-# The original schedules (epochs, learning-rate drops): fine-tuning a saved model / training a new one.
-SCHEDULES = {
-    "ref-youtube-vos": {"fine-tune": (6, [3, 5]), "new": (10, [6, 8])},
-    "a2d-sentences": {"fine-tune": (6, [3, 5]), "new": (12, [8, 10])},
-    "refcoco": {"fine-tune": (12, [8, 10]), "new": (12, [8, 10])},
-    "joint": {"fine-tune": (12, [8, 10]), "new": (12, [8, 10])},
-    "synthetic": {"fine-tune": (6, [3, 5]), "new": (10, [6, 8])},
-}
-
-
-class SeededClips(torch.utils.data.Dataset):
-    """Training clips drawn from one or more row datasets, each with a train transform seeded by (seed, epoch,
-    index): a clip's frames and augmentation do not depend on the process, the worker or earlier draws, so a resumed
-    or multi-process run sees exactly the clips of an uninterrupted single-process one."""
-
-    def __init__(self, parts, seed: int):
-        self.parts = parts  # [(rows, transform factory taking `seed`)]
-        self.seed = seed
-        self.epoch = 0
-        self.offsets = np.cumsum([0] + [len(rows) for rows, _ in parts])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, index: int) -> dict:
-        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
-        rows, make_transform = self.parts[part]
-        row = index - int(self.offsets[part])
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        sample = make_transform(seed=seed)(rows[row : row + 1])
-        return {key: values[0] for key, values in sample.items()}
-
-
-def synthetic_frame_height(rows) -> int:
-    with Image.open(rows[0]["frames"][0]) as image:
-        return image.height
-
-
-def build_train_dataset(args: TrainDataArguments, tokenizer, seed: int) -> tuple[SeededClips, dict]:
-    """The training clips and the data settings actually used (for the model card)."""
-    video_frames = args.num_frames or 5
-    settings = {"num_frames": video_frames}
-    if args.dataset == "refcoco":
-        settings["num_frames"] = args.num_frames or 1
-    parts = []
-    if args.dataset in ("synthetic", "ref-youtube-vos", "joint"):
-        rows = load_ref_youtube_vos(args.data_root, args.split)
-        if args.dataset != "synthetic":
-            rows = expand_clip_starts(rows, video_frames)
-        synthetic = args.dataset == "synthetic"
-        settings.update(
-            train_sizes=args.train_sizes or ([synthetic_frame_height(rows)] if synthetic else None),
-            crop_prob=args.crop_prob if args.crop_prob is not None else (0.0 if synthetic else 0.5),
-            photometric=args.photometric if args.photometric is not None else not synthetic,
-        )
-        parts.append((rows, video_transform_factory(args, settings, video_frames, tokenizer)))
-    if args.dataset == "a2d-sentences":
-        rows = load_a2d_sentences(args.data_root, args.split)
-        settings.update(train_sizes=args.train_sizes, crop_prob=args.crop_prob, photometric=args.photometric)
-        parts.append((rows, video_transform_factory(args, settings, video_frames, tokenizer)))
-    if args.dataset in ("refcoco", "joint"):
-        root = args.data_root if args.dataset == "refcoco" else args.refcoco_root
-        for name in args.refcoco_datasets:
-            rows = load_refcoco(root, name, "train")
-            image_frames = settings["num_frames"]
-            parts.append((rows, functools.partial(ReferringVideoTrainTransform.for_images, image_frames, tokenizer=tokenizer)))
-    return SeededClips(parts, seed), settings
-
-
-def video_transform_factory(args: TrainDataArguments, settings: dict, num_frames: int, tokenizer):
-    options = {"max_size": args.max_size, "tokenizer": tokenizer}
-    if settings.get("train_sizes"):
-        options["scales"] = settings["train_sizes"]
-    if settings.get("crop_prob") is not None:
-        options["crop_prob"] = settings["crop_prob"]
-    if settings.get("photometric") is not None:
-        options["photometric"] = settings["photometric"]
-    return functools.partial(ReferringVideoTrainTransform, num_frames, **options)
-
-
-def new_model_and_processor(
-    model_args: TrainModelArguments, data_args: TrainDataArguments, inference_size: int, pure_pytorch_attention: bool
-):
-    """A randomly initialized model and its processor from `--config_name`."""
-    name = model_args.config_name
-    if name == "tiny":
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name) if model_args.tokenizer_name else build_shapes_tokenizer()
-        config = tiny_config(len(tokenizer), tokenizer.model_max_length)
-    else:
-        if name == "resnet50":
-            config = ReferFormerConfig()
-        elif Path(name).is_file():
-            config = ReferFormerConfig.from_json_file(name)
-        else:
-            raise UsageError(f"Unknown --config_name {name!r}: use {', '.join(CONFIG_PRESETS)} or a JSON config file.")
-        tokenizer_name = model_args.tokenizer_name or DEFAULT_TOKENIZERS.get(name)
-        if tokenizer_name is None:
-            raise UsageError("A new model from a JSON config needs --tokenizer_name.")
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
-    if data_args.dataset == "refcoco":
-        config.freeze_text_encoder = False  # the original pretraining trains the text encoder
-    config.disable_custom_kernels = pure_pytorch_attention
-    video_processor = ReferFormerVideoProcessor(size={"shortest_edge": inference_size, "longest_edge": data_args.max_size})
-    return ReferFormerForReferringVideoObjectSegmentation(config), ReferFormerProcessor(video_processor, tokenizer)
-
-
-def schedule_steps(args: RunTrainingArguments, dataset_size: int, num_processes: int, schedule) -> RunTrainingArguments:
-    """`max_steps` and `lr_drop_steps` from the epochs (or kept as given)."""
-    clips_per_step = args.per_device_batch_size * num_processes * args.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(dataset_size / clips_per_step))
-    epochs, drops = schedule
-    if args.num_train_epochs is not None:
-        epochs = args.num_train_epochs
-    if args.lr_drop_epochs is not None:
-        drops = args.lr_drop_epochs
-    max_steps = args.max_steps if args.max_steps > 0 else math.ceil(epochs * steps_per_epoch)
-    lr_drop_steps = args.lr_drop_steps or [epoch * steps_per_epoch for epoch in drops]
-    return dataclasses.replace(args, max_steps=max_steps, lr_drop_steps=lr_drop_steps)
-
-
 def model_card(name: str, data_args: TrainDataArguments, model_args: TrainModelArguments, args, settings, results) -> str:
     """A README.md for the trained model: data, recipe and evaluation results."""
     datasets = {
@@ -770,18 +652,23 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
             model_args.init_from, disable_custom_kernels=mixed_precision
         )
         processor = ReferFormerProcessor.from_pretrained(model_args.init_from)
-        schedule = SCHEDULES[data_args.dataset]["fine-tune"]
     else:
-        inference_size = data_args.inference_size
-        if inference_size is None:
-            probe = load_ref_youtube_vos(data_args.data_root, data_args.split) if data_args.dataset == "synthetic" else None
-            inference_size = synthetic_frame_height(probe) if probe is not None else 360
-        model, processor = new_model_and_processor(model_args, data_args, inference_size, mixed_precision)
-        schedule = SCHEDULES[data_args.dataset]["new"]
+        inference_size = data_args.inference_size or default_inference_size(data_args.dataset, data_args.data_root, data_args.split)
+        model, processor = new_model_and_processor(
+            model_args.config_name, data_args.dataset, inference_size, data_args.max_size, model_args.tokenizer_name,
+            pure_pytorch_attention=mixed_precision,
+        )
     if data_args.mask_interpolation:
         processor.video_processor.mask_interpolation = data_args.mask_interpolation
-    dataset, settings = build_train_dataset(data_args, processor.tokenizer, args.seed)
-    loop_args = schedule_steps(args, len(dataset), state.num_processes, schedule)
+    dataset, settings = build_train_dataset(
+        data_args.dataset, data_args.data_root, processor.tokenizer, args.seed, data_args.split, data_args.num_frames,
+        data_args.max_size, data_args.train_sizes, data_args.crop_prob, data_args.photometric, data_args.refcoco_root,
+        data_args.refcoco_datasets,
+    )
+    schedule = SCHEDULES[data_args.dataset]["fine-tune" if model_args.init_from else "new"]
+    loop_args = schedule_steps(
+        args, len(dataset), state.num_processes, schedule, args.num_train_epochs, args.lr_drop_epochs
+    )
     collate = functools.partial(collate_clips, pad_token_id=processor.tokenizer.pad_token_id)
     model = train_with_accelerate(model, dataset, loop_args, collate, resume_from_checkpoint=args.resume_from_checkpoint)
 

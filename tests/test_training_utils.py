@@ -1,5 +1,8 @@
-"""Optimizer parameter groups, ReferFormerTrainer and the clip collator."""
+"""Optimizer parameter groups, ReferFormerTrainer, the clip collator and the training recipe."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 from transformers import TrainingArguments
@@ -7,7 +10,8 @@ from transformers import TrainingArguments
 from helpers import randomize_weights, tiny_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation
 from referformer.loss_referformer import ReferFormerLoss
-from referformer.training import ReferFormerTrainer, collate_clips, get_parameter_groups
+from referformer.training import AccelerateTrainingArguments, ReferFormerTrainer, collate_clips, get_parameter_groups
+from referformer.training_recipe import SCHEDULES, SeededClips, schedule_steps
 
 
 GROUP_NAMES = ["default", "backbone", "text_encoder", "linear_projection"]
@@ -248,3 +252,27 @@ def test_collate_annotated_frame_clips():
     samples[1] = make_sample(3, 40, 50, 5, seed=1)  # a regular clip with labels for every frame
     with pytest.raises(ValueError, match="valid_frame_index"):
         collate_clips(samples)
+
+
+def test_schedule_steps_turns_epochs_into_optimizer_steps():
+    args = AccelerateTrainingArguments("run", max_steps=-1, per_device_batch_size=2, gradient_accumulation_steps=2)
+    # 2 clips x 2 processes x 2 accumulated passes = 8 clips per step: 10 clips are 2 steps per epoch.
+    scheduled = schedule_steps(args, 10, 2, SCHEDULES["ref-youtube-vos"]["new"])
+    assert (scheduled.max_steps, scheduled.lr_drop_steps) == (20, [12, 16])
+    overridden = schedule_steps(args, 10, 2, SCHEDULES["ref-youtube-vos"]["new"], num_train_epochs=1.5, lr_drop_epochs=[])
+    assert (overridden.max_steps, overridden.lr_drop_steps) == (3, [])
+    kept = schedule_steps(dataclasses.replace(args, max_steps=7, lr_drop_steps=[5]), 10, 2, (10, [6, 8]))
+    assert (kept.max_steps, kept.lr_drop_steps) == (7, [5])
+
+
+def test_seeded_clips_draw_from_seed_epoch_and_index_only():
+    def transform_factory(seed):
+        return lambda rows: {"seed": [seed], "row": [rows[0]]}
+
+    clips = SeededClips([(["a", "b"], transform_factory), (["c"], transform_factory)], seed=3)
+    expected = [int(np.random.SeedSequence([3, 0, index]).generate_state(1)[0]) for index in range(3)]
+    assert len(clips) == 3
+    assert [clips[index]["row"] for index in (2, 0, 1)] == ["c", "a", "b"]
+    assert [clips[index]["seed"] for index in range(3)] == expected
+    clips.set_epoch(1)
+    assert clips[0]["seed"] == int(np.random.SeedSequence([3, 1, 0]).generate_state(1)[0]) != expected[0]
