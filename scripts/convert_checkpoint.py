@@ -443,7 +443,7 @@ def convert_checkpoint(
     and returns the model. `training_data` names the training data for the model card (see the module docstring);
     without it, it is read from the checkpoint's training arguments."""
     from referformer.model_cards import model_card, resolve_training_data
-    from referformer.output_folders import staged_output
+    from referformer.output_folders import push_folder_to_hub, staged_output
 
     state_dict, checkpoint_args = load_original_checkpoint(checkpoint)
     args = {**checkpoint_args, **(original_args or {})}
@@ -461,25 +461,8 @@ def convert_checkpoint(
     print(f"saved {type(model).__name__}, its processor and model card to {output_dir}")
     print(f"training data: {training.description if training else 'unknown (pass --training_data)'}")
     if push_to_hub:
-        push_folder(output_dir, push_to_hub)
+        print(f"pushed to {push_folder_to_hub(output_dir, push_to_hub, 'Convert original ReferFormer checkpoint')}")
     return model
-
-
-def push_folder(folder: Path, repo_id: str) -> None:
-    """Uploads the converted folder (weights, code, processor, model card) to the Hub repo `repo_id` in one commit."""
-    from huggingface_hub import HfApi
-
-    from referformer.output_folders import MANIFEST_NAME
-
-    api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        commit_message="Convert original ReferFormer checkpoint",
-        ignore_patterns=[MANIFEST_NAME],
-    )
-    print(f"pushed to {repo_id}")
 
 
 def main(argv=None) -> int:

@@ -44,8 +44,8 @@ from referformer.inference import (
     run_sharded,
     write_predictions,
 )
-from referformer.model_cards import usage_section
-from referformer.output_folders import ALL_ENTRIES, MANIFEST_NAME, check_output_target, staged_output
+from referformer.model_cards import trained_model_card
+from referformer.output_folders import ALL_ENTRIES, check_output_target, push_folder_to_hub, staged_output
 from referformer.processing_referformer import IMAGE_EXTENSIONS, natural_sort_key
 from referformer.training import AccelerateTrainingArguments, check_training_checkpoint, collate_clips, train_with_accelerate
 from referformer.training_recipe import (
@@ -544,83 +544,6 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name
 # train
 # ---------------------------------------------------------------------------------------------------
 
-def model_card(name: str, data_args: TrainDataArguments, model_args: TrainModelArguments, args, settings, results) -> str:
-    """A README.md for the trained model: data, recipe and evaluation results."""
-    datasets = {
-        "synthetic": "synthetic referring shapes (`referformer.data_synthetic.generate_referring_shapes`)",
-        "ref-youtube-vos": "Ref-YouTube-VOS",
-        "a2d-sentences": "A2D-Sentences",
-        "refcoco": "+".join(data_args.refcoco_datasets) + " (images as one-frame clips)",
-        "joint": "Ref-YouTube-VOS + " + "+".join(data_args.refcoco_datasets)
-        + " (each image repeated as a static clip; the original's random-affine pseudo-clips are not reproduced)",
-    }
-    if model_args.init_from:
-        start = f"fine-tuned from `{model_args.init_from}`"
-    else:
-        start = f"new model (`--config_name {model_args.config_name}`)"
-    recipe = {
-        "start": start,
-        "clips per step and process": args.per_device_batch_size * args.gradient_accumulation_steps,
-        "optimizer steps": args.max_steps,
-        "learning rates (default / backbone / text encoder)": (
-            f"{args.learning_rate} / {args.backbone_learning_rate} / {args.text_encoder_learning_rate}"
-        ),
-        "learning-rate drops (x0.1) after steps": args.lr_drop_steps or "none",
-        "weight decay / gradient clipping": f"{args.weight_decay} / {args.max_grad_norm}",
-        "mixed precision": args.mixed_precision,
-        **{key.replace("_", " "): value for key, value in settings.items()},
-    }
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: mask-generation",
-        "tags: [referformer, referring-video-object-segmentation, video-segmentation]",
-        "---",
-        "",
-        f"# {name}",
-        "",
-        "A [ReferFormer](https://arxiv.org/abs/2201.00487) referring video object segmentation model trained with",
-        "`scripts/run_rvos.py train`.",
-        "",
-        "## Training data",
-        "",
-        f"{datasets[data_args.dataset]}, split `{data_args.split}` of `{data_args.data_root}`.",
-        "",
-        "## Training recipe",
-        "",
-        "| setting | value |",
-        "| --- | --- |",
-        *[f"| {key} | {value} |" for key, value in recipe.items()],
-        "",
-        "The complete options are in `training_args.json` (`python scripts/run_rvos.py train training_args.json`).",
-        "",
-        "## Evaluation results",
-        "",
-    ]
-    if results:
-        lines += ["| metric | value |", "| --- | --- |"]
-        lines += [f"| {key} | {value:.4f} |" for key, value in results.items() if isinstance(value, float)]
-        lines += ["", f"On split `{data_args.eval_split}` of `{data_args.data_root}`."]
-    else:
-        lines.append("Not evaluated after training (see `run_rvos.py evaluate`).")
-    lines += ["", *usage_section(name, "the red circle")]
-    return "\n".join(lines)
-
-
-def push_folder_to_hub(folder: Path, repo_id: str, private: bool) -> str:
-    import huggingface_hub
-
-    api = huggingface_hub.HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message="Upload ReferFormer trained with run_rvos.py",
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", MANIFEST_NAME],
-    )
-    return getattr(commit, "commit_url", repo_id)
-
-
 def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments):
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env, set_seed
@@ -691,11 +614,16 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
             )
             device = str(next(model.parameters()).device)
             results = run_evaluate(ModelArguments(model=str(staging), device=device), eval_args, str(output_dir))
-        card = model_card(args.push_to_hub or output_dir.name, data_args, model_args, loop_args, settings, results)
+        card = trained_model_card(
+            args.push_to_hub or output_dir.name, data_args.dataset, data_args.data_root, data_args.split, loop_args,
+            settings, model_args.init_from, model_args.config_name, data_args.refcoco_datasets, results,
+            data_args.eval_split,
+        )
         (staging / "README.md").write_text(card, encoding="utf-8")
     print(f"model, processor and model card saved in {output_dir}")
     if args.push_to_hub:
-        print(f"pushed to {push_folder_to_hub(output_dir, args.push_to_hub, args.hub_private)}")
+        commit = push_folder_to_hub(output_dir, args.push_to_hub, "Upload ReferFormer trained with run_rvos.py", args.hub_private)
+        print(f"pushed to {commit}")
     return model
 
 

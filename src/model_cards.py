@@ -1,15 +1,23 @@
-"""Model cards of converted official ReferFormer checkpoints: backbone, training data and the scores of the paper.
+"""Model cards (README.md with Hub front matter) of converted official checkpoints and of models trained with
+`scripts/run_rvos.py train`, both on the metadata of [`card_metadata`]: license, library, the pipeline task, datasets,
+base model and a `model-index` with the scores the card states.
 
-The backbone is recognized from the (inferred) config; the training data comes from the checkpoint's training
-arguments (`dataset_file`, `pretrained_weights`) or is given by name (one of `TRAINING_SETTINGS`). Scores are those the
-authors report for the released models (README model zoo of github.com/wjn922/ReferFormer), listed only for a
-(backbone, training data) pair they report: nothing is listed for an unknown or unreleased setting.
+Converted checkpoints ([`model_card`]): the backbone is recognized from the (inferred) config; the training data comes
+from the checkpoint's training arguments (`dataset_file`, `pretrained_weights`) or is given by name (one of
+`TRAINING_SETTINGS`). Scores are those the authors report for the released models (README model zoo of
+github.com/wjn922/ReferFormer), listed only for a (backbone, training data) pair they report: nothing is listed for an
+unknown or unreleased setting. Trained models ([`trained_model_card`]): data, recipe and the scores measured after
+training.
 """
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
-from huggingface_hub import ModelCardData
+from huggingface_hub import EvalResult, ModelCardData
+
+from .pipeline_referformer import TASK
 
 
 ORIGINAL_REPOSITORY = "https://github.com/wjn922/ReferFormer"
@@ -27,26 +35,51 @@ LICENSE = "apache-2.0"  # the license of the original code and weights
 class TrainingSetting(NamedTuple):
     title: str
     description: str
+    datasets: tuple[str, ...]  # ids of the card's `datasets` (`BENCHMARK_IDS` values)
+
+
+# Benchmark names the cards use -> the ids of their `datasets` and `model-index` entries.
+BENCHMARK_IDS = {
+    "Ref-YouTube-VOS": "ref-youtube-vos",
+    "Ref-DAVIS17": "ref-davis17",
+    "A2D-Sentences": "a2d-sentences",
+    "JHMDB-Sentences": "jhmdb-sentences",
+    "RefCOCO": "refcoco",
+    "RefCOCO+": "refcoco+",
+    "RefCOCOg": "refcocog",
+}
+_REFCOCO_IDS = ("refcoco", "refcoco+", "refcocog")
 
 
 # The settings of the released models (`--training_data` of the converter).
 TRAINING_SETTINGS = {
     "ref-youtube-vos": TrainingSetting(
-        "Ref-YouTube-VOS", "Ref-YouTube-VOS, fine-tuned from the RefCOCO/RefCOCO+/RefCOCOg pretraining weights"
+        "Ref-YouTube-VOS",
+        "Ref-YouTube-VOS, fine-tuned from the RefCOCO/RefCOCO+/RefCOCOg pretraining weights",
+        ("ref-youtube-vos", *_REFCOCO_IDS),
     ),
     "ref-youtube-vos-scratch": TrainingSetting(
-        "Ref-YouTube-VOS from scratch", "Ref-YouTube-VOS only, from scratch (no RefCOCO/+/g pretraining)"
+        "Ref-YouTube-VOS from scratch",
+        "Ref-YouTube-VOS only, from scratch (no RefCOCO/+/g pretraining)",
+        ("ref-youtube-vos",),
     ),
-    "joint": TrainingSetting("joint training", "Ref-YouTube-VOS and RefCOCO/RefCOCO+/RefCOCOg jointly"),
+    "joint": TrainingSetting(
+        "joint training", "Ref-YouTube-VOS and RefCOCO/RefCOCO+/RefCOCOg jointly", ("ref-youtube-vos", *_REFCOCO_IDS)
+    ),
     "refcoco-pretrain": TrainingSetting(
-        "RefCOCO/+/g pretraining", "RefCOCO, RefCOCO+ and RefCOCOg (the image pretraining stage, one frame per clip)"
+        "RefCOCO/+/g pretraining",
+        "RefCOCO, RefCOCO+ and RefCOCOg (the image pretraining stage, one frame per clip)",
+        _REFCOCO_IDS,
     ),
     "a2d-sentences": TrainingSetting(
-        "A2D-Sentences", "A2D-Sentences, fine-tuned from the RefCOCO/RefCOCO+/RefCOCOg pretraining weights"
+        "A2D-Sentences",
+        "A2D-Sentences, fine-tuned from the RefCOCO/RefCOCO+/RefCOCOg pretraining weights",
+        ("a2d-sentences", *_REFCOCO_IDS),
     ),
     "a2d-sentences-scratch": TrainingSetting(
         "A2D-Sentences from scratch",
         "A2D-Sentences only, from scratch (no RefCOCO/+/g pretraining; 6 frames per clip)",
+        ("a2d-sentences",),
     ),
 }
 
@@ -240,6 +273,45 @@ def _count(number: int, singular: str, plural: str | None = None) -> str:
     return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
+def card_metadata(model_name: str, datasets=(), results=None, base_model: str | None = None, split=None) -> ModelCardData:
+    """The front matter of every ReferFormer card: license, library, pipeline task, tags, the training `datasets`
+    (ids), the `base_model` (a Hub id) when known, and a `model-index` of `results`, `{benchmark: {metric: value}}`
+    with benchmark names of `BENCHMARK_IDS` (others get an id from their name), scored on `split` when known."""
+    eval_results = [
+        EvalResult(
+            task_type=TASK,
+            dataset_type=BENCHMARK_IDS.get(benchmark) or _identifier(benchmark),
+            dataset_name=benchmark,
+            dataset_split=split,
+            metric_type=_identifier(metric),
+            metric_name=metric,
+            metric_value=value,
+        )
+        for benchmark, metrics in (results or {}).items()
+        for metric, value in metrics.items()
+    ]
+    return ModelCardData(
+        model_name=model_name,
+        license=LICENSE,
+        library_name="transformers",
+        pipeline_tag=TASK,
+        tags=TAGS,
+        datasets=list(datasets) or None,
+        base_model=base_model,
+        eval_results=eval_results or None,
+    )
+
+
+def front_matter(card_data: ModelCardData) -> list[str]:
+    """The card's first lines: the YAML of `card_data` between `---` lines, and a blank line."""
+    return ["---", card_data.to_yaml(), "---", ""]
+
+
+def _identifier(name: str) -> str:
+    """"J&F" -> "j_f", "Ref-YouTube-VOS" -> "ref_youtube_vos": a lower-case id of a metric or dataset name."""
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
 def usage_section(model_id: str, sentence: str) -> list[str]:
     """Markdown lines of a model card's "Usage" section: segmenting a video file with the processor and the model."""
     return [
@@ -270,13 +342,12 @@ def model_card(config, training_data: TrainingData | None, checkpoint_name: str,
         model_id: Hub id or folder of the converted model, for the usage example.
     """
     box_refinement = "with" if config.with_box_refine else "without"
-    card_data = ModelCardData(library_name="transformers", license=LICENSE, tags=TAGS)
+    title = _title(config, training_data)
+    scores = paper_scores(config, training_data)
+    datasets = TRAINING_SETTINGS[training_data.setting].datasets if training_data and training_data.setting else ()
     lines = [
-        "---",
-        card_data.to_yaml(),
-        "---",
-        "",
-        f"# {_title(config, training_data)}",
+        *front_matter(card_metadata(title, datasets, scores)),
+        f"# {title}",
         "",
         f"[ReferFormer]({PAPER_URL}) (\"Language as Queries for Referring Video Object Segmentation\", Wu et al., "
         "CVPR 2022) segments and tracks the object that a sentence refers to in every frame of a video. The weights "
@@ -304,7 +375,6 @@ def model_card(config, training_data: TrainingData | None, checkpoint_name: str,
         )
     else:
         lines.append(f"{training_data.description}; {training_data.source}.")
-    scores = paper_scores(config, training_data)
     if scores:
         lines += [
             "",
@@ -332,4 +402,109 @@ def model_card(config, training_data: TrainingData | None, checkpoint_name: str,
         "```",
         "",
     ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models trained with `scripts/run_rvos.py train`
+# ---------------------------------------------------------------------------------------------------
+
+SYNTHETIC_DATA = "synthetic referring shapes"
+
+
+def describe_training_dataset(dataset: str, refcoco_datasets=_REFCOCO_IDS) -> tuple[str, list[str]]:
+    """A `run_rvos.py train --dataset` value (with the RefCOCO datasets it uses) in words, and its dataset ids."""
+    refcoco = "+".join(refcoco_datasets)
+    descriptions = {
+        "synthetic": (f"{SYNTHETIC_DATA} (`referformer.data_synthetic.generate_referring_shapes`)", []),
+        "ref-youtube-vos": ("Ref-YouTube-VOS", ["ref-youtube-vos"]),
+        "a2d-sentences": ("A2D-Sentences", ["a2d-sentences"]),
+        "refcoco": (f"{refcoco} (images as one-frame clips)", list(refcoco_datasets)),
+        "joint": (
+            f"Ref-YouTube-VOS + {refcoco} (each image repeated as a static clip; the original's random-affine "
+            "pseudo-clips are not reproduced)",
+            ["ref-youtube-vos", *refcoco_datasets],
+        ),
+    }
+    if dataset not in descriptions:
+        raise ValueError(f"Unknown training dataset {dataset!r}; choose one of: {', '.join(descriptions)}.")
+    return descriptions[dataset]
+
+
+def _is_hub_id(name: str) -> bool:
+    return not Path(name).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+
+
+def trained_model_card(
+    model_id: str,
+    dataset: str,
+    data_root: str,
+    split: str,
+    training_args,
+    settings: dict,
+    init_from: str | None = None,
+    config_name: str | None = None,
+    refcoco_datasets=_REFCOCO_IDS,
+    results: dict | None = None,
+    eval_split: str | None = None,
+) -> str:
+    """The README.md of a model trained with `scripts/run_rvos.py train`: data, recipe and evaluation results.
+
+    Args:
+        model_id: Hub id or folder of the model, for the title and the usage example.
+        dataset, data_root, split, refcoco_datasets: the training data (`--dataset`, `--data_root`, `--split`,
+            `--refcoco_datasets`).
+        training_args: the `AccelerateTrainingArguments` the loop ran with (steps resolved).
+        settings: the data settings actually used (`referformer.training_recipe.build_train_dataset`).
+        init_from: the fine-tuned model (its card's `base_model` when it is a Hub id); or
+        config_name: the preset or config file of a new model.
+        results: scores of the evaluation after training (its float values are listed), on `eval_split`.
+    """
+    description, dataset_ids = describe_training_dataset(dataset, refcoco_datasets)
+    start = f"fine-tuned from `{init_from}`" if init_from else f"new model (`--config_name {config_name}`)"
+    args = training_args
+    recipe = {
+        "start": start,
+        "clips per step and process": args.per_device_batch_size * args.gradient_accumulation_steps,
+        "optimizer steps": args.max_steps,
+        "learning rates (default / backbone / text encoder)": (
+            f"{args.learning_rate} / {args.backbone_learning_rate} / {args.text_encoder_learning_rate}"
+        ),
+        "learning-rate drops (x0.1) after steps": args.lr_drop_steps or "none",
+        "weight decay / gradient clipping": f"{args.weight_decay} / {args.max_grad_norm}",
+        "mixed precision": args.mixed_precision,
+        **{key.replace("_", " "): value for key, value in settings.items()},
+    }
+    scores = {key: value for key, value in (results or {}).items() if isinstance(value, float)}
+    benchmark = next((name for name, id_ in BENCHMARK_IDS.items() if id_ == dataset), SYNTHETIC_DATA)
+    base_model = init_from if init_from and _is_hub_id(init_from) else None
+    metadata = card_metadata(model_id, dataset_ids, {benchmark: scores} if scores else None, base_model, eval_split)
+    lines = [
+        *front_matter(metadata),
+        f"# {model_id}",
+        "",
+        f"A [ReferFormer]({PAPER_URL}) referring video object segmentation model trained with",
+        "`scripts/run_rvos.py train`.",
+        "",
+        "## Training data",
+        "",
+        f"{description}, split `{split}` of `{data_root}`.",
+        "",
+        "## Training recipe",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *[f"| {key} | {value} |" for key, value in recipe.items()],
+        "",
+        "The complete options are in `training_args.json` (`python scripts/run_rvos.py train training_args.json`).",
+        "",
+        "## Evaluation results",
+        "",
+    ]
+    if scores:
+        lines += ["| metric | value |", "| --- | --- |", *[f"| {key} | {value:.4f} |" for key, value in scores.items()]]
+        lines += ["", f"On split `{eval_split}` of `{data_root}`."]
+    else:
+        lines.append("Not evaluated after training (see `run_rvos.py evaluate`).")
+    lines += ["", *usage_section(model_id, "the red circle")]
     return "\n".join(lines)

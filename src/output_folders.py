@@ -273,3 +273,20 @@ __all__ = [
     "temporary_sibling_file",
     "write_text_atomically",
 ]
+
+
+def push_folder_to_hub(folder, repo_id: str, commit_message: str, private: bool = False) -> str:
+    """Uploads a published output folder (model, processor, card) to the Hub repository `repo_id` in one commit,
+    creating the repository if needed; its manifest, training checkpoints and logs stay local. Returns the commit
+    URL."""
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", MANIFEST_NAME],
+    )
+    return getattr(commit, "commit_url", repo_id)

@@ -3,12 +3,14 @@ and pushing them."""
 
 import argparse
 import json
+from pathlib import Path
 
 import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from helpers import load_script, require_fixture, tiny_tokenizer
 
@@ -25,9 +27,12 @@ from referformer.model_cards import (
     describe_backbone,
     model_card,
     resolve_training_data,
+    trained_model_card,
     training_data_from_args,
     training_data_from_setting,
 )
+from referformer.pipeline_referformer import TASK as PIPELINE_TASK
+from referformer.training import AccelerateTrainingArguments
 
 
 convert = load_script("convert_checkpoint")
@@ -156,7 +161,18 @@ def test_card_front_matter_and_ref_youtube_vos_scores():
     card = ModelCard(card_text)
     assert card.data.library_name == "transformers" and card.data.license == "apache-2.0"
     assert card.data.tags == ["referring-video-object-segmentation", "video-object-segmentation", "referformer"]
-    assert card.data.pipeline_tag is None
+    # The pipeline task the package registers, so that the Hub widget and `pipeline(model=...)` agree.
+    assert card.data.pipeline_tag == "referring-video-object-segmentation" == PIPELINE_TASK
+    assert PIPELINE_TASK in PIPELINE_REGISTRY.get_supported_tasks()
+    assert card.data.datasets == ["ref-youtube-vos", "refcoco", "refcoco+", "refcocog"] and card.data.base_model is None
+    assert card.data.model_name == "ReferFormer (Video-Swin-B, Ref-YouTube-VOS)"
+    assert [(r.task_type, r.dataset_type, r.dataset_name, r.metric_type, r.metric_name, r.metric_value)
+            for r in card.data.eval_results] == [
+        (PIPELINE_TASK, "ref-youtube-vos", "Ref-YouTube-VOS", "j_f", "J&F", 62.9),
+        (PIPELINE_TASK, "ref-davis17", "Ref-DAVIS17", "j_f", "J&F", 61.1),
+        (PIPELINE_TASK, "ref-davis17", "Ref-DAVIS17", "j", "J", 58.1),
+        (PIPELINE_TASK, "ref-davis17", "Ref-DAVIS17", "f", "F", 64.1),
+    ]
     assert "# ReferFormer (Video-Swin-B, Ref-YouTube-VOS)" in card_text
     assert "- Visual backbone: Video-Swin-B (Video Swin Transformer, embedding dim 128" in card_text
     assert "- Text encoder: RoBERTa-base" in card_text
@@ -203,6 +219,8 @@ def test_card_scores_per_setting(backbone_config, setting, expected_rows):
 
 def test_card_without_scores():
     unknown = model_card(config_with(resnet("resnet50")), None, "model.pth", "m")
+    metadata = ModelCard(unknown).data
+    assert metadata.eval_results is None and metadata.datasets is None and metadata.pipeline_tag == PIPELINE_TASK
     assert "## Training data\n\nUnknown" in unknown and score_rows(unknown) == []
     assert "# ReferFormer (ResNet-50)\n" in unknown
     unreported = model_card(config_with(swin("T")), training_data_from_setting("joint"), "model.pth", "m")
@@ -227,6 +245,31 @@ def test_score_table_covers_the_released_models():
         "ref-youtube-vos": 7, "ref-youtube-vos-scratch": 1, "joint": 6,
         "refcoco-pretrain": 4, "a2d-sentences": 3, "a2d-sentences-scratch": 1,
     }
+
+
+def test_trained_model_card_front_matter_recipe_and_results(tmp_path):
+    args = AccelerateTrainingArguments("run", max_steps=4, lr_drop_steps=[3], per_device_batch_size=2)
+    results = {"dataset": "ref-youtube-vos", "J&F": 0.5, "J": 0.375, "F": 0.625, "num_expressions": 7}
+    card_text = trained_model_card(
+        "user/tiny", "ref-youtube-vos", "ytvos", "train", args, {"num_frames": 2}, init_from="someone/referformer-r50",
+        results=results, eval_split="valid",
+    )
+    metadata = ModelCard(card_text).data
+    assert (metadata.license, metadata.library_name, metadata.pipeline_tag) == ("apache-2.0", "transformers", PIPELINE_TASK)
+    assert metadata.datasets == ["ref-youtube-vos"] and metadata.base_model == "someone/referformer-r50"
+    assert [(r.dataset_type, r.dataset_split, r.metric_name, r.metric_value) for r in metadata.eval_results] == [
+        ("ref-youtube-vos", "valid", "J&F", 0.5), ("ref-youtube-vos", "valid", "J", 0.375), ("ref-youtube-vos", "valid", "F", 0.625),
+    ]
+    assert "| start | fine-tuned from `someone/referformer-r50` |" in card_text
+    assert "| optimizer steps | 4 |" in card_text and "| clips per step and process | 2 |" in card_text
+    assert "| J&F | 0.5000 |" in card_text and "On split `valid` of `ytvos`." in card_text
+    assert "| num frames | 2 |" in card_text and "num_expressions" not in card_text
+
+    local = trained_model_card("run", "joint", "ytvos", "train", args, {}, init_from=str(tmp_path), refcoco_datasets=["refcocog"])
+    metadata = ModelCard(local).data
+    assert metadata.base_model is None and metadata.eval_results is None
+    assert metadata.datasets == ["ref-youtube-vos", "refcocog"]
+    assert "Not evaluated after training" in local and "Ref-YouTube-VOS + refcocog (each image" in local
 
 
 # ----------------------------------------------------------------------------- converter
@@ -263,10 +306,11 @@ def test_cli_training_data_option_and_push(tmp_path, resnet_checkpoint, monkeypa
     checkpoint, tokenizer = resnet_checkpoint
     calls = []
 
-    def create_repo(self, repo_id, exist_ok=False):
+    def create_repo(self, repo_id, private=False, exist_ok=False):
         calls.append(("create_repo", repo_id, exist_ok))
 
     def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns):
+        folder_path = Path(folder_path)
         uploaded = [path.name for path in folder_path.iterdir() if path.name not in ignore_patterns]
         calls.append(("upload_folder", repo_id, sorted(uploaded)))
         calls.append(("card", (folder_path / "README.md").read_text()))
