@@ -35,7 +35,8 @@ logger = logging.get_logger(__name__)
 
 # Prefixes under which checkpoints keep their backbone, most specific first: the original ReferFormer's, then
 # mmcv / mmaction's (e.g. the Kinetics Video Swin files). Files without either hold bare backbone keys.
-BACKBONE_PREFIXES = ("backbone.0.body.", "backbone.")
+ORIGINAL_BACKBONE_PREFIX = "backbone.0.body."
+BACKBONE_PREFIXES = (ORIGINAL_BACKBONE_PREFIX, "backbone.")
 # Containers wrapping the weights in training checkpoints (mmcv: `state_dict`; Microsoft Swin, ReferFormer: `model`).
 CONTAINER_KEYS = ("state_dict", "model", "module")
 
@@ -52,6 +53,16 @@ IGNORED_KEYS = {
     ReferFormerSwinBackbone: [r"^head\.", r"^norm\.", r"\.relative_position_index$", r"\.attn_mask$"],
     ReferFormerVideoSwinBackbone: [r"^norm\.", r"\.relative_position_index$", r"\.attn_mask$"],
 }
+
+# The standard ResNets of timm: block type and blocks per stage (what original ResNet weights show), and back.
+TIMM_RESNETS = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+RESNET_NAMES = {architecture: name for name, architecture in TIMM_RESNETS.items()}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from .backbone_weights import RESNET_NAMES, TIMM_RESNETS
 from .pipeline_referformer import TASK
 
 
@@ -130,15 +131,6 @@ PAPER_SCORES: dict[tuple[str, str], dict[str, dict[str, float]]] = {
     ("refcoco-pretrain", "Swin-L"): _refcoco((89.8, 80.0, 83.9), (77.1, 65.8, 69.3)),
 }
 
-# ResNet block type and blocks per stage of the timm names, and the depth they make.
-TIMM_RESNETS = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-}
-RESNET_DEPTHS = {architecture: int(name.removeprefix("resnet")) for name, architecture in TIMM_RESNETS.items()}
 # (embed_dim, depths, num_heads) -> size of ReferFormer's swin_{t,s,b,l}_p4w7 and video_swin_{t,s,b}_p4w7.
 SWIN_SIZES = {
     (96, (2, 2, 6, 2), (3, 6, 12, 24)): "T",
@@ -222,8 +214,8 @@ def backbone_name(backbone_config) -> str | None:
         kwargs = dict(backbone_config.model_kwargs)
         if architecture is None or set(kwargs) - {"layers"}:
             return None
-        depth = RESNET_DEPTHS.get((architecture[0], tuple(kwargs.get("layers", architecture[1]))))
-        return f"ResNet-{depth}" if depth else None
+        name = RESNET_NAMES.get((architecture[0], tuple(kwargs.get("layers", architecture[1]))))
+        return f"ResNet-{name.removeprefix('resnet')}" if name else None
     size = SWIN_SIZES.get((backbone_config.embed_dim, tuple(backbone_config.depths), tuple(backbone_config.num_heads)))
     layout = (backbone_config.window_size, backbone_config.patch_size)
     if size is None or backbone_config.mlp_ratio != 4 or layout != STANDARD_SWIN_LAYOUT[backbone_config.model_type]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import REPO_ROOT, load_script, require_fixture, tiny_tokenizer
+from helpers import REPO_ROOT, require_fixture, tiny_tokenizer
 from transformers import AutoModel, AutoProcessor
 
 from referformer import (
@@ -22,10 +22,10 @@ from referformer import (
     ReferFormerTimmBackboneConfig,
     ReferFormerVideoSwinBackboneConfig,
 )
+from referformer import conversion
 from referformer.model_cards import backbone_name, model_card, training_data_from_setting
 
 
-convert = load_script("convert_checkpoint")
 FIXTURES = ["original_resnet", "original_swin", "original_videoswin_public"]
 
 
@@ -198,17 +198,17 @@ def read_key_file(path):
 )
 def test_full_size_keys_map_completely(name, backbone_class, expected_backbone):
     state_dict = read_key_file(require_fixture("original_keys") / f"{name}.txt")
-    family, config = convert.infer_config(state_dict)
+    family, config = conversion.infer_config(state_dict)
     assert isinstance(config.backbone_config, backbone_class)
     for field, value in expected_backbone.items():
         assert getattr(config.backbone_config, field) == value, field
     assert (config.d_model, config.num_queries, config.num_classes, config.decoder_layers) == (256, 5, 1, 4)
     assert config.with_box_refine and config.num_dynamic_params == 2153
     assert config.text_config.vocab_size == 50265 and config.text_config.num_hidden_layers == 12
-    converted = convert.convert_state_dict(state_dict, family, config.with_box_refine)
+    converted = conversion.convert_state_dict(state_dict, family, config.with_box_refine)
     with torch.device("meta"):
         model = ReferFormerForReferringVideoObjectSegmentation(config)
-    convert.check_weights_fit(model.state_dict(), converted)
+    conversion.check_weights_fit(model.state_dict(), converted)
 
 
 @pytest.mark.parametrize(
@@ -223,7 +223,7 @@ def test_full_size_keys_map_completely(name, backbone_class, expected_backbone):
     ],
 )
 def test_full_size_backbones_are_named_in_the_model_card(name, backbone):
-    _, config = convert.infer_config(read_key_file(require_fixture("original_keys") / f"{name}.txt"))
+    _, config = conversion.infer_config(read_key_file(require_fixture("original_keys") / f"{name}.txt"))
     assert backbone_name(config.backbone_config) == backbone
     card = model_card(config, training_data_from_setting("joint"), f"{name}.pth", "referformer")
     assert f"# ReferFormer ({backbone}, joint training)" in card and "- Text encoder: RoBERTa-base" in card
@@ -254,10 +254,10 @@ def test_pth_training_checkpoint_with_args_and_leftovers(tmp_path, resnet_fixtur
     }
     path = tmp_path / "checkpoint.pth"
     torch.save(checkpoint, path)
-    loaded, args = convert.load_original_checkpoint(path)
+    loaded, args = conversion.load_original_checkpoint(path)
     assert args["dec_layers"] == 3 and args["backbone"] == "resnet50"
-    model = convert.build_converted_model(loaded, args)
-    reference = convert.build_converted_model(state_dict, model_args)
+    model = conversion.build_converted_model(loaded, args)
+    reference = conversion.build_converted_model(state_dict, model_args)
     assert model.config.backbone_config.model_kwargs == {"layers": [1, 1, 1, 1], "base_width": 16}
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
@@ -270,24 +270,24 @@ class NotAllowed:
 def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "payload": NotAllowed()}, path)
-    with pytest.raises(convert.ConversionError, match="Refusing to load .*weights_only"):
-        convert.load_original_checkpoint(path)
+    with pytest.raises(conversion.ConversionError, match="Refusing to load .*weights_only"):
+        conversion.load_original_checkpoint(path)
 
 
 def test_unknown_and_missing_keys_are_listed(resnet_fixture):
     state_dict, fixture_config = resnet_fixture
     extra = dict(state_dict, **{"some_new_head.weight": torch.zeros(2)})
-    with pytest.raises(convert.ConversionError, match="some_new_head.weight"):
-        convert.build_converted_model(extra, fixture_config["model_args"])
+    with pytest.raises(conversion.ConversionError, match="some_new_head.weight"):
+        conversion.build_converted_model(extra, fixture_config["model_args"])
     missing = {key: value for key, value in state_dict.items() if key != "pixel_decoder.mask_features.bias"}
-    with pytest.raises(convert.ConversionError, match="missing in the checkpoint: model.pixel_decoder.mask_features.bias"):
-        convert.build_converted_model(missing, fixture_config["model_args"])
+    with pytest.raises(conversion.ConversionError, match="missing in the checkpoint: model.pixel_decoder.mask_features.bias"):
+        conversion.build_converted_model(missing, fixture_config["model_args"])
 
 
 def test_inconsistent_arguments_are_reported(resnet_fixture):
     state_dict, fixture_config = resnet_fixture
-    with pytest.raises(convert.ConversionError, match="controller generates 617 parameters"):
-        convert.infer_config(state_dict, dict(fixture_config["model_args"], dynamic_mask_channels=4))
+    with pytest.raises(conversion.ConversionError, match="controller generates 617 parameters"):
+        conversion.infer_config(state_dict, dict(fixture_config["model_args"], dynamic_mask_channels=4))
 
 
 def test_cli_errors_write_nothing(tmp_path, resnet_fixture):
@@ -328,6 +328,6 @@ def test_backbone_name_in_the_arguments_does_not_override_the_weights():
     fixture = require_fixture("original_swin")
     state_dict = load_file(fixture / "original_state_dict.safetensors")
     model_args = json.loads((fixture / "config.json").read_text())["model_args"]
-    family, config = convert.infer_config(state_dict, dict(model_args, backbone="swin_l_p4w7"))
+    family, config = conversion.infer_config(state_dict, dict(model_args, backbone="swin_l_p4w7"))
     assert family == "swin"
     assert (config.backbone_config.embed_dim, config.backbone_config.num_heads) == (32, [1, 2, 4, 8])

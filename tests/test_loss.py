@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from helpers import load_script, random_inputs, randomize_weights, require_fixture, tiny_config
+from helpers import random_inputs, randomize_weights, require_fixture, tiny_config
 from referformer import ReferFormerConfig, ReferFormerForReferringVideoObjectSegmentation
 from referformer import loss_referformer
+from referformer.conversion import build_converted_model
 from referformer.loss_referformer import (
     ReferFormerInstanceSequenceMatcher,
     ReferFormerLoss,
@@ -92,7 +93,7 @@ def test_converted_fixture_model_with_labels_reproduces_the_original_losses(loss
     """The converted original model, run with `labels=`, gives the original criterion's losses (within 1e-3)."""
     root = require_fixture("original_resnet")
     args = json.loads((root / "config.json").read_text())["model_args"]
-    model = load_script("convert_checkpoint").build_converted_model(load_file(root / "original_state_dict.safetensors"), args)
+    model = build_converted_model(load_file(root / "original_state_dict.safetensors"), args)
     inputs = load_file(root / "inputs.safetensors")
     with torch.no_grad():
         outputs = model(

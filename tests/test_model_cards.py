@@ -20,6 +20,7 @@ from referformer import (
     ReferFormerTimmBackboneConfig,
     ReferFormerVideoSwinBackboneConfig,
 )
+from referformer.conversion import convert_checkpoint
 from referformer.model_cards import (
     PAPER_SCORES,
     TRAINING_SETTINGS,
@@ -35,7 +36,7 @@ from referformer.pipeline_referformer import TASK as PIPELINE_TASK
 from referformer.training import AccelerateTrainingArguments
 
 
-convert = load_script("convert_checkpoint")
+convert_script = load_script("convert_checkpoint")
 
 SWIN_SIZES = {
     "T": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
@@ -290,7 +291,7 @@ def resnet_checkpoint(tmp_path_factory):
 
 def test_converter_writes_the_card_from_the_checkpoint_args(tmp_path, resnet_checkpoint):
     checkpoint, tokenizer = resnet_checkpoint
-    convert.convert_checkpoint(checkpoint, tmp_path / "out", tokenizer=str(tokenizer))
+    convert_checkpoint(checkpoint, tmp_path / "out", tokenizer=str(tokenizer))
     card_text = (tmp_path / "out" / "README.md").read_text()
     assert ModelCard(card_text).data.license == "apache-2.0"
     assert (
@@ -318,7 +319,7 @@ def test_cli_training_data_option_and_push(tmp_path, resnet_checkpoint, monkeypa
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     output_dir = tmp_path / "out"
-    exit_code = convert.main(
+    exit_code = convert_script.main(
         [
             "--checkpoint", str(checkpoint), "--output_dir", str(output_dir), "--tokenizer", str(tokenizer),
             "--training_data", "joint", "--push_to_hub", "someone/referformer-test",
@@ -334,7 +335,7 @@ def test_cli_training_data_option_and_push(tmp_path, resnet_checkpoint, monkeypa
     assert 'from_pretrained("someone/referformer-test")' in calls[2][1]
 
     with pytest.raises(SystemExit):
-        convert.main(
+        convert_script.main(
             ["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "other"), "--training_data", "ytvos"]
         )
     assert not (tmp_path / "other").exists()

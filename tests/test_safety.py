@@ -25,6 +25,7 @@ from helpers import (
     tiny_training_model,
 )
 from referformer import ReferFormerForReferringVideoObjectSegmentation
+from referformer import conversion
 from referformer.output_folders import MANIFEST_NAME, OutputFolderError, staged_output
 from referformer.processing_referformer import load_video
 from referformer.training import (
@@ -39,7 +40,6 @@ from referformer.visualization import write_palette_masks, write_video
 
 
 run_rvos = load_script("run_rvos")
-convert = load_script("convert_checkpoint")
 
 
 class WritesMarker:
@@ -363,8 +363,8 @@ def test_converter_errors_are_one_line_and_write_nothing(tmp_path):
     for checkpoint in (empty, truncated):
         code, line = run("--checkpoint", checkpoint, "--output_dir", tmp_path / "out")
         assert code == 1 and "is not a readable safetensors file" in line
-    with pytest.raises(convert.ConversionError, match="it has no query_embed.weight"):
-        convert.infer_config({"transformer.level_embed": torch.zeros(4, 8)})
+    with pytest.raises(conversion.ConversionError, match="it has no query_embed.weight"):
+        conversion.infer_config({"transformer.level_embed": torch.zeros(4, 8)})
     no_queries = tmp_path / "no_queries.safetensors"
     save_file({"transformer.level_embed": torch.zeros(4, 8)}, no_queries)
     code, line = run("--checkpoint", no_queries, "--output_dir", tmp_path / "out")
