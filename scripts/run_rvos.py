@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PretrainedConfig
 
 from referformer import (
@@ -36,7 +35,7 @@ from referformer import (
 )
 from referformer.cli_presets import CONFIG_PRESETS
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
-from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark, evaluate_ytvos_folder
+from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark
 from referformer.inference import (
     ReferringVideoSegmenter,
     iter_frames,
@@ -57,15 +56,12 @@ from referformer.training_recipe import (
     new_model_and_processor,
     schedule_steps,
 )
-from referformer.visualization import write_palette_masks
+from referformer.shapes_demo import DEMO_CLIP_FRAMES, DEMO_EXPRESSION_ATTRIBUTES, write_demo
 
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "referformer-tiny-shapes"
-# What the demo model was trained on: six-frame clips whose expressions name what one frame shows.
-DEMO_CLIP_FRAMES = 6
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
-DEMO_EXPRESSION_ATTRIBUTES = ("size", "color", "shape", "position")
 
 
 class UsageError(ValueError):
@@ -643,79 +639,15 @@ def run_generate(args: GenerateArguments) -> dict:
     return metadata
 
 
-def swap_expressions(meta_expressions: dict) -> dict:
-    """Each clip gets the expression texts of the next clip (cyclically), keeping its own referred objects."""
-    videos = meta_expressions["videos"]
-    video_ids = list(videos)
-    swapped = {}
-    for index, video_id in enumerate(video_ids):
-        texts = [expression["exp"] for expression in videos[video_ids[(index + 1) % len(video_ids)]]["expressions"].values()]
-        expressions = {
-            exp_id: {**expression, "exp": texts[position % len(texts)]}
-            for position, (exp_id, expression) in enumerate(videos[video_id]["expressions"].items())
-        }
-        swapped[video_id] = {**videos[video_id], "expressions": expressions}
-    return {"videos": swapped}
-
-
-def segment_meta_expressions(segmenter, meta_expressions: dict, frames_root: Path, output_dir: Path, overlays: bool):
-    """Masks (and with `overlays`, overlay GIFs and predictions.json) of every expression, in the Ref-YouTube-VOS
-    prediction layout `<output_dir>/<video>/<exp_id>/<frame>.png`."""
-    for video_id, video in tqdm(meta_expressions["videos"].items(), desc="clips"):
-        frame_paths = [frames_root / video_id / f"{name}.jpg" for name in video["frames"]]
-        exp_ids = list(video["expressions"])
-        texts = [video["expressions"][exp_id]["exp"] for exp_id in exp_ids]
-        results = segmenter(frame_paths, texts)
-        if overlays:
-            write_predictions(output_dir / video_id, iter_frames(frame_paths), results, video["frames"], "gif", 4.0, exp_ids)
-        else:
-            for exp_id, result in zip(exp_ids, results):
-                write_palette_masks(result.masks, output_dir / video_id / exp_id, video["frames"], overwrite=True)
-
-
 def run_demo(args: DemoArguments) -> dict:
     """Generates clips the model has not seen, segments every expression, and scores the masks (J&F) against the
     generator's; then gives each clip the expressions of another clip and scores again (the model must use the
     language: the second score has to be much lower)."""
+    segmenter = load_model(ModelArguments(model=args.model, device=args.device))
     with staged_output(args.output_dir, args.overwrite, inputs=(args.model,)) as staging:
-        results = write_demo(staging, args)
+        results = write_demo(segmenter, staging, args.num_videos, args.seed, model_name=args.model)
     print(format_table(results))
     print(f"overlays and masks: {Path(args.output_dir) / 'predictions'}/<clip>/")
-    return results
-
-
-def write_demo(output_dir: Path, args: DemoArguments) -> dict:
-    """The demo's clips, predictions and results, written into `output_dir`."""
-    segmenter = load_model(ModelArguments(model=args.model, device=args.device))
-    size = segmenter.processor.video_processor.size  # the demo model's processor keeps its training frames' size
-    clips = output_dir / "clips"
-    generate_referring_shapes(
-        clips,
-        num_videos=args.num_videos,
-        num_frames=DEMO_CLIP_FRAMES,
-        height=size["shortest_edge"],
-        width=size.get("longest_edge") or size["shortest_edge"],
-        seed=args.seed,
-        split="valid",
-        expression_attributes=DEMO_EXPRESSION_ATTRIBUTES,
-    )
-    meta_expressions = json.loads((clips / "meta_expressions" / "valid" / "meta_expressions.json").read_text())
-    swapped = swap_expressions(meta_expressions)
-    (clips / "meta_expressions" / "valid" / "meta_expressions_swapped.json").write_text(json.dumps(swapped, indent=1))
-    frames_root, annotations = clips / "valid" / "JPEGImages", clips / "valid" / "Annotations"
-    segment_meta_expressions(segmenter, meta_expressions, frames_root, output_dir / "predictions", overlays=True)
-    segment_meta_expressions(segmenter, swapped, frames_root, output_dir / "swapped_predictions", overlays=False)
-    scores = evaluate_ytvos_folder(output_dir / "predictions", annotations, meta_expressions)
-    swapped_scores = evaluate_ytvos_folder(output_dir / "swapped_predictions", annotations, swapped)
-    results = {
-        "model": args.model,
-        "clips": args.num_videos,
-        "seed": args.seed,
-        "expressions": sum(len(video["expressions"]) for video in meta_expressions["videos"].values()),
-        **scores,
-        "J&F, expressions of another clip": swapped_scores["J&F"],
-    }
-    (output_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return results
 
 

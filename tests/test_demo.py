@@ -13,6 +13,7 @@ from PIL import Image
 from helpers import REPO_ROOT, load_script
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor
 from referformer.data import load_ref_youtube_vos
+from referformer.shapes_demo import swap_expressions
 
 
 DEMO_MODEL = REPO_ROOT / "checkpoints" / "referformer-tiny-shapes"
@@ -72,7 +73,7 @@ def test_swapped_expressions_keep_the_referred_objects():
             "b": {"frames": ["0"], "expressions": {"0": {"exp": "the big shape", "obj_id": "2"}}},
         }
     }
-    swapped = run_rvos.swap_expressions(meta)["videos"]
+    swapped = swap_expressions(meta)["videos"]
     assert swapped["a"]["expressions"] == {"0": {"exp": "the big shape", "obj_id": "1"},
                                            "1": {"exp": "the big shape", "obj_id": "2"}}
     assert swapped["b"]["expressions"] == {"0": {"exp": "the red circle", "obj_id": "2"}}
