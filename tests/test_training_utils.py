@@ -276,3 +276,36 @@ def test_seeded_clips_draw_from_seed_epoch_and_index_only():
     assert [clips[index]["seed"] for index in range(3)] == expected
     clips.set_epoch(1)
     assert clips[0]["seed"] == int(np.random.SeedSequence([3, 1, 0]).generate_state(1)[0]) != expected[0]
+
+
+def test_referring_segmentation_metrics_values():
+    from transformers import EvalPrediction
+
+    from referformer.training import ReferringSegmentationMetrics
+
+    # One frame, two queries on a 2x2 stride-4 grid (masks 8x8 after the 4x bilinear up-sampling). A logit of 10 in
+    # cell (0, 0) and -10 elsewhere gives that cell's 4x4 pixels but the corner (3, 3): along one axis the half-pixel
+    # interpolation stays positive up to pixel 3 (weight 0.625 on 10), at the corner it is 10 * 0.625^2 - 10 * (1 -
+    # 0.625^2) < 0.
+    cell = torch.full((2, 2), -10.0)
+    cell[0, 0] = 10.0
+    empty = torch.full((2, 2), -10.0)
+    logits = torch.tensor([[[[-3.0], [2.0]]], [[[1.0], [-1.0]]]])  # clip 0 selects query 1, clip 1 query 0
+    pred_masks = torch.stack([torch.stack([empty, cell])[None], torch.stack([empty, cell])[None]])  # [2, 1, 2, 2, 2]
+    ground_truth = torch.zeros(1, 8, 8, dtype=torch.bool)
+    ground_truth[0, :4, :4] = True
+    ground_truth[0, 3, 3] = False
+    padded = ground_truth.clone()
+    padded[0, 7, 7] = True  # in the padding: cropped away by `size`
+    labels = [{"masks": padded.numpy(), "size": (6, 8)}, {"masks": ground_truth.numpy()}]
+    predictions = (logits.numpy(), torch.zeros(2, 1, 2, 4).numpy(), pred_masks.numpy())
+
+    metrics = ReferringSegmentationMetrics()
+    # Clip 0: the selected query's mask is the ground truth (J = F = 1); clip 1 selects the empty mask (J = F = 0).
+    assert metrics(EvalPrediction(predictions, labels), compute_result=True) == {"J": 0.5, "F": 0.5, "J&F": 0.5}
+    # Batch by batch: the first batch is kept until the result is computed, then the state is reset.
+    first = tuple(array[:1] for array in predictions)
+    assert metrics(EvalPrediction(first, labels[:1]), compute_result=False) is None
+    second = tuple(array[1:] for array in predictions)
+    assert metrics(EvalPrediction(second, labels[1:]), compute_result=True) == {"J": 0.5, "F": 0.5, "J&F": 0.5}
+    assert metrics(EvalPrediction(first, labels[:1]), compute_result=True) == {"J": 1.0, "F": 1.0, "J&F": 1.0}
