@@ -56,7 +56,7 @@ TINY_TEXT_CONFIG = {
 }
 
 
-def tiny_config(**overrides):
+def unit_test_config(**overrides):
     """A ReferFormer small enough for CPU unit tests (ResNet-18-like backbone with one block per stage)."""
     from referformer import ReferFormerConfig
 
@@ -145,7 +145,7 @@ def tiny_training_model(seed=0):
 
     torch.manual_seed(seed)
     text_config = dict(TINY_TEXT_CONFIG, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    config = tiny_config(text_config=text_config, dropout=0.0, text_projection_dropout=0.0, pixel_decoder_dropout=0.0)
+    config = unit_test_config(text_config=text_config, dropout=0.0, text_projection_dropout=0.0, pixel_decoder_dropout=0.0)
     return ReferFormerForReferringVideoObjectSegmentation(config)
 
 
@@ -194,13 +194,10 @@ def assert_masks_equal_up_to_rounding(actual, expected, probabilities, threshold
 
 def save_shapes_model(folder):
     """Saves a randomly initialized `tiny`-preset model and its processor (64x96 frames) as a user's model folder."""
-    from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
-    from referformer.cli_presets import build_shapes_tokenizer
-    from referformer.cli_presets import tiny_config as shapes_config
+    from referformer.training_recipe import new_model_and_processor
 
-    tokenizer = build_shapes_tokenizer()
     torch.manual_seed(0)
-    ReferFormerForReferringVideoObjectSegmentation(shapes_config(len(tokenizer))).save_pretrained(folder)
-    video_processor = ReferFormerVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96})
-    ReferFormerProcessor(video_processor, tokenizer).save_pretrained(folder)
+    model, processor = new_model_and_processor("tiny", "synthetic", inference_size=64, max_size=96)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder

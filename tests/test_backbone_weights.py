@@ -7,7 +7,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from helpers import tiny_config
+from helpers import unit_test_config
 
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerModel
 from referformer.backbone_weights import BackboneWeightsReport, load_backbone_weights
@@ -21,7 +21,7 @@ VIDEO_SWIN = {"model_type": "referformer_video_swin", **SIZES}
 def tiny_model(backbone_config=None, base_model=False):
     """A tiny ReferFormer (default: ResNet-18-like backbone with one block per stage), backbone weights zeroed so
     that every loaded value is visible."""
-    config = tiny_config(backbone_config=backbone_config) if backbone_config else tiny_config()
+    config = unit_test_config(backbone_config=backbone_config) if backbone_config else unit_test_config()
     model = (ReferFormerModel if base_model else ReferFormerForReferringVideoObjectSegmentation)(config)
     backbone = model.backbone if base_model else model.model.backbone
     with torch.no_grad():

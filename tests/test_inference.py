@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import randomize_weights, tiny_config, tiny_tokenizer
+from helpers import randomize_weights, tiny_tokenizer, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 from referformer.inference import PREPROCESS_CHUNK, ReferringVideoSegmenter, iter_frames, write_predictions
 
@@ -30,7 +30,7 @@ def clip(num_frames, height=48, width=72, seed=0):
 @pytest.fixture(scope="module")
 def segmenter():
     torch.manual_seed(0)
-    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(tiny_config()).eval())
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval())
     processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), tiny_tokenizer())
     return ReferringVideoSegmenter(model, processor, device="cpu")
 

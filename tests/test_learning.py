@@ -2,7 +2,7 @@
 
 import torch
 
-from helpers import tiny_config
+from helpers import unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerVideoProcessor
 from referformer.training import get_parameter_groups
 
@@ -28,7 +28,7 @@ def test_tiny_model_overfits_one_clip():
     inputs = video_processor(frames.numpy())
     input_ids = torch.tensor([[0, 10, 11, 12, 2]])  # "<s> the yellow square </s>" in a tiny vocabulary
     labels = [{"masks": masks, "boxes": boxes, "valid": torch.ones(3, dtype=torch.long)}]
-    config = tiny_config(dropout=0.0, text_projection_dropout=0.0, pixel_decoder_dropout=0.0)
+    config = unit_test_config(dropout=0.0, text_projection_dropout=0.0, pixel_decoder_dropout=0.0)
     model = ReferFormerForReferringVideoObjectSegmentation(config).train()
     optimizer = torch.optim.AdamW(get_parameter_groups(model, 2e-3, 2e-3, 2e-3, 1.0, 0.0))
     losses = []

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from helpers import random_inputs, randomize_weights, require_fixture, tiny_config
+from helpers import random_inputs, randomize_weights, require_fixture, unit_test_config
 from referformer import ReferFormerConfig, ReferFormerForReferringVideoObjectSegmentation
 from referformer import loss_referformer
 from referformer.conversion import build_converted_model
@@ -446,7 +446,7 @@ def test_gradients_are_finite():
 
 def test_loss_on_tiny_model_outputs_backpropagates():
     torch.manual_seed(0)
-    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(tiny_config()))
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config()))
     model.train()
     inputs = random_inputs(model.config, batch_size=2, num_frames=2, height=64, width=64)
     outputs = model(**inputs)

@@ -8,7 +8,7 @@ from huggingface_hub.dataclasses import StrictDataclassFieldValidationError
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel
 
-from helpers import FP32_ROUNDING, all_predictions, random_inputs, randomize_weights, tiny_config
+from helpers import FP32_ROUNDING, all_predictions, random_inputs, randomize_weights, unit_test_config
 from referformer import (
     ReferFormerConfig,
     ReferFormerForReferringVideoObjectSegmentation,
@@ -26,7 +26,7 @@ from referformer.modeling_referformer import (
 def build_model(seed=0, randomize=True, **overrides):
     """A tiny model; by default with all weights redrawn so that every path carries signal."""
     torch.manual_seed(seed)
-    model = ReferFormerForReferringVideoObjectSegmentation(tiny_config(**overrides)).eval()
+    model = ReferFormerForReferringVideoObjectSegmentation(unit_test_config(**overrides)).eval()
     return randomize_weights(model, seed) if randomize else model
 
 
@@ -48,7 +48,7 @@ def test_default_config_is_the_released_architecture():
 
 
 def test_config_round_trip(tmp_path):
-    config = tiny_config(num_frames=7, focal_alpha=0.3)
+    config = unit_test_config(num_frames=7, focal_alpha=0.3)
     config.save_pretrained(tmp_path)
     reloaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(reloaded, ReferFormerConfig)
@@ -73,7 +73,7 @@ def test_config_round_trip(tmp_path):
 )
 def test_invalid_config_raises_clear_error(overrides, message):
     with pytest.raises(Exception, match=message):
-        tiny_config(**overrides)
+        unit_test_config(**overrides)
 
 
 def test_config_field_types_are_checked():
@@ -108,7 +108,7 @@ def test_sine_position_embedding_1d_ignores_padding_count():
 
 def test_dynamic_mask_head_matches_grouped_convolution():
     """The batched-matmul mask head equals the original formulation (concatenated coordinates, grouped 1x1 convs)."""
-    config = tiny_config()
+    config = unit_test_config()
     generator = torch.Generator().manual_seed(0)
     batch_size, num_frames, num_queries, height, width = 2, 3, config.num_queries, 5, 7
     mask_features = torch.randn(batch_size, num_frames, config.mask_dim, height, width, generator=generator)
@@ -239,7 +239,7 @@ def test_relative_coordinates_use_the_unpadded_frame_size():
 
 
 def test_any_timm_feature_backbone_works():
-    config = tiny_config(
+    config = unit_test_config(
         backbone_config={"model_type": "referformer_timm_backbone", "model_name": "mobilenetv3_small_050"}
     )
     model = ReferFormerForReferringVideoObjectSegmentation(config).eval()
@@ -253,7 +253,7 @@ def test_any_timm_feature_backbone_works():
 def test_any_auto_model_text_encoder_works():
     bert = {"model_type": "bert", "vocab_size": 99, "hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
             "intermediate_size": 30, "max_position_embeddings": 32, "pad_token_id": 1}
-    model = ReferFormerForReferringVideoObjectSegmentation(tiny_config(text_config=bert)).eval()
+    model = ReferFormerForReferringVideoObjectSegmentation(unit_test_config(text_config=bert)).eval()
     assert type(model.model.text_encoder).__name__ == "BertModel"
     assert model.model.text_projection.fc.in_features == 24
     with torch.no_grad():
@@ -300,7 +300,7 @@ def test_deformable_attention_compiles_without_graph_break():
     import referformer.kernels
 
     torch.manual_seed(0)
-    config = tiny_config()
+    config = unit_test_config()
     attention = randomize_weights(ReferFormerMultiscaleDeformableAttention(config, 2, 2)).eval()
     shapes = [(6, 8), (3, 4), (2, 2), (1, 1)]
     spatial_shapes = torch.tensor(shapes)
@@ -344,7 +344,7 @@ def test_trainable_text_encoder_gets_gradient():
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     no_dropout = {"dropout": 0.0, "text_projection_dropout": 0.0, "pixel_decoder_dropout": 0.0}
-    inputs = random_inputs(tiny_config(), num_frames=2)
+    inputs = random_inputs(unit_test_config(), num_frames=2)
     gradients = []
     for checkpointing in (False, True):
         model = build_model(**no_dropout).train()

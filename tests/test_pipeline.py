@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from transformers import pipeline
 
-from helpers import randomize_weights, tiny_config, tiny_tokenizer
+from helpers import randomize_weights, tiny_tokenizer, unit_test_config
 from referformer import (
     ReferFormerForReferringVideoObjectSegmentation,
     ReferFormerProcessor,
@@ -38,7 +38,7 @@ def clip(num_frames, height=48, width=72, seed=0):
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    randomize_weights(ReferFormerForReferringVideoObjectSegmentation(tiny_config())).save_pretrained(folder)
+    randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config())).save_pretrained(folder)
     ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), tiny_tokenizer()).save_pretrained(folder)
     return folder
 

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import AutoProcessor
 
-from helpers import assert_masks_equal_up_to_rounding, randomize_weights, real_video, tiny_config, tiny_tokenizer
+from helpers import assert_masks_equal_up_to_rounding, randomize_weights, real_video, tiny_tokenizer, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 from referformer.modeling_referformer import ReferFormerSegmentationOutput
 from referformer.processing_referformer import get_resize_output_size, load_video
@@ -154,7 +154,7 @@ def test_frames_of_different_sizes_are_refused():
 
 def test_one_video_with_three_sentences_equals_three_calls(processor):
     torch.manual_seed(0)
-    config = tiny_config(text_config={**tiny_config().text_config.to_dict(), "vocab_size": 60})
+    config = unit_test_config(text_config={**unit_test_config().text_config.to_dict(), "vocab_size": 60})
     model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(config).eval())
     video = synthetic_frames(num_frames=2, height=72, width=96)
     sentences = ["the yellow square", "a square moving right", "Background  GRADIENT"]

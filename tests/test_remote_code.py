@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import randomize_weights, tiny_config, tiny_tokenizer
+from helpers import randomize_weights, tiny_tokenizer, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 
 
@@ -51,7 +51,7 @@ def test_remote_code_load_without_the_package(tmp_path, backbone):
             "model_type": "referformer_video_swin", "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2]
         }
     torch.manual_seed(0)
-    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(tiny_config(**overrides)).eval())
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config(**overrides)).eval())
     folder, data = tmp_path / "model", tmp_path / "data"
     data.mkdir()
     processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 64}), tiny_tokenizer())

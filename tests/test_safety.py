@@ -21,8 +21,8 @@ from helpers import (
     random_inputs,
     save_shapes_model,
     synthetic_training_clips,
-    tiny_config,
     tiny_training_model,
+    unit_test_config,
 )
 from referformer import ReferFormerForReferringVideoObjectSegmentation
 from referformer import conversion
@@ -266,7 +266,7 @@ def test_non_finite_training_stops_with_a_clear_error(tmp_path):
 
 def test_label_masks_must_be_binary():
     torch.manual_seed(0)
-    model = ReferFormerForReferringVideoObjectSegmentation(tiny_config())
+    model = ReferFormerForReferringVideoObjectSegmentation(unit_test_config())
     inputs = random_inputs(model.config, num_frames=2)
     masks = torch.zeros(1, 2, 64, 80)
     masks[:, :, 10:30, 10:30] = 255.0
@@ -299,7 +299,7 @@ def test_model_folders_with_missing_weights_are_refused(tmp_path, model_dir):
 
 def test_forward_names_inputs_whose_shapes_do_not_fit():
     torch.manual_seed(0)
-    model = ReferFormerForReferringVideoObjectSegmentation(tiny_config()).eval()
+    model = ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval()
     inputs = random_inputs(model.config, batch_size=2, num_frames=2, height=64, width=96)
     mask = torch.ones(2, 2, 64, 96, dtype=torch.long)
     cases = {

@@ -5,7 +5,7 @@ import math
 
 from transformers import TrainingArguments
 
-from helpers import TINY_TEXT_CONFIG, randomize_weights, tiny_config, tiny_tokenizer
+from helpers import TINY_TEXT_CONFIG, randomize_weights, tiny_tokenizer, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation
 from referformer.data import ReferringVideoEvalTransform, ReferringVideoTrainTransform, load_ref_youtube_vos
 from referformer.data_synthetic import generate_referring_shapes
@@ -24,7 +24,7 @@ def test_trainer_finetunes_and_evaluates_on_a_datasets_dataset(tmp_path):
     )
     model = randomize_weights(
         ReferFormerForReferringVideoObjectSegmentation(
-            tiny_config(text_config=dict(TINY_TEXT_CONFIG, max_position_embeddings=130))
+            unit_test_config(text_config=dict(TINY_TEXT_CONFIG, max_position_embeddings=130))
         )
     )
     args = TrainingArguments(

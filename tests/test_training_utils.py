@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from helpers import randomize_weights, tiny_config
+from helpers import randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation
 from referformer.loss_referformer import ReferFormerLoss
 from referformer.training import AccelerateTrainingArguments, ReferFormerTrainer, collate_clips, get_parameter_groups
@@ -19,7 +19,7 @@ GROUP_NAMES = ["default", "backbone", "text_encoder", "linear_projection"]
 
 def build_model(**overrides):
     torch.manual_seed(0)
-    return ReferFormerForReferringVideoObjectSegmentation(tiny_config(**overrides))
+    return ReferFormerForReferringVideoObjectSegmentation(unit_test_config(**overrides))
 
 
 def expected_group(name):
@@ -183,7 +183,7 @@ def test_collated_labels_feed_the_loss():
         "pred_boxes": torch.rand(2, 2, 3, 4),
         "pred_masks": torch.randn(2, 2, 3, height // 4, width // 4),
     }
-    loss, _, _ = ReferFormerLoss(tiny_config())(**predictions, labels=batch["labels"])
+    loss, _, _ = ReferFormerLoss(unit_test_config())(**predictions, labels=batch["labels"])
     assert torch.isfinite(loss)
 
 
@@ -212,7 +212,7 @@ def test_collate_clips_errors(edit, message):
 
 def test_trainer_step_with_collated_clips(tmp_path):
     torch.manual_seed(0)
-    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(tiny_config()))
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config()))
     dataset = [make_sample(2, 40, 50, 5, seed=0), make_sample(2, 64, 60, 6, seed=1)]
     for sample in dataset:
         sample["labels"]["boxes"] = torch.tensor([[0.5, 0.5, 0.4, 0.4]] * 2)
