@@ -89,8 +89,12 @@ def _frame_to_rgb(frame) -> np.ndarray:
 
 def _decode_video_file(path: Path, keep):
     """Yields `(index, frame)` for the frames of a video file whose index satisfies `keep(index)` (stops at the first
-    refused index past the last kept one)."""
-    import av
+    refused index past the last kept one). PyAV is imported here, so that array inputs (and remote code loaded with
+    `trust_remote_code=True`) never need it."""
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError(f"Decoding the video file {path} needs PyAV: `pip install av`.") from error
 
     try:
         with av.open(str(path)) as container:

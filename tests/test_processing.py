@@ -1,6 +1,7 @@
 """Video loading, preprocessing, the processor, post-processing and the export helpers."""
 
 import logging
+import sys
 
 import av
 import numpy as np
@@ -88,6 +89,17 @@ def test_processor_on_a_real_mp4_keeps_the_sampled_indices_and_sizes(processor):
     expected = torch.from_numpy(np.array(Image.fromarray(frames[2]).resize((847, 360), Image.BILINEAR)))
     expected = (expected.permute(2, 0, 1).float() / 255 - MEAN[0]) / STD[0]
     torch.testing.assert_close(inputs["pixel_values"][0, 2], expected, rtol=0, atol=1e-5)
+
+
+def test_pyav_is_needed_only_to_decode_a_file(tmp_path, processor, monkeypatch):
+    frames = synthetic_frames(num_frames=2)
+    write_video(frames, tmp_path / "clip.mp4", fps=5)
+    expected = processor(videos=np.stack(frames), text="the square")
+    monkeypatch.setitem(sys.modules, "av", None)  # PyAV not installed
+    inputs = processor(videos=np.stack(frames), text="the square")
+    assert torch.equal(inputs["pixel_values"], expected["pixel_values"])
+    with pytest.raises(ImportError, match="needs PyAV: `pip install av`"):
+        processor(videos=tmp_path / "clip.mp4", text="the square")
 
 
 def test_folder_frames_are_sorted_naturally_and_sampled(tmp_path):
