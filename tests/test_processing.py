@@ -375,3 +375,51 @@ def test_palette_masks_are_written_completely_or_not_at_all(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["video"]
     with pytest.raises(ValueError, match="Unsupported video format"):
         write_video(synthetic_frames(1), tmp_path / "x.avi")
+
+
+# ----------------------------------------------------------------------------- standard processor kwargs
+
+
+def test_num_frames_samples_uniformly_and_device_moves_the_outputs(processor):
+    frames = np.stack(synthetic_frames(num_frames=6))
+    sampled = processor(videos=frames, text="the square", num_frames=3)
+    assert sampled["frame_indices"].tolist() == [[0, 2, 4]]
+    expected = processor(videos=frames[[0, 2, 4]], text="the square")
+    assert torch.equal(sampled["pixel_values"], expected["pixel_values"])
+    # After frame_stride: frames 0, 2, 4 are kept, then 2 of them spread uniformly.
+    strided = processor(videos=frames, text="the square", frame_stride=2, num_frames=2, do_sample_frames=True)
+    assert strided["frame_indices"].tolist() == [[0, 2]]
+    on_meta = processor(videos=frames, text="the square", device="meta")
+    assert on_meta["pixel_values"].device.type == "meta" and on_meta["pixel_values"].shape[1] == 6
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"fps": 2}, "`fps` sampling is not supported"),
+        ({"do_sample_frames": True}, "needs `num_frames`"),
+        ({"do_sample_frames": False, "num_frames": 2}, "do_sample_frames=False"),
+        ({"num_frames": 7}, "Cannot sample num_frames=7 frames from a video of 6"),
+        ({"num_frames": 0}, "positive integer"),
+        ({"return_metadata": True}, "not supported"),
+    ],
+)
+def test_video_sampling_kwargs_it_cannot_honour_are_refused(processor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        processor(videos=np.stack(synthetic_frames(num_frames=6)), text="the square", **kwargs)
+
+
+def test_tokenizer_kwargs_reach_the_tokenizer(processor, caplog):
+    frames = np.stack(synthetic_frames(num_frames=2))
+    default = processor(videos=frames, text="the square")
+    num_tokens = default["input_ids"].shape[1]
+    padded = processor(videos=frames, text="the square", padding="max_length", max_length=num_tokens + 4)
+    assert padded["input_ids"].shape == (1, num_tokens + 4)
+    assert torch.equal(padded["input_ids"][:, :num_tokens], default["input_ids"])
+    assert padded["attention_mask"].sum().item() == num_tokens
+    assert (padded["input_ids"][0, num_tokens:] == processor.tokenizer.pad_token_id).all()
+    with caplog.at_level(logging.WARNING):
+        truncated = processor(videos=frames, text="the square", max_length=num_tokens - 1)
+    assert truncated["input_ids"].shape == (1, num_tokens - 1) and "truncated" in caplog.text
+    with pytest.raises(ValueError, match="exceeds the text encoder's limit"):
+        processor(videos=frames, text="the square", max_length=processor.tokenizer.model_max_length + 1)
