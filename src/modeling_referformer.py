@@ -926,6 +926,13 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
                     "truncate the expressions (the processor does)."
                 )
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The word embeddings of the text encoder."""
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_encoder.set_input_embeddings(value)
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,

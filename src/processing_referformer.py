@@ -204,6 +204,21 @@ def uniform_frame_picks(total: int, num_frames: int) -> list[int]:
     return [int(position) for position in np.arange(0, total, total / num_frames)[:num_frames]]
 
 
+def _prediction_tensors(outputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(logits, pred_boxes, pred_masks)` of a model output, or of its `return_dict=False` tuple (which starts with
+    them when no labels were given)."""
+    if hasattr(outputs, "logits"):
+        return outputs.logits, outputs.pred_boxes, outputs.pred_masks
+    if isinstance(outputs, (tuple, list)) and len(outputs) >= 3 and all(
+        isinstance(tensor, torch.Tensor) and tensor.dim() == rank for tensor, rank in zip(outputs[:3], (4, 4, 5))
+    ):
+        return tuple(outputs[:3])
+    raise ValueError(
+        "Post-processing needs the model's output, or its return_dict=False tuple computed without labels "
+        "(logits, pred_boxes, pred_masks, ...)."
+    )
+
+
 def _is_single_video(videos) -> bool:
     if isinstance(videos, (str, Path)):
         return True
@@ -393,7 +408,7 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         `return_mask_logits`, `mask_logits` `[T, h, w]` (the selected query's unpadded stride-4 logits) replaces
         `masks`, which `mask_probabilities(mask_logits, H0, W0) > threshold` gives frame by frame (for long videos).
         """
-        logits, pred_masks, pred_boxes = outputs.logits, outputs.pred_masks, outputs.pred_boxes
+        logits, pred_boxes, pred_masks = _prediction_tensors(outputs)
         batch_size = logits.shape[0]
         target_sizes = torch.as_tensor(target_sizes).view(-1, 2).tolist()
         if len(target_sizes) != batch_size:
@@ -455,8 +470,9 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
     def post_process_referring_image_segmentation(self, outputs, target_sizes, resized_sizes=None, threshold=0.5):
         """[`post_process_referring_video_segmentation`] for single images (T = 1): `masks` `[H0, W0]`, `boxes` `[4]`,
         `scores` a float."""
-        if outputs.logits.shape[1] != 1:
-            raise ValueError(f"Image post-processing needs single-frame outputs, got {outputs.logits.shape[1]} frames.")
+        num_frames = _prediction_tensors(outputs)[0].shape[1]
+        if num_frames != 1:
+            raise ValueError(f"Image post-processing needs single-frame outputs, got {num_frames} frames.")
         results = self.post_process_referring_video_segmentation(outputs, target_sizes, resized_sizes, threshold)
         return [
             {**result, "masks": result["masks"][0], "boxes": result["boxes"][0], "scores": float(result["scores"][0])}

@@ -423,3 +423,19 @@ def test_tokenizer_kwargs_reach_the_tokenizer(processor, caplog):
     assert truncated["input_ids"].shape == (1, num_tokens - 1) and "truncated" in caplog.text
     with pytest.raises(ValueError, match="exceeds the text encoder's limit"):
         processor(videos=frames, text="the square", max_length=processor.tokenizer.model_max_length + 1)
+
+
+def test_post_processing_accepts_return_dict_false_tuples(processor):
+    torch.manual_seed(0)
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(tiny_config()).eval())
+    inputs = processor(videos=np.stack(synthetic_frames(num_frames=2)), text="the square")
+    with torch.no_grad():
+        outputs = model(**inputs)
+        tuple_outputs = model(**inputs, return_dict=False)
+    sizes = (inputs["original_sizes"], inputs["resized_sizes"])
+    expected = processor.post_process_referring_video_segmentation(outputs, *sizes)[0]
+    result = processor.post_process_referring_video_segmentation(tuple_outputs, *sizes)[0]
+    assert torch.equal(result["masks"], expected["masks"]) and torch.equal(result["boxes"], expected["boxes"])
+    assert result["query_index"] == expected["query_index"]
+    with pytest.raises(ValueError, match="return_dict=False tuple computed without labels"):
+        processor.post_process_referring_video_segmentation((torch.tensor(1.0),) + tuple_outputs, *sizes)
