@@ -220,7 +220,11 @@ class ReferFormerConfig(PreTrainedConfig):
         "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type=ReferFormerTimmBackboneConfig.model_type),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="roberta", init_kwargs=ROBERTA_BASE_KWARGS),
     }
-    attribute_map = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
     keys_to_ignore_at_inference = [
         "loss_dict",
         "matched_query_indices",
@@ -278,7 +282,15 @@ class ReferFormerConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.pixel_decoder_sr_ratios = list(self.pixel_decoder_sr_ratios)
+        # A deformable encoder and a query decoder, as Deformable DETR's config says.
+        kwargs.setdefault("is_encoder_decoder", True)
         super().__post_init__(**kwargs)
+        # `id2label` follows `num_classes`; generated names ("LABEL_i") of another length are replaced.
+        if self.id2label is None or len(self.id2label) != self.num_classes:
+            labels = (self.id2label or {}).values()
+            if any(label != f"LABEL_{index}" for index, label in enumerate(labels)):
+                raise ValueError(f"id2label has {len(self.id2label)} labels but num_classes is {self.num_classes}.")
+            self.num_labels = self.num_classes
 
     @property
     def dynamic_weight_sizes(self) -> list[int]:

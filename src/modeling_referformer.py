@@ -325,7 +325,12 @@ class MultiScaleDeformableAttention(nn.Module):
     ) -> torch.Tensor:
         if referformer_kernels is not None:
             return referformer_kernels.ms_deform_attn(
-                value, value_spatial_shapes, level_start_index, sampling_locations, attention_weights
+                value,
+                value_spatial_shapes,
+                level_start_index,
+                sampling_locations,
+                attention_weights,
+                spatial_shapes_list=value_spatial_shapes_list,
             )
         return ms_deform_attn_pytorch(value, value_spatial_shapes_list, sampling_locations, attention_weights)
 
@@ -921,6 +926,13 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
                     "truncate the expressions (the processor does)."
                 )
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The word embeddings of the text encoder."""
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_encoder.set_input_embeddings(value)
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -1021,10 +1033,12 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         )
 
         # Pixel decoder on the backbone stride-4 map and the encoder output at strides 8/16/32.
-        memory_maps = []
-        for (level_height, level_width), start in zip(spatial_shapes_list[:3], level_start_index[:3].tolist()):
-            level_memory = memory[:, start : start + level_height * level_width]
-            memory_maps.append(level_memory.transpose(1, 2).reshape(-1, hidden_size, level_height, level_width))
+        # Level offsets come from the static `spatial_shapes_list`, so no device read breaks compiled/exported graphs.
+        level_memories = memory.split([level_height * level_width for level_height, level_width in spatial_shapes_list], 1)
+        memory_maps = [
+            level_memory.transpose(1, 2).reshape(-1, hidden_size, level_height, level_width)
+            for level_memory, (level_height, level_width) in zip(level_memories[:3], spatial_shapes_list[:3])
+        ]
         mask_features = self.pixel_decoder(
             [stage_features[0]] + memory_maps,
             stage_masks,

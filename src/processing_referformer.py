@@ -10,7 +10,7 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
-from transformers.processing_utils import ProcessorMixin, VideosKwargs
+from transformers.processing_utils import ProcessorMixin, TextKwargs, VideosKwargs
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 from transformers.utils import logging
 from transformers.video_processing_utils import BaseVideoProcessor
@@ -89,8 +89,12 @@ def _frame_to_rgb(frame) -> np.ndarray:
 
 def _decode_video_file(path: Path, keep):
     """Yields `(index, frame)` for the frames of a video file whose index satisfies `keep(index)` (stops at the first
-    refused index past the last kept one)."""
-    import av
+    refused index past the last kept one). PyAV is imported here, so that array inputs (and remote code loaded with
+    `trust_remote_code=True`) never need it."""
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError(f"Decoding the video file {path} needs PyAV: `pip install av`.") from error
 
     try:
         with av.open(str(path)) as container:
@@ -192,6 +196,29 @@ def get_resize_output_size(height: int, width: int, shortest_edge: int, longest_
     return size, int(size * width / height)
 
 
+def uniform_frame_picks(total: int, num_frames: int) -> list[int]:
+    """Positions of `num_frames` frames spread uniformly over `total` (the first one included), as transformers'
+    default video sampling picks them."""
+    if num_frames > total:
+        raise ValueError(f"Cannot sample num_frames={num_frames} frames from a video of {total} (kept) frames.")
+    return [int(position) for position in np.arange(0, total, total / num_frames)[:num_frames]]
+
+
+def _prediction_tensors(outputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(logits, pred_boxes, pred_masks)` of a model output, or of its `return_dict=False` tuple (which starts with
+    them when no labels were given)."""
+    if hasattr(outputs, "logits"):
+        return outputs.logits, outputs.pred_boxes, outputs.pred_masks
+    if isinstance(outputs, (tuple, list)) and len(outputs) >= 3 and all(
+        isinstance(tensor, torch.Tensor) and tensor.dim() == rank for tensor, rank in zip(outputs[:3], (4, 4, 5))
+    ):
+        return tuple(outputs[:3])
+    raise ValueError(
+        "Post-processing needs the model's output, or its return_dict=False tuple computed without labels "
+        "(logits, pred_boxes, pred_masks, ...)."
+    )
+
+
 def _is_single_video(videos) -> bool:
     if isinstance(videos, (str, Path)):
         return True
@@ -215,6 +242,9 @@ class ReferFormerVideoProcessorKwargs(VideosKwargs, total=False):
     """Video-processor options on top of the standard ones.
 
     frame_stride (`int`): keep every `frame_stride`-th frame. max_frames (`int`): keep at most this many frames.
+    num_frames (`int`, standard): then sample this many of the kept frames uniformly (`do_sample_frames` may be
+    left unset or True). device (standard): device of the returned tensors. `fps`, `video_metadata` and
+    `return_metadata` are refused (frames are selected by index).
     size_divisor (`int`): pad the batch to a multiple of this (32 for training as the original; none at inference).
     mask_interpolation (`str`): how post-processing brings the stride-4 masks to frame size: `"logits"` (the
     original: bilinear on the logits, then sigmoid) or `"probabilities"` (sigmoid, then bilinear), which puts a
@@ -267,10 +297,14 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         if unknown:
             raise TypeError(f"Unknown video processor arguments: {', '.join(sorted(unknown))}.")
         options = {name: kwargs.get(name, getattr(self, name, None)) for name in self.valid_kwargs.__annotations__}
+        num_frames = self._frames_to_sample(options)
         size = self._standardize_kwargs(size=options["size"])["size"]
         clips, original_sizes, frame_indices = [], [], []
         for video in _as_list_of_videos(videos):
             frames, indices = load_video(video, options["frame_stride"] or 1, options["max_frames"])
+            if num_frames is not None:
+                picks = uniform_frame_picks(len(frames), num_frames)
+                frames, indices = [frames[pick] for pick in picks], [indices[pick] for pick in picks]
             original_sizes.append(frames[0].shape[:2])
             frame_indices.append(indices)
             clips.append(self._prepare_clip(frames, size, options))
@@ -287,7 +321,31 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
             "original_sizes": torch.tensor([list(hw) for hw in original_sizes]),
             "frame_indices": torch.tensor(frame_indices),
         }
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        batch = BatchFeature(data=data, tensor_type=return_tensors)
+        return batch.to(options["device"]) if options["device"] is not None else batch
+
+    @staticmethod
+    def _frames_to_sample(options) -> int | None:
+        """The `num_frames` to sample uniformly (None: keep the frames `frame_stride` / `max_frames` select); refuses
+        the standard sampling options this processor cannot honour."""
+        if options["fps"] is not None:
+            raise ValueError(
+                "`fps` sampling is not supported: ReferFormer selects frames by index. Use `frame_stride` (every n-th "
+                "frame), `max_frames` (the first n kept frames) or `num_frames` (n frames spread uniformly)."
+            )
+        if options["video_metadata"] is not None or options["return_metadata"]:
+            raise ValueError(
+                "`video_metadata` / `return_metadata` are not supported: the outputs' `frame_indices` give the "
+                "indices of the kept frames."
+            )
+        num_frames, do_sample_frames = options["num_frames"], options["do_sample_frames"]
+        if do_sample_frames and num_frames is None:
+            raise ValueError("`do_sample_frames=True` needs `num_frames`, the number of frames to sample uniformly.")
+        if do_sample_frames is False and num_frames is not None:
+            raise ValueError(f"`num_frames={num_frames}` asks to sample frames but `do_sample_frames=False`.")
+        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1):
+            raise ValueError(f"`num_frames` must be a positive integer, got {num_frames!r}.")
+        return num_frames
 
     def _prepare_clip(self, frames: list[np.ndarray], size, options) -> torch.Tensor:
         height, width = frames[0].shape[:2]
@@ -350,7 +408,7 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         `return_mask_logits`, `mask_logits` `[T, h, w]` (the selected query's unpadded stride-4 logits) replaces
         `masks`, which `mask_probabilities(mask_logits, H0, W0) > threshold` gives frame by frame (for long videos).
         """
-        logits, pred_masks, pred_boxes = outputs.logits, outputs.pred_masks, outputs.pred_boxes
+        logits, pred_boxes, pred_masks = _prediction_tensors(outputs)
         batch_size = logits.shape[0]
         target_sizes = torch.as_tensor(target_sizes).view(-1, 2).tolist()
         if len(target_sizes) != batch_size:
@@ -412,8 +470,9 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
     def post_process_referring_image_segmentation(self, outputs, target_sizes, resized_sizes=None, threshold=0.5):
         """[`post_process_referring_video_segmentation`] for single images (T = 1): `masks` `[H0, W0]`, `boxes` `[4]`,
         `scores` a float."""
-        if outputs.logits.shape[1] != 1:
-            raise ValueError(f"Image post-processing needs single-frame outputs, got {outputs.logits.shape[1]} frames.")
+        num_frames = _prediction_tensors(outputs)[0].shape[1]
+        if num_frames != 1:
+            raise ValueError(f"Image post-processing needs single-frame outputs, got {num_frames} frames.")
         results = self.post_process_referring_video_segmentation(outputs, target_sizes, resized_sizes, threshold)
         return [
             {**result, "masks": result["masks"][0], "boxes": result["boxes"][0], "scores": float(result["scores"][0])}
@@ -434,7 +493,11 @@ class ReferFormerProcessor(ProcessorMixin):
     def __init__(self, video_processor, tokenizer):
         super().__init__(video_processor, tokenizer)
 
-    def __call__(self, videos=None, text=None, return_tensors="pt", **video_kwargs) -> BatchFeature:
+    def __call__(self, videos=None, text=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """Video kwargs go to the video processor, tokenizer kwargs (`padding`, `max_length`, `truncation`, ...) to
+        the tokenizer."""
+        text_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in TextKwargs.__annotations__}
+        video_kwargs = kwargs
         if videos is None or text is None:
             raise ValueError("ReferFormerProcessor needs both videos and text (one referring expression per video).")
         sentences = [text] if isinstance(text, str) else text
@@ -450,20 +513,26 @@ class ReferFormerProcessor(ProcessorMixin):
         inputs = self.video_processor(videos, return_tensors="pt", **video_kwargs)
         if len(videos) == 1 and len(sentences) > 1:
             inputs = BatchFeature({key: value.expand(len(sentences), *value.shape[1:]) for key, value in inputs.items()})
-        inputs.update(self._tokenize(sentences))
+        inputs.update(self._tokenize(sentences, **text_kwargs))
         return BatchFeature(data=dict(inputs), tensor_type=return_tensors)
 
-    def _tokenize(self, sentences: list[str]) -> dict:
-        max_length = self.tokenizer.model_max_length
-        if max_length >= VERY_LARGE_INTEGER:  # the tokenizer knows no limit
-            return self.tokenizer(sentences, padding="longest", return_tensors="pt")
+    def _tokenize(self, sentences: list[str], **text_kwargs) -> dict:
+        """Pads to the longest sentence and truncates (with a warning) to `max_length`, by default the tokenizer's
+        `model_max_length`, which `max_length` may not exceed (the text encoder has no positions beyond it)."""
+        limit = self.tokenizer.model_max_length if self.tokenizer.model_max_length < VERY_LARGE_INTEGER else None
+        max_length = text_kwargs.pop("max_length", None) or limit
+        if limit is not None and max_length > limit:
+            raise ValueError(f"max_length={max_length} exceeds the text encoder's limit of {limit} tokens.")
+        options = {"padding": "longest", **text_kwargs, "return_tensors": "pt"}
+        if max_length is None:
+            return self.tokenizer(sentences, **options)
+        options = {"truncation": True, **options}
         lengths = [len(ids) for ids in self.tokenizer(sentences)["input_ids"]]
-        if max(lengths) > max_length:
+        if max(lengths) > max_length and options["truncation"]:
             logger.warning(
-                f"A referring expression has {max(lengths)} tokens, more than the text encoder's limit of "
-                f"{max_length}; it is truncated."
+                f"A referring expression has {max(lengths)} tokens, more than max_length={max_length}; it is truncated."
             )
-        return self.tokenizer(sentences, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+        return self.tokenizer(sentences, max_length=max_length, **options)
 
     def post_process_referring_video_segmentation(
         self, outputs, target_sizes, resized_sizes=None, threshold=0.5, return_all_queries=False, return_mask_logits=False

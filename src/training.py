@@ -4,12 +4,13 @@ collator for clip-level samples.
 The original trains with AdamW (lr 1e-4, backbone 5e-5, text encoder 1e-5, weight decay 5e-4 on every parameter),
 clips gradients to a total norm of 0.1 and divides the learning rate by 10 at fixed epochs. With
 [`ReferFormerTrainer`] the matching `TrainingArguments` are `learning_rate=1e-4, weight_decay=5e-4,
-max_grad_norm=0.1` (the `TrainingArguments` defaults differ), plus `remove_unused_columns=False` (the labels are a
-list of dicts) and `eval_do_concat_batches=False`. The step decay per epoch has no built-in `lr_scheduler_type`;
+max_grad_norm=0.1` (the `TrainingArguments` defaults differ) and `eval_do_concat_batches=False`; the trainer always
+uses `remove_unused_columns=False` (the collator needs the raw columns; the labels are a list of dicts). The step decay per epoch has no built-in `lr_scheduler_type`;
 `"constant"` reproduces the learning rate before the first drop.
 """
 
 import base64
+import copy
 import json
 import math
 import pickle
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
 
@@ -91,19 +92,31 @@ class ReferFormerTrainer(Trainer):
             Learning rate of the text encoder (irrelevant when it is frozen).
         linear_projection_multiplier (`float`, defaults to 1.0):
             Learning-rate multiplier of the deformable-attention `sampling_offsets` and `reference_points` layers.
-        *args, **kwargs:
-            Passed to [`~transformers.Trainer`].
+        model, args, **kwargs:
+            Passed to [`~transformers.Trainer`]. `args` defaults to `TrainingArguments` with
+            `remove_unused_columns=False`; given arguments asking to remove columns are copied with it set to False
+            (with a warning), since the ReferFormer collators read dataset columns that the model does not take.
     """
 
     def __init__(
         self,
-        *args,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
         backbone_learning_rate: float = 5e-5,
         text_encoder_learning_rate: float = 1e-5,
         linear_projection_multiplier: float = 1.0,
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
+        if args is None:
+            args = TrainingArguments(output_dir="trainer_output", remove_unused_columns=False)
+        elif args.remove_unused_columns:
+            logger.warning(
+                "ReferFormerTrainer keeps the dataset columns the model does not take (the collator needs them): "
+                "using remove_unused_columns=False."
+            )
+            args = copy.copy(args)
+            args.remove_unused_columns = False
+        super().__init__(model=model, args=args, **kwargs)
         self.backbone_learning_rate = backbone_learning_rate
         self.text_encoder_learning_rate = text_encoder_learning_rate
         self.linear_projection_multiplier = linear_projection_multiplier

@@ -437,3 +437,38 @@ def test_cuda_op_low_precision(dtype):
     output = kernels.ms_deform_attn(*low_precision)
     assert output.dtype == dtype
     torch.testing.assert_close(output.float(), expected, rtol=2e-2, atol=5e-2)
+
+
+def test_reference_with_spatial_shapes_list_reads_no_tensor(monkeypatch):
+    inputs = make_inputs(torch.float32)
+    expected = kernels.ms_deform_attn_reference(*inputs)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: pytest.fail("read a tensor on the host"))
+    output = kernels.ms_deform_attn_reference(*inputs, spatial_shapes_list=SPATIAL_SHAPES)
+    assert torch.equal(output, expected)
+
+
+@pytest.mark.parametrize(
+    "spatial_shapes_list, match",
+    [
+        (SPATIAL_SHAPES[:-1], "the 4 levels"),
+        ([(7, 9), (4, 8), (3, 5), (1, 2)], "do not tile"),
+        (torch.tensor(SPATIAL_SHAPES), "must be a list"),
+    ],
+)
+def test_bad_spatial_shapes_list_raises_clear_errors(spatial_shapes_list, match):
+    with pytest.raises(ValueError, match=match):
+        kernels.ms_deform_attn(*make_inputs(torch.float32), spatial_shapes_list=spatial_shapes_list)
+
+
+def test_fallback_with_spatial_shapes_list_compiles_without_graph_breaks(monkeypatch):
+    monkeypatch.setenv(_loader.DISABLE_ENV_VAR, "1")
+    inputs = make_inputs(torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda *operands: kernels.ms_deform_attn(*operands, spatial_shapes_list=SPATIAL_SHAPES),
+        fullgraph=True,
+        backend="eager",
+    )
+    output = compiled(*inputs)
+    torch._dynamo.reset()
+    torch.testing.assert_close(output, kernels.ms_deform_attn_reference(*inputs), **TOLERANCES[torch.float32])

@@ -415,3 +415,24 @@ def test_loading_keeps_loaded_weights_when_a_key_is_missing(tmp_path):
     attention = reloaded.model.encoder.layers[0].self_attn
     torch.testing.assert_close(attention.sampling_offsets.bias, loaded_bias, rtol=0, atol=0)
     assert (attention.sampling_offsets.weight == 0).all()  # re-initialized by the special init
+
+
+def test_config_labels_layers_and_encoder_decoder_follow_the_architecture():
+    config = unit_test_config(num_classes=3, encoder_layers=2)
+    assert config.num_labels == 3 and config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    assert config.num_hidden_layers == 2 and config.is_encoder_decoder
+    assert unit_test_config(num_classes=2, id2label={0: "dog", 1: "cat"}).id2label == {0: "dog", 1: "cat"}
+    with pytest.raises(ValueError, match="id2label has 2 labels but num_classes is 1"):
+        unit_test_config(id2label={0: "dog", 1: "cat"})
+    model = ReferFormerForReferringVideoObjectSegmentation(config)
+    assert model.class_embed[0].out_features == config.num_labels
+
+
+def test_input_embeddings_are_the_text_encoder_word_embeddings():
+    torch.manual_seed(0)
+    model = ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval()
+    word_embeddings = model.model.text_encoder.embeddings.word_embeddings
+    assert model.get_input_embeddings() is word_embeddings and model.model.get_input_embeddings() is word_embeddings
+    replacement = torch.nn.Embedding(word_embeddings.num_embeddings, word_embeddings.embedding_dim, padding_idx=1)
+    model.set_input_embeddings(replacement)
+    assert model.model.text_encoder.embeddings.word_embeddings is replacement

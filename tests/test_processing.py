@@ -1,6 +1,7 @@
 """Video loading, preprocessing, the processor, post-processing and the export helpers."""
 
 import logging
+import sys
 
 import av
 import numpy as np
@@ -88,6 +89,17 @@ def test_processor_on_a_real_mp4_keeps_the_sampled_indices_and_sizes(processor):
     expected = torch.from_numpy(np.array(Image.fromarray(frames[2]).resize((847, 360), Image.BILINEAR)))
     expected = (expected.permute(2, 0, 1).float() / 255 - MEAN[0]) / STD[0]
     torch.testing.assert_close(inputs["pixel_values"][0, 2], expected, rtol=0, atol=1e-5)
+
+
+def test_pyav_is_needed_only_to_decode_a_file(tmp_path, processor, monkeypatch):
+    frames = synthetic_frames(num_frames=2)
+    write_video(frames, tmp_path / "clip.mp4", fps=5)
+    expected = processor(videos=np.stack(frames), text="the square")
+    monkeypatch.setitem(sys.modules, "av", None)  # PyAV not installed
+    inputs = processor(videos=np.stack(frames), text="the square")
+    assert torch.equal(inputs["pixel_values"], expected["pixel_values"])
+    with pytest.raises(ImportError, match="needs PyAV: `pip install av`"):
+        processor(videos=tmp_path / "clip.mp4", text="the square")
 
 
 def test_folder_frames_are_sorted_naturally_and_sampled(tmp_path):
@@ -363,3 +375,67 @@ def test_palette_masks_are_written_completely_or_not_at_all(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["video"]
     with pytest.raises(ValueError, match="Unsupported video format"):
         write_video(synthetic_frames(1), tmp_path / "x.avi")
+
+
+# ----------------------------------------------------------------------------- standard processor kwargs
+
+
+def test_num_frames_samples_uniformly_and_device_moves_the_outputs(processor):
+    frames = np.stack(synthetic_frames(num_frames=6))
+    sampled = processor(videos=frames, text="the square", num_frames=3)
+    assert sampled["frame_indices"].tolist() == [[0, 2, 4]]
+    expected = processor(videos=frames[[0, 2, 4]], text="the square")
+    assert torch.equal(sampled["pixel_values"], expected["pixel_values"])
+    # After frame_stride: frames 0, 2, 4 are kept, then 2 of them spread uniformly.
+    strided = processor(videos=frames, text="the square", frame_stride=2, num_frames=2, do_sample_frames=True)
+    assert strided["frame_indices"].tolist() == [[0, 2]]
+    on_meta = processor(videos=frames, text="the square", device="meta")
+    assert on_meta["pixel_values"].device.type == "meta" and on_meta["pixel_values"].shape[1] == 6
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"fps": 2}, "`fps` sampling is not supported"),
+        ({"do_sample_frames": True}, "needs `num_frames`"),
+        ({"do_sample_frames": False, "num_frames": 2}, "do_sample_frames=False"),
+        ({"num_frames": 7}, "Cannot sample num_frames=7 frames from a video of 6"),
+        ({"num_frames": 0}, "positive integer"),
+        ({"return_metadata": True}, "not supported"),
+    ],
+)
+def test_video_sampling_kwargs_it_cannot_honour_are_refused(processor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        processor(videos=np.stack(synthetic_frames(num_frames=6)), text="the square", **kwargs)
+
+
+def test_tokenizer_kwargs_reach_the_tokenizer(processor, caplog):
+    frames = np.stack(synthetic_frames(num_frames=2))
+    default = processor(videos=frames, text="the square")
+    num_tokens = default["input_ids"].shape[1]
+    padded = processor(videos=frames, text="the square", padding="max_length", max_length=num_tokens + 4)
+    assert padded["input_ids"].shape == (1, num_tokens + 4)
+    assert torch.equal(padded["input_ids"][:, :num_tokens], default["input_ids"])
+    assert padded["attention_mask"].sum().item() == num_tokens
+    assert (padded["input_ids"][0, num_tokens:] == processor.tokenizer.pad_token_id).all()
+    with caplog.at_level(logging.WARNING):
+        truncated = processor(videos=frames, text="the square", max_length=num_tokens - 1)
+    assert truncated["input_ids"].shape == (1, num_tokens - 1) and "truncated" in caplog.text
+    with pytest.raises(ValueError, match="exceeds the text encoder's limit"):
+        processor(videos=frames, text="the square", max_length=processor.tokenizer.model_max_length + 1)
+
+
+def test_post_processing_accepts_return_dict_false_tuples(processor):
+    torch.manual_seed(0)
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval())
+    inputs = processor(videos=np.stack(synthetic_frames(num_frames=2)), text="the square")
+    with torch.no_grad():
+        outputs = model(**inputs)
+        tuple_outputs = model(**inputs, return_dict=False)
+    sizes = (inputs["original_sizes"], inputs["resized_sizes"])
+    expected = processor.post_process_referring_video_segmentation(outputs, *sizes)[0]
+    result = processor.post_process_referring_video_segmentation(tuple_outputs, *sizes)[0]
+    assert torch.equal(result["masks"], expected["masks"]) and torch.equal(result["boxes"], expected["boxes"])
+    assert result["query_index"] == expected["query_index"]
+    with pytest.raises(ValueError, match="return_dict=False tuple computed without labels"):
+        processor.post_process_referring_video_segmentation((torch.tensor(1.0),) + tuple_outputs, *sizes)

@@ -1,4 +1,5 @@
-"""A saved model loads with `trust_remote_code=True` in a fresh process where `referformer` cannot be imported."""
+"""A saved model, and the committed demo folder, load with `trust_remote_code=True` in a fresh process where
+`referformer` and the packages only it needs cannot be imported."""
 
 import os
 import subprocess
@@ -7,16 +8,29 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from helpers import randomize_weights, tiny_tokenizer, unit_test_config
+from helpers import FP32_ROUNDING, REPO_ROOT, randomize_weights, tiny_tokenizer, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 
 
-REMOTE_LOAD = textwrap.dedent(
+DEMO_MODEL = REPO_ROOT / "checkpoints" / "referformer-tiny-shapes"
+REMOTE_CODE_FILES = (
+    "configuration_referformer.py",
+    "modeling_referformer.py",
+    "ms_deform_attn_pytorch.py",
+    "swin_backbones.py",
+    "processing_referformer.py",
+    "loss_referformer.py",
+)
+# Remote code must run with torch, transformers, timm and safetensors (and their own dependencies) only.
+PACKAGE_ONLY_MODULES = ("referformer", "av", "scipy", "pycocotools", "h5py", "datasets", "evaluate", "gradio", "accelerate")
+REMOTE_LOAD = (
+    "import sys\n"
+    f"for name in {PACKAGE_ONLY_MODULES!r}:\n"
+    "    sys.modules[name] = None  # not importable: everything must come from the folder\n"
+) + textwrap.dedent(
     """
-    import sys
-    sys.modules["referformer"] = None  # the package is not importable: everything must come from the folder
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoModel, AutoProcessor
@@ -43,6 +57,17 @@ REMOTE_LOAD = textwrap.dedent(
 )
 
 
+def load_as_remote_code(folder, data, tmp_path) -> dict:
+    """Runs `REMOTE_LOAD` on `folder` with the frames of `data` in a fresh process; returns its outputs."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOAD, str(folder), str(data)], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote load ok" in result.stdout
+    return load_file(data / "remote_outputs.safetensors")
+
+
 @pytest.mark.parametrize("backbone", ["timm", "video_swin"])
 def test_remote_code_load_without_the_package(tmp_path, backbone):
     overrides = {}
@@ -57,8 +82,7 @@ def test_remote_code_load_without_the_package(tmp_path, backbone):
     processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 64}), tiny_tokenizer())
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    code_files = ("configuration_referformer.py", "modeling_referformer.py", "ms_deform_attn_pytorch.py", "swin_backbones.py", "processing_referformer.py", "loss_referformer.py")
-    for code_file in code_files:
+    for code_file in REMOTE_CODE_FILES:
         assert (folder / code_file).exists(), code_file
     frames = torch.randint(0, 256, (2, 48, 60, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     save_file({"frames": frames}, data / "frames.safetensors")
@@ -69,16 +93,32 @@ def test_remote_code_load_without_the_package(tmp_path, backbone):
         expected, inputs["original_sizes"], inputs["resized_sizes"]
     )[0]["masks"]
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(folder), str(data)], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "remote load ok" in result.stdout
-    from safetensors.torch import load_file
-
-    remote = load_file(data / "remote_outputs.safetensors")
+    remote = load_as_remote_code(folder, data, tmp_path)
     torch.testing.assert_close(remote["logits"], expected.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(remote["pred_masks"], expected.pred_masks, atol=1e-4, rtol=1e-4)
     assert remote["masks"].shape == (2, 48, 60)
     assert (remote["masks"] != expected_masks).float().mean() < 1e-3  # thresholding of equal-within-1e-4 logits
+
+
+def test_committed_demo_folder_loads_as_remote_code(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    frames = torch.randint(0, 256, (3, 96, 144, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    save_file({"frames": frames}, data / "frames.safetensors")
+    model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(DEMO_MODEL).eval()
+    processor = ReferFormerProcessor.from_pretrained(DEMO_MODEL)
+    inputs = processor(videos=frames.numpy(), text="the bright square")
+    with torch.no_grad():
+        expected = model(**inputs)
+    remote = load_as_remote_code(DEMO_MODEL, data, tmp_path)
+    torch.testing.assert_close(remote["logits"], expected.logits, **FP32_ROUNDING)
+    torch.testing.assert_close(remote["pred_masks"], expected.pred_masks, **FP32_ROUNDING)
+
+
+def test_committed_demo_folder_code_is_the_current_source():
+    """The folder's code files are what `save_pretrained` writes today. After changing one of these sources, refresh
+    them with the command of the README's "Demo: the embedded model" section."""
+    code_files = sorted(path.name for path in DEMO_MODEL.glob("*.py"))
+    assert code_files == sorted(REMOTE_CODE_FILES)
+    for name in code_files:
+        assert (DEMO_MODEL / name).read_text() == (REPO_ROOT / "src" / name).read_text(), f"{name} is stale"

@@ -1,6 +1,7 @@
 """Optimizer parameter groups, ReferFormerTrainer, the clip collator and the training recipe."""
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -101,6 +102,21 @@ def test_trainer_creates_optimizer_with_the_groups(tmp_path):
     for created, reference in zip(optimizer.param_groups, expected):
         assert [id(p) for p in created["params"]] == [id(p) for p in reference["params"]]
     assert trainer.create_optimizer() is optimizer
+
+
+def test_trainer_keeps_the_columns_the_collator_needs(tmp_path, caplog):
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"video_id": ["a", "b"], "expression": ["the red circle", "the blue square"]})
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert args.remove_unused_columns  # the transformers default, which drops every column here
+    with caplog.at_level(logging.WARNING, logger="referformer.training"):
+        trainer = ReferFormerTrainer(model=build_model(), args=args)
+    assert "remove_unused_columns=False" in caplog.text
+    assert args.remove_unused_columns and not trainer.args.remove_unused_columns  # the caller's arguments untouched
+    assert trainer._remove_unused_columns(dataset).column_names == ["video_id", "expression"]
+    default_trainer = ReferFormerTrainer(model=build_model())
+    assert not default_trainer.args.remove_unused_columns
 
 
 def test_trainer_rejects_optimizers_with_their_own_groups(tmp_path):

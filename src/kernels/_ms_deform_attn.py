@@ -13,9 +13,11 @@ _SUPPORTED_DTYPES = {
 }
 
 
-def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
-    """Raises a clear error for operands of the wrong type, rank, shape, dtype or device (metadata only, so it is
-    traceable by `torch.compile`)."""
+def _check_inputs(
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, spatial_shapes_list=None
+) -> None:
+    """Raises a clear error for operands of the wrong type, rank, shape, dtype or device, and for a
+    `spatial_shapes_list` that does not tile `value` (metadata only, so it is traceable by `torch.compile`)."""
     operands = {
         "value": value,
         "spatial_shapes": spatial_shapes,
@@ -71,6 +73,17 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
     for name, tensor in operands.items():
         if tensor.device != value.device:
             raise ValueError(f"ms_deform_attn: {name} is on {tensor.device} but value is on {value.device}")
+    if spatial_shapes_list is None:
+        return
+    if not isinstance(spatial_shapes_list, (list, tuple)) or len(spatial_shapes_list) != num_levels:
+        raise ValueError(
+            f"ms_deform_attn: spatial_shapes_list must be a list of the (height, width) of the {num_levels} levels, "
+            f"got {spatial_shapes_list!r}"
+        )
+    if sum(height * width for height, width in spatial_shapes_list) != value.shape[1]:
+        raise ValueError(
+            f"ms_deform_attn: the levels {spatial_shapes_list} do not tile the {value.shape[1]} values of value"
+        )
 
 
 def is_available(device: str | torch.device = "cpu") -> bool:
@@ -96,13 +109,16 @@ def ms_deform_attn_reference(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    spatial_shapes_list: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Pure-PyTorch multi-scale deformable attention (`grid_sample` per level), same signature as `ms_deform_attn`.
 
-    Reads `spatial_shapes` and `level_start_index` on the host, so it synchronizes with the device and breaks
-    `torch.compile` graphs.
+    Without `spatial_shapes_list` it reads `spatial_shapes` and `level_start_index` on the host, which synchronizes
+    with the device and breaks `torch.compile` graphs; with it, the tensors are not read.
     """
-    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, spatial_shapes_list)
+    if spatial_shapes_list is not None:
+        return ms_deform_attn_pytorch(value, spatial_shapes_list, sampling_locations, attention_weights)
     spatial_shapes_list = [(height, width) for height, width in spatial_shapes.tolist()]
     level_sizes = [height * width for height, width in spatial_shapes_list]
     expected_starts = [sum(level_sizes[:level]) for level in range(len(level_sizes))]
@@ -120,6 +136,7 @@ def ms_deform_attn(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    spatial_shapes_list: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Multi-scale deformable attention.
 
@@ -134,13 +151,18 @@ def ms_deform_attn(
         sampling_locations: `[batch, queries, heads, levels, points, 2]`, `(x, y)` in [0, 1] relative to each level
             (`grid_sample` convention with `align_corners=False`: pixel = location * size - 0.5).
         attention_weights: `[batch, queries, heads, levels, points]`.
+        spatial_shapes_list: optional `(height, width)` of each level as Python ints, the same levels as
+            `spatial_shapes`. When given, the PyTorch fallback uses it instead of reading `spatial_shapes` on the
+            host, so it neither synchronizes with the device nor breaks `torch.compile` / `torch.export` graphs.
 
     Returns:
         `[batch, queries, heads * head_dim]`.
     """
-    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, spatial_shapes_list)
     if _can_use_custom_op(value):
         return torch.ops.referformer.ms_deform_attn(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
-    return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    return ms_deform_attn_reference(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, spatial_shapes_list
+    )

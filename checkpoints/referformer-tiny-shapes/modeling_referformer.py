@@ -1,0 +1,1247 @@
+"""PyTorch ReferFormer: "Language as Queries for Referring Video Object Segmentation" (Wu et al., CVPR 2022).
+
+Layout of the computation (shapes for B clips of T frames, Q queries, hidden size C):
+
+1. backbone: every frame -> four feature maps at strides 4, 8, 16, 32 (frames flattened into the batch, N = B*T);
+2. text encoder -> word features [B, L, C] and a sentence feature [B, C] (one shared projection);
+3. input projections of strides 8/16/32 plus an extra stride-64 level, each multiplied by a cross-attention from the
+   visual tokens to the words (early fusion);
+4. deformable encoder per frame; deformable decoder per frame whose queries are the sentence feature (content) plus a
+   learned position shared by all frames, with iterative box refinement;
+5. cross-modal FPN (pixel decoder) -> stride-4 mask features for the whole clip;
+6. per decoder layer: class logits, boxes, and masks from a dynamic 1x1-convolution head generated per query.
+"""
+
+import math
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.integrations import use_kernel_forward_from_hub
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_referformer import (
+    ReferFormerConfig,
+    ReferFormerSwinBackboneConfig,
+    ReferFormerTimmBackboneConfig,
+    ReferFormerVideoSwinBackboneConfig,
+)
+from .loss_referformer import ReferFormerLoss
+from .ms_deform_attn_pytorch import ms_deform_attn_pytorch
+from .swin_backbones import ReferFormerSwinBackbone, ReferFormerVideoSwinBackbone, init_swin_weights
+
+
+try:  # compiled kernels ship with the installed package only, never with remote code
+    from referformer import kernels as referformer_kernels
+except ImportError:
+    referformer_kernels = None
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class ReferFormerModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, hidden_size)`):
+        Output of the last decoder layer.
+    intermediate_hidden_states (`torch.FloatTensor` of shape `(batch_size, decoder_layers, num_frames, num_queries, hidden_size)`):
+        Output of every decoder layer.
+    intermediate_pred_boxes (`torch.FloatTensor` of shape `(batch_size, decoder_layers, num_frames, num_queries, 4)`):
+        Boxes (normalized cx, cy, w, h of the unpadded frame) predicted by the box head of every decoder layer.
+    intermediate_reference_points (`torch.FloatTensor` of shape `(batch_size, decoder_layers, num_frames, num_queries, 2)`):
+        Reference point (x, y) fed to every decoder layer; index 0 is the initial reference.
+    mask_features (`torch.FloatTensor` of shape `(batch_size, num_frames, mask_dim, height / 4, width / 4)`):
+        Stride-4 features of the cross-modal FPN, input of the dynamic mask head.
+    frame_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
+        Unpadded (height, width) of each clip, derived from `pixel_mask`.
+    encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_frames, sequence_length, hidden_size)`):
+        Output of the deformable encoder (all feature levels flattened and concatenated).
+    encoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Input of the encoder and output of every encoder layer, each `(batch_size * num_frames, sequence_length, hidden_size)`.
+    decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Input of the decoder and output of every decoder layer, each `(batch_size * num_frames, num_queries, hidden_size)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    intermediate_pred_boxes: torch.FloatTensor | None = None
+    intermediate_reference_points: torch.FloatTensor | None = None
+    mask_features: torch.FloatTensor | None = None
+    frame_sizes: torch.LongTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class ReferFormerSegmentationOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+        Weighted sum of the class, box, GIoU, mask-focal and DICE losses of every decoder layer.
+    loss_dict (`dict`, *optional*, returned when `labels` are given):
+        The unweighted loss terms under the original's names (`loss_ce`, `loss_bbox`, `loss_giou`, `loss_mask`,
+        `loss_dice`, suffixed `_0`, `_1`, ... for the auxiliary layers).
+    matched_query_indices (`torch.LongTensor` of shape `(decoder_layers, batch_size)`, *optional*):
+        Query matched to the referred object of each clip, per decoder layer (final layer last).
+    logits (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, num_classes)`):
+        Class logits of the last decoder layer (sigmoid gives the probability that a query is the referred object).
+    pred_boxes (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, 4)`):
+        Boxes of the last decoder layer: normalized (cx, cy, w, h) relative to the unpadded frame.
+    pred_masks (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, height / 4, width / 4)`):
+        Mask logits of the last decoder layer at stride 4 of the padded input.
+    reference_points (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, 2)`):
+        Reference point (x, y) fed to the last decoder layer.
+    auxiliary_outputs (`list[dict]`, *optional*):
+        `logits`, `pred_boxes` and `pred_masks` of every earlier decoder layer (when `config.auxiliary_loss`).
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, hidden_size)`):
+        Output of the last decoder layer.
+    encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_frames, sequence_length, hidden_size)`):
+        Output of the deformable encoder.
+    encoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        See [`ReferFormerModelOutput`].
+    decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        See [`ReferFormerModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict | None = None
+    matched_query_indices: torch.LongTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
+    reference_points: torch.FloatTensor | None = None
+    auxiliary_outputs: list[dict] | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Inverse of the sigmoid, clamped like the original (`x` clamped to [0, 1], both terms to at least `eps`)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def sine_position_embedding_2d(padding_mask: torch.Tensor, num_pos_feats: int, temperature: int = 10000) -> torch.Tensor:
+    """Normalized 2-D sine position encoding of DETR (with its -0.5 offset): `[N, H, W]` mask -> `[N, 2*feats, H, W]`.
+
+    `padding_mask` is True on padding. Channels are the y-block then the x-block, each interleaving sin and cos.
+    """
+    not_mask = ~padding_mask
+    y_embed = not_mask.cumsum(1, dtype=torch.float32)
+    x_embed = not_mask.cumsum(2, dtype=torch.float32)
+    eps, scale = 1e-6, 2 * math.pi
+    y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * scale
+    x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * scale
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=padding_mask.device)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
+    pos_x = x_embed[:, :, :, None] / dim_t
+    pos_y = y_embed[:, :, :, None] / dim_t
+    pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
+    pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+    return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+
+
+def sine_position_embedding_1d(padding_mask: torch.Tensor, num_pos_feats: int, temperature: int = 10000) -> torch.Tensor:
+    """Normalized 1-D sine position encoding of the words (no offset): `[B, L]` mask -> `[B, L, feats]`."""
+    x_embed = (~padding_mask).cumsum(1, dtype=torch.float32)
+    x_embed = x_embed / (x_embed[:, -1:] + 1e-6) * (2 * math.pi)
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=padding_mask.device)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
+    pos_x = x_embed[:, :, None] / dim_t
+    return torch.stack((pos_x[:, :, 0::2].sin(), pos_x[:, :, 1::2].cos()), dim=3).flatten(2)
+
+
+def resize_padding_mask(padding_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a `[N, H, W]` boolean mask, as the original does for every feature level."""
+    return F.interpolate(padding_mask[None].float(), size=size).to(torch.bool)[0]
+
+
+def frames_to_clip_tokens(features: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """`[B*T, C, h, w]` -> `[B, T*h*w, C]`: the tokens of a whole clip, frame-major."""
+    batch_frames, channels, height, width = features.shape
+    features = features.view(batch_frames // num_frames, num_frames, channels, height, width)
+    return features.permute(0, 1, 3, 4, 2).reshape(batch_frames // num_frames, num_frames * height * width, channels)
+
+
+def clip_tokens_to_frames(tokens: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of [`frames_to_clip_tokens`]."""
+    batch_size, _, channels = tokens.shape
+    tokens = tokens.view(batch_size, num_frames, height, width, channels)
+    return tokens.permute(0, 1, 4, 2, 3).reshape(batch_size * num_frames, channels, height, width)
+
+
+class ReferFormerTimmBackbone(nn.Module):
+    """A timm feature extractor (ResNet by default) with frozen batch norms, as the original's ResNet backbone."""
+
+    def __init__(self, config: ReferFormerTimmBackboneConfig):
+        super().__init__()
+        body = timm.create_model(
+            config.model_name,
+            pretrained=False,
+            features_only=True,
+            out_indices=config.out_indices,
+            **config.model_kwargs,
+        )
+        self.body = timm.layers.freeze_batch_norm_2d(body) if config.freeze_batch_norm else body
+        self.channels = self.body.feature_info.channels()
+        if config.freeze_stem_and_first_stage:
+            # Everything that runs before the second output stage: stem and first stage (conv1 + layer1 of a ResNet).
+            second_stage = self.body.feature_info.module_name()[1]
+            for name, parameter in self.body.named_parameters():
+                if name.startswith(second_stage + "."):
+                    break
+                parameter.requires_grad_(False)
+
+    def forward(self, pixel_values: torch.Tensor, num_frames: int) -> list[torch.Tensor]:
+        return self.body(pixel_values)
+
+
+def build_backbone(config: ReferFormerConfig) -> nn.Module:
+    """The backbone module selected by `config.backbone_config`; it exposes `channels` of its four output stages."""
+    # Dispatch on `model_type`: with remote code the config classes may come from another copy of the config module.
+    backbone_classes = {
+        ReferFormerTimmBackboneConfig.model_type: ReferFormerTimmBackbone,
+        ReferFormerSwinBackboneConfig.model_type: ReferFormerSwinBackbone,
+        ReferFormerVideoSwinBackboneConfig.model_type: ReferFormerVideoSwinBackbone,
+    }
+    return backbone_classes[config.backbone_config.model_type](config.backbone_config)
+
+
+class ReferFormerMLP(nn.Module):
+    """Simple multi-layer perceptron with ReLU between the layers."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states)
+            if index < len(self.layers) - 1:
+                hidden_states = F.relu(hidden_states)
+        return hidden_states
+
+
+class ReferFormerTextProjection(nn.Module):
+    """Projects text-encoder features to the model width (the original's `FeatureResizer`)."""
+
+    def __init__(self, input_dim: int, output_dim: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(input_dim, output_dim)
+        self.layer_norm = nn.LayerNorm(output_dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.layer_norm(self.fc(features)))
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention on `[batch, heads, length, head_dim]` tensors (additive `attention_mask`)."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    return torch.matmul(attn_weights, value).transpose(1, 2).contiguous(), attn_weights
+
+
+class ReferFormerAttention(nn.Module):
+    """Multi-head attention (batch first) with a key padding mask, dispatched through the attention interface."""
+
+    is_causal = False
+
+    def __init__(self, config: ReferFormerConfig, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = dropout
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`query` `[B, Lq, C]`, `key`/`value` `[B, Lk, C]`, `key_padding_mask` `[B, Lk]` (True = ignore)."""
+        batch_size, query_length, hidden_size = query.shape
+        query_states = self.q_proj(query).view(batch_size, query_length, self.num_heads, self.head_dim).transpose(1, 2)
+        key_states = self.k_proj(key).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        value_states = self.v_proj(value).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        attention_mask = None
+        if key_padding_mask is not None:
+            attention_mask = torch.zeros(key_padding_mask.shape, dtype=query_states.dtype, device=query.device)
+            attention_mask = attention_mask.masked_fill(key_padding_mask, torch.finfo(query_states.dtype).min)
+            attention_mask = attention_mask[:, None, None, :]
+        attention_interface = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, _ = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(attn_output.reshape(batch_size, query_length, hidden_size))
+
+
+@use_kernel_forward_from_hub("MultiScaleDeformableAttention")
+class MultiScaleDeformableAttention(nn.Module):
+    """Stateless multi-scale deformable attention core; the single place where compiled kernels plug in.
+
+    Uses the compiled `referformer::ms_deform_attn` op when `referformer.kernels` is installed and can build it, the
+    pure-PyTorch implementation otherwise. Keeps the forward signature of transformers' Deformable DETR so that a
+    compatible Hub kernel can replace it (`use_kernels=True`).
+    """
+
+    def forward(
+        self,
+        value: torch.Tensor,
+        value_spatial_shapes: torch.Tensor,
+        value_spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+        im2col_step: int,
+    ) -> torch.Tensor:
+        if referformer_kernels is not None:
+            return referformer_kernels.ms_deform_attn(
+                value,
+                value_spatial_shapes,
+                level_start_index,
+                sampling_locations,
+                attention_weights,
+                spatial_shapes_list=value_spatial_shapes_list,
+            )
+        return ms_deform_attn_pytorch(value, value_spatial_shapes_list, sampling_locations, attention_weights)
+
+
+class ReferFormerMultiscaleDeformableAttention(nn.Module):
+    """Deformable attention over the multi-scale feature maps (the original's `MSDeformAttn`)."""
+
+    def __init__(self, config: ReferFormerConfig, num_heads: int, n_points: int):
+        super().__init__()
+        self.attn = MultiScaleDeformableAttention()
+        self.disable_custom_kernels = config.disable_custom_kernels
+        self.d_model = config.d_model
+        self.n_levels = config.num_feature_levels
+        self.n_heads = num_heads
+        self.n_points = n_points
+        self.im2col_step = 64
+        self.sampling_offsets = nn.Linear(config.d_model, num_heads * self.n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(config.d_model, num_heads * self.n_levels * n_points)
+        self.value_proj = nn.Linear(config.d_model, config.d_model)
+        self.output_proj = nn.Linear(config.d_model, config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        reference_points: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`hidden_states` `[N, Lq, C]` (queries, position included), `reference_points` `[N, Lq, levels, 2 or 4]`,
+        `encoder_hidden_states` `[N, S, C]` (values), `padding_mask` `[N, S]` (True = padding)."""
+        batch_size, num_queries, _ = hidden_states.shape
+        value = self.value_proj(encoder_hidden_states)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.view(batch_size, -1, self.n_heads, self.d_model // self.n_heads)
+        sampling_offsets = self.sampling_offsets(hidden_states).view(
+            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2
+        )
+        attention_weights = self.attention_weights(hidden_states).view(
+            batch_size, num_queries, self.n_heads, self.n_levels * self.n_points
+        )
+        attention_weights = F.softmax(attention_weights, -1).view(
+            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points
+        )
+        if reference_points.shape[-1] == 2:
+            offset_normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            sampling_locations = (
+                reference_points[:, :, None, :, None, :]
+                + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+            )
+        else:
+            sampling_locations = (
+                reference_points[:, :, None, :, None, :2]
+                + sampling_offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        if self.disable_custom_kernels:
+            output = ms_deform_attn_pytorch(value, spatial_shapes_list, sampling_locations, attention_weights)
+        else:
+            output = self.attn(
+                value,
+                spatial_shapes,
+                spatial_shapes_list,
+                level_start_index,
+                sampling_locations,
+                attention_weights,
+                self.im2col_step,
+            )
+        return self.output_proj(output)
+
+
+class ReferFormerEncoderLayer(GradientCheckpointingLayer):
+    """Deformable self-attention over all levels of one frame, then a feed-forward block (post-norm)."""
+
+    def __init__(self, config: ReferFormerConfig):
+        super().__init__()
+        self.self_attn = ReferFormerMultiscaleDeformableAttention(
+            config, config.encoder_attention_heads, config.encoder_n_points
+        )
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.fc1 = nn.Linear(config.d_model, config.encoder_ffn_dim)
+        self.fc2 = nn.Linear(config.encoder_ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        padding_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        attn_output = self.self_attn(
+            hidden_states + position_embeddings,
+            reference_points,
+            hidden_states,
+            spatial_shapes,
+            spatial_shapes_list,
+            level_start_index,
+            padding_mask,
+        )
+        hidden_states = self.self_attn_layer_norm(
+            hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
+        )
+        ffn_output = F.dropout(self.activation_fn(self.fc1(hidden_states)), p=self.dropout, training=self.training)
+        ffn_output = F.dropout(self.fc2(ffn_output), p=self.dropout, training=self.training)
+        return self.final_layer_norm(hidden_states + ffn_output)
+
+
+class ReferFormerDecoderLayer(GradientCheckpointingLayer):
+    """Query self-attention, deformable cross-attention to the encoder output, feed-forward block (post-norm)."""
+
+    def __init__(self, config: ReferFormerConfig):
+        super().__init__()
+        self.self_attn = ReferFormerAttention(config, config.d_model, config.decoder_attention_heads, config.dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.encoder_attn = ReferFormerMultiscaleDeformableAttention(
+            config, config.decoder_attention_heads, config.decoder_n_points
+        )
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.fc1 = nn.Linear(config.d_model, config.decoder_ffn_dim)
+        self.fc2 = nn.Linear(config.decoder_ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        query_position_embeddings: torch.Tensor,
+        reference_points: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        encoder_padding_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        queries = hidden_states + query_position_embeddings
+        attn_output = self.self_attn(queries, queries, hidden_states)
+        hidden_states = self.self_attn_layer_norm(
+            hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
+        )
+        attn_output = self.encoder_attn(
+            hidden_states + query_position_embeddings,
+            reference_points,
+            encoder_hidden_states,
+            spatial_shapes,
+            spatial_shapes_list,
+            level_start_index,
+            encoder_padding_mask,
+        )
+        hidden_states = self.encoder_attn_layer_norm(
+            hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
+        )
+        ffn_output = F.dropout(self.activation_fn(self.fc1(hidden_states)), p=self.dropout, training=self.training)
+        ffn_output = F.dropout(self.fc2(ffn_output), p=self.dropout, training=self.training)
+        return self.final_layer_norm(hidden_states + ffn_output)
+
+
+class ReferFormerEncoder(nn.Module):
+    """Stack of deformable encoder layers; every frame is encoded independently."""
+
+    def __init__(self, config: ReferFormerConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(ReferFormerEncoderLayer(config) for _ in range(config.encoder_layers))
+
+    @staticmethod
+    def get_reference_points(spatial_shapes_list, valid_ratios, device) -> torch.Tensor:
+        """Centre of every cell of every level, in [0, 1] of the valid area, replicated per level: `[N, S, L, 2]`."""
+        reference_points = []
+        for level, (height, width) in enumerate(spatial_shapes_list):
+            ref_y, ref_x = torch.meshgrid(
+                torch.linspace(0.5, height - 0.5, height, dtype=valid_ratios.dtype, device=device),
+                torch.linspace(0.5, width - 0.5, width, dtype=valid_ratios.dtype, device=device),
+                indexing="ij",
+            )
+            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
+            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
+            reference_points.append(torch.stack((ref_x, ref_y), -1))
+        reference_points = torch.cat(reference_points, 1)
+        return reference_points[:, :, None] * valid_ratios[:, None]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        valid_ratios: torch.Tensor,
+        padding_mask: torch.Tensor,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        reference_points = self.get_reference_points(spatial_shapes_list, valid_ratios, hidden_states.device)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                position_embeddings,
+                reference_points,
+                spatial_shapes,
+                spatial_shapes_list,
+                level_start_index,
+                padding_mask,
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return hidden_states, all_hidden_states
+
+
+class ReferFormerDecoder(nn.Module):
+    """Stack of deformable decoder layers with the box head (and, with box refinement, the reference update)."""
+
+    def __init__(self, config: ReferFormerConfig):
+        super().__init__()
+        self.with_box_refine = config.with_box_refine
+        self.layers = nn.ModuleList(ReferFormerDecoderLayer(config) for _ in range(config.decoder_layers))
+        # One box head per layer with box refinement, a single shared head otherwise.
+        num_box_heads = config.decoder_layers if config.with_box_refine else 1
+        self.bbox_embed = nn.ModuleList(
+            ReferFormerMLP(config.d_model, config.d_model, 4, 3) for _ in range(num_box_heads)
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        query_position_embeddings: torch.Tensor,
+        reference_points: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        valid_ratios: torch.Tensor,
+        encoder_padding_mask: torch.Tensor,
+        output_hidden_states: bool = False,
+    ):
+        """Returns per-layer hidden states `[L, N, Q, C]`, boxes `[L, N, Q, 4]`, input references `[L, N, Q, 2]`
+        and (optionally) the tuple of decoder hidden states."""
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        intermediate, intermediate_boxes, intermediate_references = [], [], []
+        for index, layer in enumerate(self.layers):
+            if reference_points.shape[-1] == 4:
+                reference_points_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+            else:
+                reference_points_input = reference_points[:, :, None] * valid_ratios[:, None]
+            intermediate_references.append(reference_points[..., :2])
+            hidden_states = layer(
+                hidden_states,
+                query_position_embeddings,
+                reference_points_input,
+                encoder_hidden_states,
+                spatial_shapes,
+                spatial_shapes_list,
+                level_start_index,
+                encoder_padding_mask,
+            )
+            # Box prediction relative to the layer's input reference (all 4 coordinates for a box reference, the
+            # centre for a point reference); with box refinement it becomes the next layer's reference.
+            box_delta = self.bbox_embed[index if self.with_box_refine else 0](hidden_states)
+            if reference_points.shape[-1] == 4:
+                boxes = (box_delta + inverse_sigmoid(reference_points)).sigmoid()
+            else:
+                boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference_points), box_delta[..., 2:]], -1)
+                boxes = boxes.sigmoid()
+            if self.with_box_refine:
+                reference_points = boxes.detach()
+            intermediate.append(hidden_states)
+            intermediate_boxes.append(boxes)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return (
+            torch.stack(intermediate),
+            torch.stack(intermediate_boxes),
+            torch.stack(intermediate_references),
+            all_hidden_states,
+        )
+
+
+class ReferFormerVisionLanguageFusion(nn.Module):
+    """Early fusion: visual tokens are multiplied by their cross-attention to the words (no residual, no norm)."""
+
+    def __init__(self, config: ReferFormerConfig):
+        super().__init__()
+        self.attention = ReferFormerAttention(config, config.d_model, config.fusion_attention_heads, dropout=0.0)
+
+    def forward(self, vision_tokens, text_features, text_position_embeddings, text_padding_mask) -> torch.Tensor:
+        attended = self.attention(
+            vision_tokens, text_features + text_position_embeddings, text_features, key_padding_mask=text_padding_mask
+        )
+        return vision_tokens * attended
+
+
+class ReferFormerConvNorm(nn.Module):
+    """Convolution without bias followed by GroupNorm(8) and an optional ReLU (the FPN's adapters and layers)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, activation: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.GroupNorm(8, out_channels)
+        self.activation = activation
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = self.norm(self.conv(features))
+        return F.relu(features) if self.activation else features
+
+
+class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
+    """Vision-language block of the cross-modal FPN (the original's `VisionLanguageBlock`, post-norm).
+
+    Spatio-temporal self-attention over all frames of a clip, on maps nearest-downsampled by `sr_ratio` (output
+    upsampled back bilinearly), then cross-attention to the words, then a feed-forward block.
+    """
+
+    def __init__(self, config: ReferFormerConfig, sr_ratio: int):
+        super().__init__()
+        hidden_size, heads, dropout = config.d_model, config.pixel_decoder_attention_heads, config.pixel_decoder_dropout
+        self.sr_ratio = sr_ratio
+        self.dropout = dropout
+        self.self_attn = ReferFormerAttention(config, hidden_size, heads, dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(hidden_size)
+        self.cross_attn = ReferFormerAttention(config, hidden_size, heads, dropout)
+        self.cross_attn_layer_norm = nn.LayerNorm(hidden_size)
+        self.fc1 = nn.Linear(hidden_size, config.pixel_decoder_ffn_dim)
+        self.fc2 = nn.Linear(config.pixel_decoder_ffn_dim, hidden_size)
+        self.final_layer_norm = nn.LayerNorm(hidden_size)
+
+    def forward(
+        self,
+        vision_features: torch.Tensor,
+        vision_position_embeddings: torch.Tensor,
+        vision_padding_mask: torch.Tensor,
+        text_features: torch.Tensor,
+        text_position_embeddings: torch.Tensor,
+        text_padding_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Vision inputs are frame maps `[B*T, C, h, w]` (padding mask `[B*T, h, w]`); returns `[B*T, C, h, w]`."""
+        batch_frames, _, height, width = vision_features.shape
+        num_frames = batch_frames // text_features.shape[0]
+        queries = vision_features + vision_position_embeddings
+        values, key_padding_mask = vision_features, vision_padding_mask
+        if self.sr_ratio > 1:
+            reduced_size = (int(height / self.sr_ratio), int(width / self.sr_ratio))
+            queries = F.interpolate(queries, size=reduced_size, mode="nearest")
+            values = F.interpolate(values, size=reduced_size, mode="nearest")
+            key_padding_mask = resize_padding_mask(key_padding_mask, reduced_size)
+        query_tokens = frames_to_clip_tokens(queries, num_frames)
+        attn_output = self.self_attn(
+            query_tokens,
+            query_tokens,
+            frames_to_clip_tokens(values, num_frames),
+            key_padding_mask=key_padding_mask.view(text_features.shape[0], -1),
+        )
+        if self.sr_ratio > 1:
+            attn_output = clip_tokens_to_frames(attn_output, num_frames, *reduced_size)
+            attn_output = F.interpolate(attn_output, size=(height, width), mode="bilinear", align_corners=False)
+            attn_output = frames_to_clip_tokens(attn_output, num_frames)
+        hidden_states = frames_to_clip_tokens(vision_features, num_frames)
+        hidden_states = self.self_attn_layer_norm(
+            hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
+        )
+        attn_output = self.cross_attn(
+            hidden_states + frames_to_clip_tokens(vision_position_embeddings, num_frames),
+            text_features + text_position_embeddings,
+            text_features,
+            key_padding_mask=text_padding_mask,
+        )
+        hidden_states = self.cross_attn_layer_norm(
+            hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
+        )
+        ffn_output = self.fc2(F.dropout(F.relu(self.fc1(hidden_states)), p=self.dropout, training=self.training))
+        hidden_states = self.final_layer_norm(
+            hidden_states + F.dropout(ffn_output, p=self.dropout, training=self.training)
+        )
+        return clip_tokens_to_frames(hidden_states, num_frames, height, width)
+
+
+class ReferFormerPixelDecoder(nn.Module):
+    """Cross-modal FPN: top-down from the stride-32 encoder map to the stride-4 backbone map, each level fused with
+    the words by a [`ReferFormerPixelDecoderBlock`]; produces the stride-4 mask features.
+
+    Stage `i` works at stride `4 * 2**i`: stage 0 reads the stride-4 backbone features, stages 1-3 the encoder output.
+    """
+
+    def __init__(self, config: ReferFormerConfig, finest_backbone_channels: int):
+        super().__init__()
+        hidden_size = config.d_model
+        input_channels = [finest_backbone_channels, hidden_size, hidden_size, hidden_size]
+        self.adapters = nn.ModuleList(
+            ReferFormerConvNorm(channels, hidden_size, kernel_size=1, activation=False) for channels in input_channels
+        )
+        self.layers = nn.ModuleList(
+            ReferFormerConvNorm(hidden_size, hidden_size, kernel_size=3, activation=True) for _ in input_channels
+        )
+        self.blocks = nn.ModuleList(ReferFormerPixelDecoderBlock(config, ratio) for ratio in config.pixel_decoder_sr_ratios)
+        self.mask_features = nn.Conv2d(hidden_size, config.mask_dim, kernel_size=3, padding=1)
+
+    def forward(
+        self,
+        stage_features: list[torch.Tensor],
+        stage_padding_masks: list[torch.Tensor],
+        stage_position_embeddings: list[torch.Tensor],
+        text_features: torch.Tensor,
+        text_position_embeddings: torch.Tensor,
+        text_padding_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Inputs per stage (strides 4, 8, 16, 32): features `[B*T, C_i, h, w]`, padding masks and positions."""
+        output = None
+        for stage in reversed(range(len(self.adapters))):
+            fused = self.blocks[stage](
+                self.adapters[stage](stage_features[stage]),
+                stage_position_embeddings[stage],
+                stage_padding_masks[stage],
+                text_features,
+                text_position_embeddings,
+                text_padding_mask,
+            )
+            if output is not None:
+                fused = fused + F.interpolate(output, size=fused.shape[-2:], mode="nearest")
+            output = self.layers[stage](fused)
+        return self.mask_features(output)
+
+
+class ReferFormerPreTrainedModel(PreTrainedModel):
+    config: ReferFormerConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = [r"ReferFormerEncoderLayer", r"ReferFormerDecoderLayer", r"ReferFormerPixelDecoderBlock"]
+    accepts_loss_kwargs = False
+
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # The special initializations live on container modules without parameters of their own (e.g. the deformable
+        # attention), which the remote-code shortcut of transformers would skip. `_init_weights` writes only through
+        # `transformers.initialization`, which never overwrites loaded tensors, so the shortcut is not needed.
+        super()._initialize_weights(module, is_custom_code=False)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Generic init plus the original's special initializations."""
+        super()._init_weights(module)
+        init_swin_weights(module)
+        if isinstance(module, ReferFormerMultiscaleDeformableAttention):
+            # Sampling offsets start on a grid of directions (one per head), at distance 1..n_points.
+            init.zeros_(module.sampling_offsets.weight)
+            thetas = torch.arange(module.n_heads, dtype=torch.float32) * (2.0 * math.pi / module.n_heads)
+            grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+            grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(module.n_heads, 1, 1, 2)
+            grid = grid.repeat(1, module.n_levels, module.n_points, 1)
+            grid = grid * torch.arange(1, module.n_points + 1, dtype=grid.dtype)[None, None, :, None]
+            init.copy_(module.sampling_offsets.bias, grid.flatten())
+            init.zeros_(module.attention_weights.weight)
+            init.zeros_(module.attention_weights.bias)
+            for projection in (module.value_proj, module.output_proj):
+                init.xavier_uniform_(projection.weight)
+                init.zeros_(projection.bias)
+        elif isinstance(module, ReferFormerAttention):
+            for projection in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+                init.xavier_uniform_(projection.weight)
+                init.zeros_(projection.bias)
+        elif isinstance(module, (ReferFormerEncoderLayer, ReferFormerDecoderLayer, ReferFormerPixelDecoderBlock)):
+            init.xavier_uniform_(module.fc1.weight)
+            init.xavier_uniform_(module.fc2.weight)
+        elif isinstance(module, ReferFormerConvNorm):
+            init.kaiming_uniform_(module.conv.weight, a=1)
+        elif isinstance(module, ReferFormerPixelDecoder):
+            init.kaiming_uniform_(module.mask_features.weight, a=1)
+            init.zeros_(module.mask_features.bias)
+        elif isinstance(module, ReferFormerDecoder):
+            for box_head in module.bbox_embed:
+                init.zeros_(box_head.layers[-1].weight)
+                init.zeros_(box_head.layers[-1].bias)
+            # The first box head starts with small boxes (sigmoid(-2) of the width and height).
+            init.copy_(module.bbox_embed[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
+        elif isinstance(module, ReferFormerModel):
+            init.normal_(module.level_embed)
+            init.normal_(module.query_position_embeddings.weight)
+            init.xavier_uniform_(module.reference_points.weight)
+            init.zeros_(module.reference_points.bias)
+            for projection in module.input_projection:
+                init.xavier_uniform_(projection[0].weight)
+                init.zeros_(projection[0].bias)
+        elif isinstance(module, ReferFormerForReferringVideoObjectSegmentation):
+            prior_bias = -math.log((1 - 0.01) / 0.01)
+            for class_head in module.class_embed:
+                init.constant_(class_head.bias, prior_bias)
+            for layer in module.controller.layers:
+                init.xavier_uniform_(layer.weight)
+                init.zeros_(layer.bias)
+
+
+class ReferFormerModel(ReferFormerPreTrainedModel):
+    """ReferFormer without the class and mask heads: backbone, text encoder, fusion, deformable transformer (with the
+    box head) and cross-modal FPN.
+
+    Inputs:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
+            ImageNet-normalized frames, zero-padded at the bottom/right to the largest clip of the batch.
+        pixel_mask (`torch.LongTensor` of shape `(batch_size, num_frames, height, width)`, *optional*):
+            1 on real pixels, 0 on padding. The unpadded frame size of each clip is derived from it.
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids of the referring expression of each clip.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 on real tokens, 0 on padding.
+        resized_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            Unpadded (height, width) of each clip, as the processor returns it; derived from `pixel_mask` if omitted.
+        valid_frame_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            A2D/JHMDB evaluation: the annotated frame of each clip. Right after the backbone only that frame is kept,
+            so every output has a single frame (with a Video Swin backbone the other frames still shape it).
+        original_sizes, frame_indices (*optional*):
+            Returned by the processor for post-processing; accepted so that `model(**inputs)` works, not used.
+    """
+
+    def __init__(self, config: ReferFormerConfig):
+        super().__init__(config)
+        hidden_size = config.d_model
+        self.backbone = build_backbone(config)
+        if len(self.backbone.channels) != 4:
+            raise ValueError(f"The backbone must return 4 feature stages, it returns {len(self.backbone.channels)}.")
+        self.text_encoder = AutoModel.from_config(config.text_config)
+        if config.freeze_text_encoder:
+            self.text_encoder.requires_grad_(False)
+        self.text_projection = ReferFormerTextProjection(
+            config.text_config.hidden_size, hidden_size, config.text_projection_dropout
+        )
+        last_channels = self.backbone.channels[-1]
+        self.input_projection = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(channels, hidden_size, kernel_size=1), nn.GroupNorm(32, hidden_size))
+                for channels in self.backbone.channels[1:]
+            ]
+            + [
+                nn.Sequential(
+                    nn.Conv2d(last_channels, hidden_size, kernel_size=3, stride=2, padding=1),
+                    nn.GroupNorm(32, hidden_size),
+                )
+            ]
+        )
+        self.vision_language_fusion = ReferFormerVisionLanguageFusion(config)
+        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, hidden_size))
+        self.query_position_embeddings = nn.Embedding(config.num_queries, hidden_size)
+        self.reference_points = nn.Linear(hidden_size, 2)
+        self.encoder = ReferFormerEncoder(config)
+        self.decoder = ReferFormerDecoder(config)
+        self.pixel_decoder = ReferFormerPixelDecoder(config, self.backbone.channels[0])
+        self.post_init()
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Word features `[B, L, C]`, sentence feature `[B, C]` and the text padding mask `[B, L]` (True = padding)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
+            text_outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        word_features = text_outputs.last_hidden_state
+        # The sentence feature is the pooler output (tanh dense on the first token); encoders without a pooler use
+        # their first token's hidden state.
+        pooled = getattr(text_outputs, "pooler_output", None)
+        sentence_features = pooled if pooled is not None else word_features[:, 0]
+        return self.text_projection(word_features), self.text_projection(sentence_features), attention_mask.ne(1)
+
+    def _check_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask) -> None:
+        """Named errors for inputs whose shapes do not fit together, before anything is computed."""
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}.")
+        batch_size, num_frames, _, height, width = pixel_values.shape
+        if input_ids.dim() != 2 or input_ids.shape[0] != batch_size:
+            raise ValueError(
+                f"input_ids must be [batch, length] with one expression per clip ({batch_size}), got {tuple(input_ids.shape)}."
+            )
+        if min(height, width) < 32:
+            raise ValueError(f"Frames must be at least 32x32 pixels, got {height}x{width}.")
+        if pixel_mask is not None and tuple(pixel_mask.shape) != (batch_size, num_frames, height, width):
+            raise ValueError(
+                f"pixel_mask must be [batch, frames, height, width] = {(batch_size, num_frames, height, width)} like "
+                f"pixel_values, got {tuple(pixel_mask.shape)}."
+            )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}."
+            )
+        positions = getattr(getattr(self.text_encoder, "embeddings", None), "position_embeddings", None)
+        if isinstance(positions, nn.Embedding):  # RoBERTa-style position ids start after the padding index
+            limit = positions.num_embeddings - (positions.padding_idx + 1 if positions.padding_idx is not None else 0)
+            if input_ids.shape[1] > limit:
+                raise ValueError(
+                    f"input_ids has {input_ids.shape[1]} tokens, more than the text encoder's {limit} positions; "
+                    "truncate the expressions (the processor does)."
+                )
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The word embeddings of the text encoder."""
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_encoder.set_input_embeddings(value)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        pixel_mask: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        resized_sizes: torch.LongTensor | None = None,
+        valid_frame_indices: torch.LongTensor | None = None,
+        original_sizes: torch.LongTensor | None = None,
+        frame_indices: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ReferFormerModelOutput | tuple:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_inputs(pixel_values, input_ids, pixel_mask, attention_mask)
+        batch_size, num_frames, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            pixel_mask = torch.ones((batch_size, num_frames, height, width), dtype=torch.long, device=pixel_values.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if resized_sizes is None:
+            resized_sizes = torch.stack([pixel_mask[:, 0].any(-1).sum(-1), pixel_mask[:, 0].any(-2).sum(-1)], -1)
+        frame_sizes = torch.as_tensor(resized_sizes, device=pixel_values.device).view(batch_size, 2)
+
+        frames = pixel_values.flatten(0, 1)
+        padding_mask = ~pixel_mask.flatten(0, 1).bool()
+        hidden_size = self.config.d_model
+
+        # Backbone: four stages (strides 4..32) with their padding masks and 2-D sine positions.
+        stage_features = self.backbone(frames, num_frames=num_frames)
+        if valid_frame_indices is not None:
+            keep = torch.arange(batch_size, device=frames.device) * num_frames + valid_frame_indices.to(frames.device)
+            stage_features = [feature[keep] for feature in stage_features]
+            padding_mask, num_frames = padding_mask[keep], 1
+        stage_masks = [resize_padding_mask(padding_mask, feature.shape[-2:]) for feature in stage_features]
+        stage_positions = [
+            sine_position_embedding_2d(mask, hidden_size // 2).to(feature.dtype)
+            for mask, feature in zip(stage_masks, stage_features)
+        ]
+
+        word_features, sentence_features, text_padding_mask = self.encode_text(input_ids, attention_mask)
+        text_positions = sine_position_embedding_1d(text_padding_mask, hidden_size).to(word_features.dtype)
+
+        # Input projections of strides 8/16/32 and the extra stride-64 level (from the raw last stage), each fused
+        # with the words.
+        sources = [projection(feature) for projection, feature in zip(self.input_projection, stage_features[1:])]
+        sources.append(self.input_projection[-1](stage_features[-1]))
+        level_masks = stage_masks[1:] + [resize_padding_mask(padding_mask, sources[-1].shape[-2:])]
+        level_positions = stage_positions[1:] + [
+            sine_position_embedding_2d(level_masks[-1], hidden_size // 2).to(sources[-1].dtype)
+        ]
+        sources = [self._fuse(source, word_features, text_positions, text_padding_mask, num_frames) for source in sources]
+
+        # Flatten the levels for the deformable transformer.
+        spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
+        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=frames.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([self._valid_ratio(mask) for mask in level_masks], 1).to(sources[0].dtype)
+        flat_sources = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
+        flat_masks = torch.cat([mask.flatten(1) for mask in level_masks], 1)
+        flat_positions = torch.cat(
+            [
+                position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
+                for level, position in enumerate(level_positions)
+            ],
+            1,
+        )
+        memory, encoder_states = self.encoder(
+            flat_sources,
+            flat_positions,
+            spatial_shapes,
+            spatial_shapes_list,
+            level_start_index,
+            valid_ratios,
+            flat_masks,
+            output_hidden_states=output_hidden_states,
+        )
+
+        # Conditional queries: the sentence feature as content, a learned position shared by all frames.
+        num_queries = self.config.num_queries
+        query_positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
+        target = sentence_features[:, None, None].expand(-1, num_frames, num_queries, -1).flatten(0, 1)
+        initial_reference = self.reference_points(query_positions).sigmoid()
+        hidden_states, boxes, references, decoder_states = self.decoder(
+            target,
+            query_positions,
+            initial_reference,
+            memory,
+            spatial_shapes,
+            spatial_shapes_list,
+            level_start_index,
+            valid_ratios,
+            flat_masks,
+            output_hidden_states=output_hidden_states,
+        )
+
+        # Pixel decoder on the backbone stride-4 map and the encoder output at strides 8/16/32.
+        # Level offsets come from the static `spatial_shapes_list`, so no device read breaks compiled/exported graphs.
+        level_memories = memory.split([level_height * level_width for level_height, level_width in spatial_shapes_list], 1)
+        memory_maps = [
+            level_memory.transpose(1, 2).reshape(-1, hidden_size, level_height, level_width)
+            for level_memory, (level_height, level_width) in zip(level_memories[:3], spatial_shapes_list[:3])
+        ]
+        mask_features = self.pixel_decoder(
+            [stage_features[0]] + memory_maps,
+            stage_masks,
+            stage_positions,
+            word_features,
+            text_positions,
+            text_padding_mask,
+        )
+
+        def per_clip(tensor, layer_dim=False):
+            # [(L,) B*T, ...] -> [B, (L,) T, ...]
+            if not layer_dim:
+                return tensor.view(batch_size, num_frames, *tensor.shape[1:])
+            tensor = tensor.view(tensor.shape[0], batch_size, num_frames, *tensor.shape[2:])
+            return tensor.transpose(0, 1)
+
+        output = ReferFormerModelOutput(
+            last_hidden_state=per_clip(hidden_states[-1]),
+            intermediate_hidden_states=per_clip(hidden_states, layer_dim=True),
+            intermediate_pred_boxes=per_clip(boxes, layer_dim=True),
+            intermediate_reference_points=per_clip(references, layer_dim=True),
+            mask_features=per_clip(mask_features),
+            frame_sizes=frame_sizes,
+            encoder_last_hidden_state=per_clip(memory),
+            encoder_hidden_states=encoder_states,
+            decoder_hidden_states=decoder_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _fuse(self, source, word_features, text_positions, text_padding_mask, num_frames) -> torch.Tensor:
+        height, width = source.shape[-2:]
+        tokens = self.vision_language_fusion(
+            frames_to_clip_tokens(source, num_frames), word_features, text_positions, text_padding_mask
+        )
+        return clip_tokens_to_frames(tokens, num_frames, height, width)
+
+    @staticmethod
+    def _valid_ratio(padding_mask: torch.Tensor) -> torch.Tensor:
+        """Fraction of valid columns and rows of each frame: `[N, 2]` as (width, height)."""
+        _, height, width = padding_mask.shape
+        valid_height = torch.sum(~padding_mask[:, :, 0], 1)
+        valid_width = torch.sum(~padding_mask[:, 0, :], 1)
+        return torch.stack([valid_width.float() / width, valid_height.float() / height], -1)
+
+
+class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel):
+    """ReferFormer with its prediction heads: per decoder layer and query, a class logit, a box and a mask.
+
+    The same query index is the same object in every frame; at inference the query with the highest
+    frame-averaged score is the referred object (see the processor's post-processing).
+    """
+
+    def __init__(self, config: ReferFormerConfig):
+        super().__init__(config)
+        self.model = ReferFormerModel(config)
+        num_class_heads = config.decoder_layers if config.with_box_refine else 1
+        self.class_embed = nn.ModuleList(nn.Linear(config.d_model, config.num_classes) for _ in range(num_class_heads))
+        self.controller = ReferFormerMLP(config.d_model, config.d_model, config.num_dynamic_params, 3)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        pixel_mask: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        resized_sizes: torch.LongTensor | None = None,
+        valid_frame_indices: torch.LongTensor | None = None,
+        original_sizes: torch.LongTensor | None = None,
+        frame_indices: torch.LongTensor | None = None,
+        labels: list[dict] | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ReferFormerSegmentationOutput | tuple:
+        r"""
+        Inputs as [`ReferFormerModel`]. Returns class logits, boxes and stride-4 mask logits of every query in every
+        frame, for the last decoder layer and (in `auxiliary_outputs`) the earlier ones.
+
+        labels (`list[dict]`, *optional*):
+            One dict per clip describing the referred object, to compute the training loss:
+            - `masks`: `[T, H, W]` bool at the padded input resolution (the size of `pixel_values`);
+            - `boxes`: `[T, 4]` (cx, cy, w, h) normalized by the unpadded frame size, zeros where the object is absent;
+            - `valid`: `[T]` 1 where the object is visible;
+            - `class_labels`: `[T]` category ids (only used when `config.num_classes > 1`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            pixel_values,
+            input_ids,
+            pixel_mask=pixel_mask,
+            attention_mask=attention_mask,
+            resized_sizes=resized_sizes,
+            valid_frame_indices=valid_frame_indices,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        num_layers = self.config.decoder_layers
+        layers = range(num_layers) if self.config.auxiliary_loss else [num_layers - 1]
+        predictions = [self._predict_layer(outputs, layer) for layer in layers]
+        logits, pred_boxes, pred_masks = predictions[-1]
+        auxiliary_outputs = None
+        if self.config.auxiliary_loss:
+            auxiliary_outputs = [
+                {"logits": layer_logits, "pred_boxes": layer_boxes, "pred_masks": layer_masks}
+                for layer_logits, layer_boxes, layer_masks in predictions[:-1]
+            ]
+        loss = loss_dict = matched_query_indices = None
+        if labels is not None:
+            loss, loss_dict, matched_query_indices = ReferFormerLoss(self.config)(
+                logits, pred_boxes, pred_masks, labels, auxiliary_outputs
+            )
+        output = ReferFormerSegmentationOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            matched_query_indices=matched_query_indices,
+            logits=logits,
+            pred_boxes=pred_boxes,
+            pred_masks=pred_masks,
+            reference_points=outputs.intermediate_reference_points[:, -1],
+            auxiliary_outputs=auxiliary_outputs,
+            last_hidden_state=outputs.last_hidden_state,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _predict_layer(self, outputs: ReferFormerModelOutput, layer: int):
+        hidden_states = outputs.intermediate_hidden_states[:, layer]
+        boxes = outputs.intermediate_pred_boxes[:, layer]
+        logits = self.class_embed[layer if self.config.with_box_refine else 0](hidden_states)
+        # The mask of layer l is positioned at the box centre after layer l's refinement (the initial reference
+        # without refinement), as the original does.
+        if self.config.with_box_refine:
+            mask_reference = boxes[..., :2].detach()
+        else:
+            mask_reference = outputs.intermediate_reference_points[:, 0]
+        masks = dynamic_mask_logits(
+            outputs.mask_features, self.controller(hidden_states), mask_reference, outputs.frame_sizes, self.config
+        )
+        return logits, boxes, masks
+
+
+def dynamic_mask_logits(
+    mask_features: torch.Tensor,
+    dynamic_params: torch.Tensor,
+    reference_points: torch.Tensor,
+    frame_sizes: torch.Tensor,
+    config: ReferFormerConfig,
+) -> torch.Tensor:
+    """Runs the per-query dynamic 1x1 convolutions on the mask features of the query's frame.
+
+    Args:
+        mask_features: `[B, T, mask_dim, h, w]` stride-4 features.
+        dynamic_params: `[B, T, Q, P]` generated parameters: all weights (layer by layer, out x in row-major), then
+            all biases.
+        reference_points: `[B, T, Q, 2]` normalized (x, y) of each query, scaled by the unpadded frame size to give
+            relative coordinates in input pixels (reference minus pixel location `4 * index + 2`, not normalized).
+        frame_sizes: `[B, 2]` unpadded (height, width) of each clip.
+
+    Returns:
+        Mask logits `[B, T, Q, h, w]`.
+    """
+    batch_size, num_frames, mask_dim, height, width = mask_features.shape
+    num_queries = dynamic_params.shape[2]
+    weight_sizes, bias_sizes = config.dynamic_weight_sizes, config.dynamic_bias_sizes
+    splits = dynamic_params.split(weight_sizes + bias_sizes, dim=-1)
+    weights, biases = splits[: len(weight_sizes)], splits[len(weight_sizes) :]
+    channels = config.dynamic_mask_channels
+
+    # First layer: the feature part is shared by the queries of a frame, so it is one batched matmul per frame
+    # instead of materializing [B, T, Q, mask_dim + 2, h, w] as a grouped convolution would.
+    first_out = bias_sizes[0]
+    first_weight = weights[0].view(batch_size, num_frames, num_queries, first_out, -1)
+    features = mask_features.flatten(3)[:, :, None]  # [B, T, 1, mask_dim, h*w]
+    hidden = torch.matmul(first_weight[..., :mask_dim], features)
+    if config.rel_coord:
+        locations = _mask_locations(height, width, mask_features.device, mask_features.dtype)  # [2, h*w]
+        scale = frame_sizes.flip(-1).to(reference_points.dtype)[:, None, None, :]  # (w, h)
+        relative_coords = (reference_points * scale)[..., None] - locations  # [B, T, Q, 2, h*w]
+        hidden = hidden + torch.matmul(first_weight[..., mask_dim:], relative_coords)
+    hidden = F.relu(hidden + biases[0][..., None])
+    for layer in range(1, len(weight_sizes)):
+        out_channels = bias_sizes[layer]
+        weight = weights[layer].view(batch_size, num_frames, num_queries, out_channels, channels)
+        hidden = torch.matmul(weight, hidden) + biases[layer][..., None]
+        if layer < len(weight_sizes) - 1:
+            hidden = F.relu(hidden)
+    return hidden.view(batch_size, num_frames, num_queries, height, width)
+
+
+def _mask_locations(height: int, width: int, device, dtype) -> torch.Tensor:
+    """Input-pixel (x, y) of the centre of every stride-4 cell: `[2, h*w]`."""
+    stride = 4
+    shifts_x = torch.arange(0, width * stride, step=stride, dtype=torch.float32, device=device)
+    shifts_y = torch.arange(0, height * stride, step=stride, dtype=torch.float32, device=device)
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    locations = torch.stack((shift_x.reshape(-1), shift_y.reshape(-1)), dim=0) + stride // 2
+    return locations.to(dtype)
+
+
+__all__ = [
+    "ReferFormerForReferringVideoObjectSegmentation",
+    "ReferFormerModel",
+    "ReferFormerPreTrainedModel",
+]

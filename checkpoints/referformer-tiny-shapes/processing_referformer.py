@@ -1,0 +1,556 @@
+"""Processors of ReferFormer: video loading and preprocessing, tokenization of the referring expressions, and
+post-processing of the model outputs into per-frame masks, boxes and scores."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from transformers import BatchFeature
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.processing_utils import ProcessorMixin, TextKwargs, VideosKwargs
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
+from transformers.utils import logging
+from transformers.video_processing_utils import BaseVideoProcessor
+
+
+logger = logging.get_logger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MIN_FRAME_SIZE = 32  # the pixel decoder reduces the stride-4 map by 8 in its self-attention
+
+
+def natural_sort_key(name: str) -> list:
+    """Sort key that orders embedded numbers numerically (`frame2` before `frame10`)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+# PIL modes whose pixels are wider than 8 bits: converted through their numpy values (`convert("RGB")` clips them).
+_WIDE_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _pixels_to_uint8(frame: np.ndarray) -> np.ndarray:
+    """The one place pixel values become uint8: uint8 as is, bool as 0/255, uint16 (16-bit images) scaled by 255/65535,
+    floats must be finite and in [0, 1] (scaled by 255), other integers must already be in 0..255."""
+    if frame.dtype == np.uint8:
+        return frame
+    if frame.dtype == np.bool_:
+        return frame.astype(np.uint8) * 255
+    if frame.dtype == np.uint16:
+        return np.round(frame.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    if np.issubdtype(frame.dtype, np.floating):
+        if not np.isfinite(frame).all():
+            raise ValueError("A float frame has NaN or infinite values.")
+        if frame.size and (frame.min() < 0 or frame.max() > 1):
+            raise ValueError(
+                f"Float frames must be in [0, 1], got values in [{frame.min():g}, {frame.max():g}]; divide 0..255 "
+                "values by 255 (or pass them as uint8)."
+            )
+        return np.round(frame * 255.0).astype(np.uint8)
+    if np.issubdtype(frame.dtype, np.integer):
+        if frame.size and (frame.min() < 0 or frame.max() > 255):
+            raise ValueError(
+                f"{frame.dtype} frames must hold 8-bit values (0..255), got [{frame.min()}, {frame.max()}]; pass "
+                "16-bit images as uint16 (they are scaled) or convert them to uint8."
+            )
+        return frame.astype(np.uint8)
+    raise TypeError(f"Unsupported pixel type {frame.dtype} (use uint8, uint16, bool or float in [0, 1]).")
+
+
+def _frame_to_rgb(frame) -> np.ndarray:
+    """A PIL image, or a numpy array / torch tensor (HWC or CHW, gray, RGB or RGBA), as an RGB uint8 array [H, W, 3];
+    pixel values are converted by [`_pixels_to_uint8`]."""
+    if isinstance(frame, Image.Image):
+        if frame.mode not in _WIDE_PIL_MODES:
+            return np.asarray(frame.convert("RGB"))
+        frame = np.asarray(frame)
+        if frame.dtype.kind in "iu" and frame.dtype != np.uint8:
+            if frame.min() < 0 or frame.max() > 65535:
+                raise ValueError(f"A 32-bit integer image must hold 16-bit values, got [{frame.min()}, {frame.max()}].")
+            frame = frame.astype(np.uint16)  # 16-bit grayscale images (PNG) decode as mode "I;16" or "I"
+    if isinstance(frame, torch.Tensor):
+        frame = frame.detach().cpu()
+        frame = (frame.float() if frame.dtype in (torch.bfloat16, torch.float16) else frame).numpy()
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"A frame must be a PIL image, a numpy array or a torch tensor, got {type(frame).__name__}.")
+    if frame.ndim == 3 and frame.shape[-1] not in (1, 3, 4) and frame.shape[0] in (1, 3, 4):
+        frame = frame.transpose(1, 2, 0)  # CHW -> HWC
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3 or frame.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"A frame must be [H, W], [H, W, C] or [C, H, W] with 1, 3 or 4 channels, got {frame.shape}.")
+    frame = _pixels_to_uint8(frame)
+    if frame.shape[-1] == 1:
+        frame = np.repeat(frame, 3, axis=-1)
+    return np.ascontiguousarray(frame[:, :, :3])
+
+
+def _decode_video_file(path: Path, keep):
+    """Yields `(index, frame)` for the frames of a video file whose index satisfies `keep(index)` (stops at the first
+    refused index past the last kept one). PyAV is imported here, so that array inputs (and remote code loaded with
+    `trust_remote_code=True`) never need it."""
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError(f"Decoding the video file {path} needs PyAV: `pip install av`.") from error
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"The file {path} has no video stream.")
+            for index, frame in enumerate(container.decode(video=0)):
+                decision = keep(index)
+                if decision is None:
+                    break
+                if decision:
+                    yield index, frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, UnicodeDecodeError, IndexError) as error:
+        raise ValueError(f"Cannot decode video file {path}: {error}") from error
+
+
+def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = None):
+    """Yields `(index, frame)` for one video, one RGB uint8 frame at a time, keeping every `frame_stride`-th frame (at
+    most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes; frames
+    are decoded only when asked for, so a long video never has to fit in memory."""
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}.")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}.")
+
+    def keep(index: int):
+        if max_frames is not None and index >= max_frames * frame_stride:
+            return None
+        return index % frame_stride == 0
+
+    first = None
+
+    def checked(index: int, frame: np.ndarray):
+        nonlocal first
+        if first is None:
+            first = (index, frame.shape)
+        elif frame.shape != first[1]:
+            raise ValueError(
+                f"The frames of a video must all have one size: frame {first[0]} is {first[1][1]}x{first[1][0]}, "
+                f"frame {index} is {frame.shape[1]}x{frame.shape[0]} (width x height)."
+            )
+        return index, frame
+
+    if isinstance(video, (str, Path)):
+        path = Path(video)
+        if not path.exists():
+            raise FileNotFoundError(f"Video not found: {path}")
+        if not (path.is_file() or path.is_dir()):
+            raise ValueError(f"The video {path} is neither a regular file nor a folder (a pipe or device is not read).")
+        if path.is_dir():
+            files = sorted(
+                (child for child in path.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS),
+                key=lambda child: natural_sort_key(child.name),
+            )
+            if not files:
+                raise ValueError(f"No frame images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}.")
+            for index in (index for index in range(len(files)) if keep(index)):
+                try:
+                    with Image.open(files[index]) as image:
+                        frame = _frame_to_rgb(image)
+                except OSError as error:
+                    raise ValueError(f"Cannot read frame image {files[index]}: {error}") from error
+                yield checked(index, frame)
+        else:
+            for index, frame in _decode_video_file(path, keep):
+                yield checked(index, frame)
+    else:
+        if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
+            raise ValueError(f"A video array must be 4-D ([T, H, W, C] or [T, C, H, W]), got shape {tuple(video.shape)}.")
+        for index in (index for index in range(len(video)) if keep(index)):
+            yield checked(index, _frame_to_rgb(video[index]))
+    if first is None:
+        raise ValueError(f"The video has no frames: {video if isinstance(video, (str, Path)) else 'empty input'}.")
+
+
+def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """Loads one video as RGB uint8 frames, keeping every `frame_stride`-th frame (at most `max_frames`).
+
+    `video` is a video file (decoded with PyAV), a folder of frame images (sorted naturally), a list of frames
+    (PIL images, numpy arrays or tensors) or a 4-D array / tensor `[T, H, W, C]` or `[T, C, H, W]`. Returns the
+    frames and their indices in the original video.
+    """
+    pairs = list(iter_video_frames(video, frame_stride, max_frames))
+    return [frame for _, frame in pairs], [index for index, _ in pairs]
+
+
+def get_resize_output_size(height: int, width: int, shortest_edge: int, longest_edge: int | None = None) -> tuple[int, int]:
+    """(height, width) after the original resize: the shorter side becomes `shortest_edge` (the longer one is
+    truncated, as torchvision's `Resize`); with `longest_edge`, the shorter side is first reduced so that the longer
+    one does not exceed it (the original's `RandomResize(sizes, max_size)`)."""
+    size = shortest_edge
+    if longest_edge is not None:
+        short, long = float(min(height, width)), float(max(height, width))
+        if long / short * size > longest_edge:
+            size = int(round(longest_edge * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def uniform_frame_picks(total: int, num_frames: int) -> list[int]:
+    """Positions of `num_frames` frames spread uniformly over `total` (the first one included), as transformers'
+    default video sampling picks them."""
+    if num_frames > total:
+        raise ValueError(f"Cannot sample num_frames={num_frames} frames from a video of {total} (kept) frames.")
+    return [int(position) for position in np.arange(0, total, total / num_frames)[:num_frames]]
+
+
+def _prediction_tensors(outputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(logits, pred_boxes, pred_masks)` of a model output, or of its `return_dict=False` tuple (which starts with
+    them when no labels were given)."""
+    if hasattr(outputs, "logits"):
+        return outputs.logits, outputs.pred_boxes, outputs.pred_masks
+    if isinstance(outputs, (tuple, list)) and len(outputs) >= 3 and all(
+        isinstance(tensor, torch.Tensor) and tensor.dim() == rank for tensor, rank in zip(outputs[:3], (4, 4, 5))
+    ):
+        return tuple(outputs[:3])
+    raise ValueError(
+        "Post-processing needs the model's output, or its return_dict=False tuple computed without labels "
+        "(logits, pred_boxes, pred_masks, ...)."
+    )
+
+
+def _is_single_video(videos) -> bool:
+    if isinstance(videos, (str, Path)):
+        return True
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        return videos.ndim == 4
+    if isinstance(videos, (list, tuple)) and videos:
+        first = videos[0]
+        return isinstance(first, Image.Image) or (isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim in (2, 3))
+    return False
+
+
+def _as_list_of_videos(videos) -> list:
+    if _is_single_video(videos):
+        return [videos]
+    if isinstance(videos, (list, tuple)) and videos:
+        return list(videos)
+    raise ValueError("No video given: pass a video (file, frame folder, list of frames or 4-D array) or a list of videos.")
+
+
+class ReferFormerVideoProcessorKwargs(VideosKwargs, total=False):
+    """Video-processor options on top of the standard ones.
+
+    frame_stride (`int`): keep every `frame_stride`-th frame. max_frames (`int`): keep at most this many frames.
+    num_frames (`int`, standard): then sample this many of the kept frames uniformly (`do_sample_frames` may be
+    left unset or True). device (standard): device of the returned tensors. `fps`, `video_metadata` and
+    `return_metadata` are refused (frames are selected by index).
+    size_divisor (`int`): pad the batch to a multiple of this (32 for training as the original; none at inference).
+    mask_interpolation (`str`): how post-processing brings the stride-4 masks to frame size: `"logits"` (the
+    original: bilinear on the logits, then sigmoid) or `"probabilities"` (sigmoid, then bilinear), which puts a
+    saturated mask's edge halfway between grid cells even when its inside and outside logits differ a lot in
+    magnitude (small models trained on small objects).
+    """
+
+    frame_stride: int
+    max_frames: int | None
+    size_divisor: int | None
+    mask_interpolation: str
+
+
+class ReferFormerVideoProcessor(BaseVideoProcessor):
+    r"""
+    Prepares videos for ReferFormer as the original does at inference: every frame is resized so that its shorter
+    side is 360 (`size["shortest_edge"]`, PIL bilinear; with `size["longest_edge"]` the longer side is capped as the
+    original's training/A2D transforms do), converted to [0, 1], ImageNet-normalized, and the clips of a batch are
+    zero-padded at the bottom/right to the largest one (to a multiple of `size_divisor` if set).
+
+    Returns `pixel_values` `[B, T, 3, H, W]`, `pixel_mask` `[B, T, H, W]` (1 on real pixels), `resized_sizes`
+    `[B, 2]` (unpadded model-input height and width), `original_sizes` `[B, 2]` and `frame_indices` `[B, T]` (indices of
+    the kept frames in the source video). All frames of a video must have one size.
+    """
+
+    valid_kwargs = ReferFormerVideoProcessorKwargs
+    model_input_names = ["pixel_values", "pixel_mask"]
+    size = {"shortest_edge": 360}
+    resample = PILImageResampling.BILINEAR
+    do_resize = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    do_convert_rgb = True
+    frame_stride = 1
+    max_frames = None
+    size_divisor = None
+    mask_interpolation = "logits"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.mask_interpolation not in ("logits", "probabilities"):
+            raise ValueError(f"`mask_interpolation` must be 'logits' or 'probabilities', got {self.mask_interpolation!r}.")
+
+    def preprocess(self, videos, return_tensors="pt", **kwargs) -> BatchFeature:
+        """Loads, resizes, normalizes and pads one video or a list of videos (see the class docstring)."""
+        unknown = set(kwargs) - set(self.valid_kwargs.__annotations__)
+        if unknown:
+            raise TypeError(f"Unknown video processor arguments: {', '.join(sorted(unknown))}.")
+        options = {name: kwargs.get(name, getattr(self, name, None)) for name in self.valid_kwargs.__annotations__}
+        num_frames = self._frames_to_sample(options)
+        size = self._standardize_kwargs(size=options["size"])["size"]
+        clips, original_sizes, frame_indices = [], [], []
+        for video in _as_list_of_videos(videos):
+            frames, indices = load_video(video, options["frame_stride"] or 1, options["max_frames"])
+            if num_frames is not None:
+                picks = uniform_frame_picks(len(frames), num_frames)
+                frames, indices = [frames[pick] for pick in picks], [indices[pick] for pick in picks]
+            original_sizes.append(frames[0].shape[:2])
+            frame_indices.append(indices)
+            clips.append(self._prepare_clip(frames, size, options))
+        if len({clip.shape[0] for clip in clips}) > 1:
+            raise ValueError(
+                f"The videos of a batch must have the same number of frames, got {[clip.shape[0] for clip in clips]}; "
+                "process them separately or use max_frames."
+            )
+        pixel_values, pixel_mask = self.pad(clips, options["size_divisor"])
+        data = {
+            "pixel_values": pixel_values,
+            "pixel_mask": pixel_mask,
+            "resized_sizes": torch.tensor([list(clip.shape[-2:]) for clip in clips]),
+            "original_sizes": torch.tensor([list(hw) for hw in original_sizes]),
+            "frame_indices": torch.tensor(frame_indices),
+        }
+        batch = BatchFeature(data=data, tensor_type=return_tensors)
+        return batch.to(options["device"]) if options["device"] is not None else batch
+
+    @staticmethod
+    def _frames_to_sample(options) -> int | None:
+        """The `num_frames` to sample uniformly (None: keep the frames `frame_stride` / `max_frames` select); refuses
+        the standard sampling options this processor cannot honour."""
+        if options["fps"] is not None:
+            raise ValueError(
+                "`fps` sampling is not supported: ReferFormer selects frames by index. Use `frame_stride` (every n-th "
+                "frame), `max_frames` (the first n kept frames) or `num_frames` (n frames spread uniformly)."
+            )
+        if options["video_metadata"] is not None or options["return_metadata"]:
+            raise ValueError(
+                "`video_metadata` / `return_metadata` are not supported: the outputs' `frame_indices` give the "
+                "indices of the kept frames."
+            )
+        num_frames, do_sample_frames = options["num_frames"], options["do_sample_frames"]
+        if do_sample_frames and num_frames is None:
+            raise ValueError("`do_sample_frames=True` needs `num_frames`, the number of frames to sample uniformly.")
+        if do_sample_frames is False and num_frames is not None:
+            raise ValueError(f"`num_frames={num_frames}` asks to sample frames but `do_sample_frames=False`.")
+        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1):
+            raise ValueError(f"`num_frames` must be a positive integer, got {num_frames!r}.")
+        return num_frames
+
+    def _prepare_clip(self, frames: list[np.ndarray], size, options) -> torch.Tensor:
+        height, width = frames[0].shape[:2]
+        if options["do_resize"]:
+            height, width = get_resize_output_size(height, width, size.shortest_edge, size.longest_edge)
+            resample = PILImageResampling(options["resample"])
+            frames = [
+                frame if frame.shape[:2] == (height, width)
+                else np.asarray(Image.fromarray(frame).resize((width, height), resample=resample))
+                for frame in frames
+            ]
+        if min(height, width) < MIN_FRAME_SIZE:
+            raise ValueError(
+                f"Frames of {height}x{width} pixels are too small for ReferFormer (at least {MIN_FRAME_SIZE} on each side)."
+            )
+        clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
+        if options["do_rescale"]:
+            clip = clip * options["rescale_factor"]
+        if options["do_normalize"]:
+            mean = torch.tensor(options["image_mean"]).view(1, 3, 1, 1)
+            std = torch.tensor(options["image_std"]).view(1, 3, 1, 1)
+            clip = (clip - mean) / std
+        return clip
+
+    @staticmethod
+    def pad(clips: list[torch.Tensor], size_divisor: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-pads clips `[T, 3, h, w]` at the bottom/right to a common size: `[B, T, 3, H, W]` and the mask."""
+        height = max(clip.shape[-2] for clip in clips)
+        width = max(clip.shape[-1] for clip in clips)
+        if size_divisor:
+            height, width = -(-height // size_divisor) * size_divisor, -(-width // size_divisor) * size_divisor
+        num_frames = clips[0].shape[0]
+        pixel_values = clips[0].new_zeros((len(clips), num_frames, 3, height, width))
+        pixel_mask = torch.zeros((len(clips), num_frames, height, width), dtype=torch.long)
+        for index, clip in enumerate(clips):
+            pixel_values[index, :, :, : clip.shape[-2], : clip.shape[-1]] = clip
+            pixel_mask[index, :, : clip.shape[-2], : clip.shape[-1]] = 1
+        return pixel_values, pixel_mask
+
+    def post_process_referring_video_segmentation(
+        self,
+        outputs,
+        target_sizes,
+        resized_sizes=None,
+        threshold: float = 0.5,
+        return_all_queries: bool = False,
+        return_mask_logits: bool = False,
+    ) -> list[dict]:
+        """Per-frame mask, box and score of the referred object in each video of the batch.
+
+        The referred object is the query with the highest frame-averaged score (the paper's rule). Its stride-4 mask
+        logits are cropped to the unpadded area (`resized_sizes`, the model-input size of each video; without it no
+        padding is assumed), interpolated bilinearly straight to the original frame size (`target_sizes`, `(h, w)` per
+        video) and thresholded after a sigmoid, exactly the original's Ref-YouTube-VOS rule for unpadded clips (with
+        `mask_interpolation="probabilities"`, the sigmoid comes before the interpolation).
+
+        Returns one dict per video: `masks` `[T, H0, W0]` bool, `boxes` `[T, 4]` absolute (x0, y0, x1, y1) on the
+        original frames, `scores` `[T]`, `query_index` and `query_scores` `[Q]` (frame-averaged score of every query);
+        with `return_all_queries`, also `all_masks` `[Q, T, H0, W0]` and `all_boxes` `[Q, T, 4]`. With
+        `return_mask_logits`, `mask_logits` `[T, h, w]` (the selected query's unpadded stride-4 logits) replaces
+        `masks`, which `mask_probabilities(mask_logits, H0, W0) > threshold` gives frame by frame (for long videos).
+        """
+        logits, pred_boxes, pred_masks = _prediction_tensors(outputs)
+        batch_size = logits.shape[0]
+        target_sizes = torch.as_tensor(target_sizes).view(-1, 2).tolist()
+        if len(target_sizes) != batch_size:
+            raise ValueError(f"Got {len(target_sizes)} target sizes for {batch_size} videos.")
+        if resized_sizes is not None:
+            resized_sizes = torch.as_tensor(resized_sizes).view(-1, 2).tolist()
+            if len(resized_sizes) != batch_size:
+                raise ValueError(f"Got {len(resized_sizes)} resized sizes for {batch_size} videos.")
+        results = []
+        for index in range(batch_size):
+            probabilities = logits[index].sigmoid()  # [T, Q, K]
+            query_scores = probabilities.mean(0).max(-1).values
+            best = int(query_scores.argmax())
+            grid_height, grid_width = pred_masks.shape[-2:]
+            if resized_sizes is not None:
+                height, width = resized_sizes[index]
+                grid_height, grid_width = min(grid_height, -(-height // 4)), min(grid_width, -(-width // 4))
+            target_height, target_width = target_sizes[index]
+            queries = range(pred_masks.shape[2]) if return_all_queries else [best]
+            boxes = [self._boxes_to_frame(pred_boxes[index, :, query], target_height, target_width) for query in queries]
+            result = {
+                "boxes": boxes[queries.index(best)],
+                "scores": probabilities[:, best].max(-1).values,
+                "query_index": best,
+                "query_scores": query_scores,
+            }
+            if return_mask_logits:
+                result["mask_logits"] = pred_masks[index, :, best, :grid_height, :grid_width]
+            if return_all_queries or not return_mask_logits:
+                masks = [
+                    self.mask_probabilities(
+                        pred_masks[index, :, query, :grid_height, :grid_width], target_height, target_width
+                    )
+                    > threshold
+                    for query in queries
+                ]
+                result["masks"] = masks[queries.index(best)]
+            if return_all_queries:
+                result["all_masks"] = torch.stack(masks)
+                result["all_boxes"] = torch.stack(boxes)
+            results.append(result)
+        return results
+
+    def mask_probabilities(self, mask_logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Mask logits `[T, h, w]` of the unpadded stride-4 grid -> probabilities `[T, height, width]` (bilinear, as
+        `mask_interpolation` says)."""
+        values = mask_logits[:, None].float()
+        if self.mask_interpolation == "probabilities":
+            values = values.sigmoid()
+        resized = F.interpolate(values, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+        return resized if self.mask_interpolation == "probabilities" else resized.sigmoid()
+
+    @staticmethod
+    def _boxes_to_frame(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        center_x, center_y, box_width, box_height = boxes.float().unbind(-1)
+        corners = [center_x - 0.5 * box_width, center_y - 0.5 * box_height, center_x + 0.5 * box_width, center_y + 0.5 * box_height]
+        return torch.stack(corners, -1) * torch.tensor([width, height, width, height], device=boxes.device)
+
+    def post_process_referring_image_segmentation(self, outputs, target_sizes, resized_sizes=None, threshold=0.5):
+        """[`post_process_referring_video_segmentation`] for single images (T = 1): `masks` `[H0, W0]`, `boxes` `[4]`,
+        `scores` a float."""
+        num_frames = _prediction_tensors(outputs)[0].shape[1]
+        if num_frames != 1:
+            raise ValueError(f"Image post-processing needs single-frame outputs, got {num_frames} frames.")
+        results = self.post_process_referring_video_segmentation(outputs, target_sizes, resized_sizes, threshold)
+        return [
+            {**result, "masks": result["masks"][0], "boxes": result["boxes"][0], "scores": float(result["scores"][0])}
+            for result in results
+        ]
+
+
+class ReferFormerProcessor(ProcessorMixin):
+    r"""
+    Video processor + RoBERTa tokenizer of ReferFormer.
+
+    `processor(videos=video, text="a brown dog running on the grass")` handles one video and one sentence, one video
+    and several sentences (the video is processed once and repeated: one batch entry, and later one result, per
+    sentence) and a batch of videos each with its sentence. Sentences are lower-cased with collapsed white space as
+    the original does, and truncated (with a warning) to the tokenizer's `model_max_length`.
+    """
+
+    def __init__(self, video_processor, tokenizer):
+        super().__init__(video_processor, tokenizer)
+
+    def __call__(self, videos=None, text=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """Video kwargs go to the video processor, tokenizer kwargs (`padding`, `max_length`, `truncation`, ...) to
+        the tokenizer."""
+        text_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in TextKwargs.__annotations__}
+        video_kwargs = kwargs
+        if videos is None or text is None:
+            raise ValueError("ReferFormerProcessor needs both videos and text (one referring expression per video).")
+        sentences = [text] if isinstance(text, str) else text
+        if not isinstance(sentences, (list, tuple)) or not sentences:
+            raise ValueError("text must be a sentence or a non-empty list of sentences.")
+        for sentence in sentences:
+            if not isinstance(sentence, str) or not sentence.strip():
+                raise ValueError(f"Every referring expression must be a non-empty string, got {sentence!r}.")
+        sentences = [" ".join(sentence.lower().split()) for sentence in sentences]
+        videos = _as_list_of_videos(videos)
+        if len(videos) != len(sentences) and len(videos) != 1:
+            raise ValueError(f"Got {len(videos)} videos and {len(sentences)} sentences: give one sentence per video, or one video.")
+        inputs = self.video_processor(videos, return_tensors="pt", **video_kwargs)
+        if len(videos) == 1 and len(sentences) > 1:
+            inputs = BatchFeature({key: value.expand(len(sentences), *value.shape[1:]) for key, value in inputs.items()})
+        inputs.update(self._tokenize(sentences, **text_kwargs))
+        return BatchFeature(data=dict(inputs), tensor_type=return_tensors)
+
+    def _tokenize(self, sentences: list[str], **text_kwargs) -> dict:
+        """Pads to the longest sentence and truncates (with a warning) to `max_length`, by default the tokenizer's
+        `model_max_length`, which `max_length` may not exceed (the text encoder has no positions beyond it)."""
+        limit = self.tokenizer.model_max_length if self.tokenizer.model_max_length < VERY_LARGE_INTEGER else None
+        max_length = text_kwargs.pop("max_length", None) or limit
+        if limit is not None and max_length > limit:
+            raise ValueError(f"max_length={max_length} exceeds the text encoder's limit of {limit} tokens.")
+        options = {"padding": "longest", **text_kwargs, "return_tensors": "pt"}
+        if max_length is None:
+            return self.tokenizer(sentences, **options)
+        options = {"truncation": True, **options}
+        lengths = [len(ids) for ids in self.tokenizer(sentences)["input_ids"]]
+        if max(lengths) > max_length and options["truncation"]:
+            logger.warning(
+                f"A referring expression has {max(lengths)} tokens, more than max_length={max_length}; it is truncated."
+            )
+        return self.tokenizer(sentences, max_length=max_length, **options)
+
+    def post_process_referring_video_segmentation(
+        self, outputs, target_sizes, resized_sizes=None, threshold=0.5, return_all_queries=False, return_mask_logits=False
+    ):
+        """See [`ReferFormerVideoProcessor.post_process_referring_video_segmentation`]."""
+        return self.video_processor.post_process_referring_video_segmentation(
+            outputs, target_sizes, resized_sizes, threshold, return_all_queries, return_mask_logits
+        )
+
+    def post_process_referring_image_segmentation(self, outputs, target_sizes, resized_sizes=None, threshold=0.5):
+        """See [`ReferFormerVideoProcessor.post_process_referring_image_segmentation`]."""
+        return self.video_processor.post_process_referring_image_segmentation(outputs, target_sizes, resized_sizes, threshold)
+
+
+__all__ = [
+    "ReferFormerProcessor",
+    "ReferFormerVideoProcessor",
+    "get_resize_output_size",
+    "iter_video_frames",
+    "load_video",
+]

@@ -1,0 +1,152 @@
+"""Whole-model `torch.compile(fullgraph=True)`, `torch.export` and ONNX export (run in onnxruntime) of a tiny ReferFormer."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import FP32_ROUNDING, random_inputs, randomize_weights, unit_test_config
+from referformer import ReferFormerForReferringVideoObjectSegmentation, kernels
+from referformer.kernels import _loader
+
+
+# Eager and compiled graphs run the same kernels; only fusion and summation order may differ.
+COMPILE_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def cpu_op():
+    """The compiled CPU operator, built on first use (cached across runs)."""
+    assert kernels.is_available("cpu"), "the CPU operator failed to build, see the warning in the log"
+    return torch.ops.referformer.ms_deform_attn
+
+
+@pytest.fixture(scope="module")
+def model(cpu_op):
+    torch.manual_seed(0)
+    return randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval())
+
+
+def dynamic_video_and_text_shapes():
+    """Number of frames and text length free; batch size and frame size static."""
+    num_frames = torch.export.Dim("num_frames", min=1, max=64)
+    text_length = torch.export.Dim("text_length", min=2, max=32)
+    return {
+        "pixel_values": {1: num_frames},
+        "pixel_mask": {1: num_frames},
+        "input_ids": {1: text_length},
+        "attention_mask": {1: text_length},
+    }
+
+
+def assert_predictions_close(outputs, expected, tolerances):
+    for name in ("logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(getattr(outputs, name), getattr(expected, name), **tolerances, msg=name)
+
+
+@pytest.mark.parametrize("custom_kernels", [True, False], ids=["custom_op", "pytorch_fallback"])
+def test_compile_fullgraph_matches_eager(model, custom_kernels, monkeypatch):
+    if not custom_kernels:
+        monkeypatch.setenv(_loader.DISABLE_ENV_VAR, "1")
+    inputs = random_inputs(model.config)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        expected = model(**inputs)
+        outputs = compiled(**inputs)
+    torch._dynamo.reset()
+    assert_predictions_close(outputs, expected, COMPILE_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_compile_inductor_fullgraph_matches_eager(model):
+    inputs = random_inputs(model.config)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        expected = model(**inputs)
+        outputs = compiled(**inputs)
+    torch._dynamo.reset()
+    assert_predictions_close(outputs, expected, FP32_ROUNDING)
+
+
+def test_torch_export_static_equals_eager(model):
+    inputs = random_inputs(model.config)
+    exported = torch.export.export(model, (), kwargs=inputs)
+    targets = {node.target for node in exported.graph.nodes if node.op == "call_function"}
+    assert torch.ops.referformer.ms_deform_attn.default in targets
+    with torch.no_grad():
+        expected = model(**inputs)
+        outputs = exported.module()(**inputs)
+    assert_predictions_close(outputs, expected, COMPILE_TOLERANCE)
+
+
+def test_torch_export_dynamic_frames_and_text_length(model):
+    exported = torch.export.export(
+        model, (), kwargs=random_inputs(model.config), dynamic_shapes=dynamic_video_and_text_shapes()
+    )
+    for num_frames, text_length in ((1, 4), (3, 9)):
+        inputs = random_inputs(model.config, num_frames=num_frames, text_length=text_length, seed=1)
+        with torch.no_grad():
+            expected = model(**inputs)
+            outputs = exported.module()(**inputs)
+        assert outputs.pred_masks.shape == (1, num_frames, model.config.num_queries, 16, 20)
+        assert_predictions_close(outputs, expected, FP32_ROUNDING)
+
+
+def run_onnx(onnx_program, path, inputs):
+    import onnxruntime
+
+    onnx_program.save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {argument.name: inputs[argument.name].numpy() for argument in session.get_inputs()})
+
+
+def test_onnx_export_runs_in_onnxruntime(model, tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs the `export` extra (onnxscript)")
+    pytest.importorskip("onnxruntime", reason="running the ONNX graph needs the `export` extra (onnxruntime)")
+    onnx_program = torch.onnx.export(
+        model,
+        (),
+        kwargs=random_inputs(model.config),
+        dynamo=True,
+        custom_translation_table=kernels.onnx_translation_table(),
+        dynamic_shapes=dynamic_video_and_text_shapes(),
+    )
+    node_types = {(node.domain, node.op_type) for node in onnx_program.model.graph.all_nodes()}
+    assert ("", "GridSample") in node_types
+    assert not any(domain == "referformer" for domain, _ in node_types)
+    for num_frames, text_length in ((2, 6), (3, 9)):
+        inputs = random_inputs(model.config, num_frames=num_frames, text_length=text_length, seed=1)
+        with torch.no_grad():
+            expected = model(**inputs)
+        # The graph outputs are the flattened `ReferFormerSegmentationOutput`: logits, pred_boxes, pred_masks, ...
+        onnx_outputs = run_onnx(onnx_program, tmp_path / "model.onnx", inputs)
+        for output, name in zip(onnx_outputs, ("logits", "pred_boxes", "pred_masks")):
+            np.testing.assert_allclose(output, getattr(expected, name).numpy(), **FP32_ROUNDING, err_msg=name)
+
+
+class DeformableSampling(torch.nn.Module):
+    def forward(self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        return kernels.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+def test_ms_deform_attn_onnx_translation_matches_reference(cpu_op, tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs the `export` extra (onnxscript)")
+    pytest.importorskip("onnxruntime", reason="running the ONNX graph needs the `export` extra (onnxruntime)")
+    generator = torch.Generator().manual_seed(0)
+    spatial_shapes = torch.tensor([[6, 5], [3, 4], [1, 2]])
+    level_start_index = torch.tensor([0, 30, 42])
+    inputs = {
+        "value": torch.randn(2, 44, 3, 4, generator=generator),
+        "spatial_shapes": spatial_shapes,
+        "level_start_index": level_start_index,
+        # Some locations fall outside [0, 1] to exercise the zero padding.
+        "sampling_locations": torch.rand(2, 7, 3, 3, 2, 2, generator=generator) * 1.4 - 0.2,
+        "attention_weights": torch.rand(2, 7, 3, 3, 2, generator=generator),
+    }
+    onnx_program = torch.onnx.export(
+        DeformableSampling().eval(), (), kwargs=inputs, dynamo=True, custom_translation_table=kernels.onnx_translation_table()
+    )
+    (output,) = run_onnx(onnx_program, tmp_path / "ms_deform_attn.onnx", inputs)
+    expected = kernels.ms_deform_attn_reference(*inputs.values())
+    np.testing.assert_allclose(output, expected.numpy(), atol=1e-5, rtol=1e-5)
