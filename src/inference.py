@@ -219,10 +219,11 @@ class ReferringVideoSegmenter:
                 raise ValueError(f"The frames of a video must all have one size, got {original_size} and {size}.")
             original_size = size
             with self.autocast():
-                outputs = self.model(**inputs)
+                outputs = self.model(**inputs, output_all_queries=False)
             outputs.logits, outputs.pred_boxes, outputs.pred_masks = (
                 getattr(outputs, name).float().cpu() for name in ("logits", "pred_boxes", "pred_masks")
             )
+            outputs.selected_query_indices = outputs.selected_query_indices.cpu()
             window_results = self.processor.post_process_referring_video_segmentation(
                 outputs,
                 inputs["original_sizes"].cpu(),
@@ -238,8 +239,9 @@ class ReferringVideoSegmenter:
         ]
 
 def prepare_inputs(processor: ReferFormerProcessor, frames, sentences: list[str]) -> tuple[dict, list[int]]:
-    """Model inputs (CPU tensors, one batch entry per sentence) of the frames `(index, RGB frame)` that `frames`
-    yields, and their indices. The frames are decoded and preprocessed `PREPROCESS_CHUNK` at a time: only the
+    """Model inputs (CPU tensors: the video once, `pixel_values` of batch 1, and one `input_ids` row per sentence, so
+    that the model computes the visual features once for all sentences) of the frames `(index, RGB frame)` that
+    `frames` yields, and their indices. The frames are decoded and preprocessed `PREPROCESS_CHUNK` at a time: only the
     model-input tensors are held, never all decoded frames."""
     inputs, pixel_values, pixel_mask, frame_indices = None, [], [], []
     while chunk := list(itertools.islice(frames, PREPROCESS_CHUNK)):
@@ -258,10 +260,9 @@ def prepare_inputs(processor: ReferFormerProcessor, frames, sentences: list[str]
         pixel_values.append(encoded["pixel_values"])
         pixel_mask.append(encoded["pixel_mask"])
         del chunk  # before the next chunk is decoded
-    batch = len(sentences)
     model_inputs = {
-        "pixel_values": torch.cat(pixel_values, 1).expand(batch, -1, -1, -1, -1),
-        "pixel_mask": torch.cat(pixel_mask, 1).expand(batch, -1, -1, -1),
+        "pixel_values": torch.cat(pixel_values, 1),
+        "pixel_mask": torch.cat(pixel_mask, 1),
         "input_ids": inputs["input_ids"],
         "attention_mask": inputs["attention_mask"],
         "resized_sizes": inputs["resized_sizes"],
