@@ -722,7 +722,7 @@ def video_transform_factory(args: TrainDataArguments, settings: dict, num_frames
 
 
 def new_model_and_processor(
-    model_args: TrainModelArguments, data_args: TrainDataArguments, inference_size: int, pure_pytorch_attention: bool
+    model_args: TrainModelArguments, data_args: TrainDataArguments, inference_size: int
 ):
     """A randomly initialized model and its processor from `--config_name`."""
     name = model_args.config_name
@@ -742,7 +742,6 @@ def new_model_and_processor(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
     if data_args.dataset == "refcoco":
         config.freeze_text_encoder = False  # the original pretraining trains the text encoder
-    config.disable_custom_kernels = pure_pytorch_attention
     video_processor = ReferFormerVideoProcessor(size={"shortest_edge": inference_size, "longest_edge": data_args.max_size})
     return ReferFormerForReferringVideoObjectSegmentation(config), ReferFormerProcessor(video_processor, tokenizer)
 
@@ -858,16 +857,12 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     # After the checks: every process has checked before any writes. ACCELERATE_USE_CPU must reach this first state
     # (the Accelerator reuses it), or CPU processes launched together would each train alone.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    # Under autocast the compiled deformable attention gets mixed dtypes, which it rejects: use the PyTorch one.
-    mixed_precision = args.mixed_precision != "no"
     if state.is_main_process and args.log_every:
         logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
         logging.getLogger("referformer.training").setLevel(logging.INFO)
     set_seed(args.seed)
     if model_args.init_from:
-        model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
-            model_args.init_from, disable_custom_kernels=mixed_precision
-        )
+        model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(model_args.init_from)
         processor = ReferFormerProcessor.from_pretrained(model_args.init_from)
         schedule = SCHEDULES[data_args.dataset]["fine-tune"]
     else:
@@ -875,7 +870,7 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
         if inference_size is None:
             probe = load_ref_youtube_vos(data_args.data_root, data_args.split) if data_args.dataset == "synthetic" else None
             inference_size = synthetic_frame_height(probe) if probe is not None else 360
-        model, processor = new_model_and_processor(model_args, data_args, inference_size, mixed_precision)
+        model, processor = new_model_and_processor(model_args, data_args, inference_size)
         schedule = SCHEDULES[data_args.dataset]["new"]
     if data_args.mask_interpolation:
         processor.video_processor.mask_interpolation = data_args.mask_interpolation
@@ -886,7 +881,6 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
 
     if not state.is_main_process:
         return model
-    model.config.disable_custom_kernels = False  # only training under autocast needs the pure-PyTorch attention
     # The final model is staged and moved into --output_dir at the end (its checkpoints and logs stay).
     with staged_output(output_dir, overwrite=True, inputs=inputs, units=ALL_ENTRIES) as staging:
         model.save_pretrained(staging)

@@ -160,11 +160,9 @@ class ReferringVideoSegmenter:
     @classmethod
     def from_pretrained(cls, name, device="auto", dtype="fp32", **model_kwargs) -> ReferringVideoSegmenter:
         """Loads the model and processor saved in `name` (folder or Hub id); a folder whose weights miss any parameter
-        is refused (its model would run on random values). Half precision uses the pure-PyTorch deformable attention
-        (the compiled kernel needs one dtype for all its inputs)."""
+        is refused (its model would run on random values)."""
         dtype = resolve_dtype(dtype)
         processor = ReferFormerProcessor.from_pretrained(name)
-        model_kwargs.setdefault("disable_custom_kernels", dtype != torch.float32)
         model, loading_info = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
             name, output_loading_info=True, **model_kwargs
         )

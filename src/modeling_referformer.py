@@ -187,6 +187,12 @@ def clip_tokens_to_frames(tokens: torch.Tensor, num_frames: int, height: int, wi
     return tokens.permute(0, 1, 4, 2, 3).reshape(batch_size * num_frames, channels, height, width)
 
 
+def autocast_disabled(tensor: torch.Tensor):
+    """Disables autocast on `tensor`'s device: under mixed precision the heads (scores, box refinement, mask logits)
+    run on inputs cast to their float32 weights' dtype."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def frame_range(features: torch.Tensor, batch_size: int, start: int, stop: int) -> torch.Tensor:
     """Frames `start:stop` of every clip of per-frame values `[B*T, ...]` -> `[B*(stop-start), ...]`."""
     return features.view(batch_size, -1, *features.shape[1:])[:, start:stop].flatten(0, 1)
@@ -641,12 +647,16 @@ class ReferFormerDecoder(nn.Module):
             )
             # Box prediction relative to the layer's input reference (all 4 coordinates for a box reference, the
             # centre for a point reference); with box refinement it becomes the next layer's reference.
-            box_delta = self.bbox_embed[index if self.with_box_refine else 0](hidden_states)
-            if reference_points.shape[-1] == 4:
-                boxes = (box_delta + inverse_sigmoid(reference_points)).sigmoid()
-            else:
-                boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference_points), box_delta[..., 2:]], -1)
-                boxes = boxes.sigmoid()
+            # Under mixed precision the refinement stays in the weights' precision (float32).
+            box_head = self.bbox_embed[index if self.with_box_refine else 0]
+            with autocast_disabled(hidden_states):
+                box_delta = box_head(hidden_states.to(box_head.layers[0].weight.dtype))
+                reference = reference_points.to(box_delta.dtype)
+                if reference.shape[-1] == 4:
+                    boxes = (box_delta + inverse_sigmoid(reference)).sigmoid()
+                else:
+                    boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference), box_delta[..., 2:]], -1)
+                    boxes = boxes.sigmoid()
             if self.with_box_refine:
                 reference_points = boxes.detach()
             intermediate.append(hidden_states)
@@ -1226,7 +1236,8 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         num_queries = self.config.num_queries
         query_positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
         target = sentence_features[:, None, None].expand(-1, num_frames, num_queries, -1).flatten(0, 1)
-        initial_reference = self.reference_points(query_positions).sigmoid()
+        with autocast_disabled(query_positions):
+            initial_reference = self.reference_points(query_positions).sigmoid()
         hidden_states, boxes, references, decoder_states = self.decoder(
             target,
             query_positions,
@@ -1352,7 +1363,11 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         )
         num_layers = self.config.decoder_layers
         layers = list(range(num_layers)) if self.config.auxiliary_loss else [num_layers - 1]
-        logits = [self.class_embed[layer if self.config.with_box_refine else 0](outputs.intermediate_hidden_states[:, layer]) for layer in layers]
+        logits = []
+        for layer in layers:
+            class_head = self.class_embed[layer if self.config.with_box_refine else 0]
+            with autocast_disabled(outputs.intermediate_hidden_states):  # scores in float32 under autocast
+                logits.append(class_head(outputs.intermediate_hidden_states[:, layer].to(class_head.weight.dtype)))
         boxes = [outputs.intermediate_pred_boxes[:, layer] for layer in layers]
         selected_query_indices = None
         if output_all_queries:
@@ -1364,11 +1379,16 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         mask_chunks = [[] for _ in mask_heads]
         for frames, mask_features in self.model.iter_mask_features(pixel_decoder_inputs):
             for chunks, (dynamic_params, mask_reference) in zip(mask_chunks, mask_heads):
-                chunks.append(
-                    dynamic_mask_logits(
-                        mask_features, dynamic_params[:, frames], mask_reference[:, frames], outputs.frame_sizes, self.config
+                with autocast_disabled(mask_features):  # mask logits in float32 under autocast
+                    chunks.append(
+                        dynamic_mask_logits(
+                            mask_features.to(dynamic_params.dtype),
+                            dynamic_params[:, frames],
+                            mask_reference[:, frames].to(dynamic_params.dtype),
+                            outputs.frame_sizes,
+                            self.config,
+                        )
                     )
-                )
         masks = [torch.cat(chunks, 1) for chunks in mask_chunks]
         auxiliary_outputs = None
         if self.config.auxiliary_loss and output_all_queries:
@@ -1413,7 +1433,8 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
                 tensor.gather(2, query_indices.view(-1, 1, 1, 1).expand(-1, tensor.shape[1], 1, tensor.shape[-1]))
                 for tensor in (hidden_states, mask_reference)
             )
-        return self.controller(hidden_states), mask_reference
+        with autocast_disabled(hidden_states):
+            return self.controller(hidden_states.to(self.controller.layers[0].weight.dtype)), mask_reference
 
 
 def select_referred_query(logits: torch.Tensor) -> torch.Tensor:
