@@ -60,6 +60,7 @@ __all__ = [
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PREPROCESS_CHUNK = 16  # frames decoded and preprocessed together; also frames per step of `iter_masks`
+FRAME_CHUNK_SIZE = 8  # frames per chunk of the model's per-frame stages (`ReferFormerConfig.frame_chunk_size`)
 
 
 def resolve_device(device) -> torch.device:
@@ -160,9 +161,11 @@ class ReferringVideoSegmenter:
     @classmethod
     def from_pretrained(cls, name, device="auto", dtype="fp32", **model_kwargs) -> ReferringVideoSegmenter:
         """Loads the model and processor saved in `name` (folder or Hub id); a folder whose weights miss any parameter
-        is refused (its model would run on random values)."""
+        is refused (its model would run on random values). Frames run in chunks of `FRAME_CHUNK_SIZE` (override with
+        `frame_chunk_size=`), so that memory grows linearly with the video length."""
         dtype = resolve_dtype(dtype)
         processor = ReferFormerProcessor.from_pretrained(name)
+        model_kwargs.setdefault("frame_chunk_size", FRAME_CHUNK_SIZE)
         model, loading_info = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
             name, output_loading_info=True, **model_kwargs
         )

@@ -75,6 +75,21 @@ def test_one_forward_pass_per_video_serves_every_sentence(segmenter):
     assert len({tuple(result.scores.round(4)) for result in results}) == 3
 
 
+def test_whole_video_selects_one_query_per_sentence_over_120_frames_in_chunks(segmenter):
+    frames = clip(120)
+    segmenter.model.config.frame_chunk_size = 8
+    try:
+        chunked = segmenter(frames, SENTENCES)
+    finally:
+        segmenter.model.config.frame_chunk_size = None
+    whole = segmenter(frames, SENTENCES)
+    for result, reference in zip(chunked, whole):
+        assert len(result.query_indices) == 1 and result.window_starts == [0] and result.num_frames == 120
+        assert result.query_indices == reference.query_indices
+        np.testing.assert_allclose(result.scores, reference.scores, **FP32_ROUNDING)
+        torch.testing.assert_close(result.mask_logits, reference.mask_logits, **FP32_ROUNDING)
+
+
 def test_windows_are_independent_passes_and_sampling_keeps_frame_indices(segmenter, tmp_path):
     frames = clip(14)
     for index, frame in enumerate(frames):
