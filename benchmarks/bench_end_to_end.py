@@ -91,9 +91,10 @@ def count_gflop(num_frames: int, chunk: int, device: str) -> float:
     """Matmul and convolution GFLOP of one fast fp32 forward (the deformable sampling is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model("fast", chunk).to(device)
+    # Frozen parameters instead of `no_grad`: the counter's module tracker needs grad mode on.
+    model = build_model("fast", chunk).to(device).requires_grad_(False)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with counter:
         pixel_values, input_ids = make_inputs(num_frames, 1, device)
         model(pixel_values=pixel_values, input_ids=input_ids, output_all_queries=False)
     return counter.get_total_flops() / 1e9
