@@ -560,22 +560,17 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     # After the checks: every process has checked before any writes. ACCELERATE_USE_CPU must reach this first state
     # (the Accelerator reuses it), or CPU processes launched together would each train alone.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    # Under autocast the compiled deformable attention gets mixed dtypes, which it rejects: use the PyTorch one.
-    mixed_precision = args.mixed_precision != "no"
     if state.is_main_process and args.log_every:
         logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
         logging.getLogger("referformer.training").setLevel(logging.INFO)
     set_seed(args.seed)
     if model_args.init_from:
-        model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
-            model_args.init_from, disable_custom_kernels=mixed_precision
-        )
+        model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(model_args.init_from)
         processor = ReferFormerProcessor.from_pretrained(model_args.init_from)
     else:
         inference_size = data_args.inference_size or default_inference_size(data_args.dataset, data_args.data_root, data_args.split)
         model, processor = new_model_and_processor(
             model_args.config_name, data_args.dataset, inference_size, data_args.max_size, model_args.tokenizer_name,
-            pure_pytorch_attention=mixed_precision,
         )
     if data_args.mask_interpolation:
         processor.video_processor.mask_interpolation = data_args.mask_interpolation
@@ -593,7 +588,6 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
 
     if not state.is_main_process:
         return model
-    model.config.disable_custom_kernels = False  # only training under autocast needs the pure-PyTorch attention
     # The final model is staged and moved into --output_dir at the end (its checkpoints and logs stay).
     with staged_output(output_dir, overwrite=True, inputs=inputs, units=ALL_ENTRIES) as staging:
         model.save_pretrained(staging)

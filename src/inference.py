@@ -60,6 +60,7 @@ __all__ = [
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PREPROCESS_CHUNK = 16  # frames decoded and preprocessed together; also frames per step of `iter_masks`
+FRAME_CHUNK_SIZE = 8  # frames per chunk of the model's per-frame stages (`ReferFormerConfig.frame_chunk_size`)
 
 
 def resolve_device(device) -> torch.device:
@@ -160,11 +161,11 @@ class ReferringVideoSegmenter:
     @classmethod
     def from_pretrained(cls, name, device="auto", dtype="fp32", **model_kwargs) -> ReferringVideoSegmenter:
         """Loads the model and processor saved in `name` (folder or Hub id); a folder whose weights miss any parameter
-        is refused (its model would run on random values). Half precision uses the pure-PyTorch deformable attention
-        (the compiled kernel needs one dtype for all its inputs)."""
+        is refused (its model would run on random values). Frames run in chunks of `FRAME_CHUNK_SIZE` (override with
+        `frame_chunk_size=`), so that memory grows linearly with the video length."""
         dtype = resolve_dtype(dtype)
         processor = ReferFormerProcessor.from_pretrained(name)
-        model_kwargs.setdefault("disable_custom_kernels", dtype != torch.float32)
+        model_kwargs.setdefault("frame_chunk_size", FRAME_CHUNK_SIZE)
         model, loading_info = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
             name, output_loading_info=True, **model_kwargs
         )
@@ -219,10 +220,11 @@ class ReferringVideoSegmenter:
                 raise ValueError(f"The frames of a video must all have one size, got {original_size} and {size}.")
             original_size = size
             with self.autocast():
-                outputs = self.model(**inputs)
+                outputs = self.model(**inputs, output_all_queries=False)
             outputs.logits, outputs.pred_boxes, outputs.pred_masks = (
                 getattr(outputs, name).float().cpu() for name in ("logits", "pred_boxes", "pred_masks")
             )
+            outputs.selected_query_indices = outputs.selected_query_indices.cpu()
             window_results = self.processor.post_process_referring_video_segmentation(
                 outputs,
                 inputs["original_sizes"].cpu(),
@@ -238,8 +240,9 @@ class ReferringVideoSegmenter:
         ]
 
 def prepare_inputs(processor: ReferFormerProcessor, frames, sentences: list[str]) -> tuple[dict, list[int]]:
-    """Model inputs (CPU tensors, one batch entry per sentence) of the frames `(index, RGB frame)` that `frames`
-    yields, and their indices. The frames are decoded and preprocessed `PREPROCESS_CHUNK` at a time: only the
+    """Model inputs (CPU tensors: the video once, `pixel_values` of batch 1, and one `input_ids` row per sentence, so
+    that the model computes the visual features once for all sentences) of the frames `(index, RGB frame)` that
+    `frames` yields, and their indices. The frames are decoded and preprocessed `PREPROCESS_CHUNK` at a time: only the
     model-input tensors are held, never all decoded frames."""
     inputs, pixel_values, pixel_mask, frame_indices = None, [], [], []
     while chunk := list(itertools.islice(frames, PREPROCESS_CHUNK)):
@@ -258,10 +261,9 @@ def prepare_inputs(processor: ReferFormerProcessor, frames, sentences: list[str]
         pixel_values.append(encoded["pixel_values"])
         pixel_mask.append(encoded["pixel_mask"])
         del chunk  # before the next chunk is decoded
-    batch = len(sentences)
     model_inputs = {
-        "pixel_values": torch.cat(pixel_values, 1).expand(batch, -1, -1, -1, -1),
-        "pixel_mask": torch.cat(pixel_mask, 1).expand(batch, -1, -1, -1),
+        "pixel_values": torch.cat(pixel_values, 1),
+        "pixel_mask": torch.cat(pixel_mask, 1),
         "input_ids": inputs["input_ids"],
         "attention_mask": inputs["attention_mask"],
         "resized_sizes": inputs["resized_sizes"],

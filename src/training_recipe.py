@@ -173,7 +173,6 @@ def new_model_and_processor(
     inference_size: int,
     max_size: int = 640,
     tokenizer_name: str | None = None,
-    pure_pytorch_attention: bool = False,
 ):
     """A randomly initialized model and its processor.
 
@@ -184,7 +183,6 @@ def new_model_and_processor(
         inference_size, max_size: shorter and longest side the processor resizes frames to.
         tokenizer_name: the tokenizer (local folder or Hub id); default the preset's (the `tiny` preset builds its
             word-level tokenizer locally). Required with a JSON config.
-        pure_pytorch_attention: the deformable attention without the compiled kernel.
     """
     if config_name == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name) if tokenizer_name else build_shapes_tokenizer()
@@ -202,7 +200,6 @@ def new_model_and_processor(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
     if dataset == "refcoco":
         config.freeze_text_encoder = False
-    config.disable_custom_kernels = pure_pytorch_attention
     video_processor = ReferFormerVideoProcessor(size={"shortest_edge": inference_size, "longest_edge": max_size})
     return ReferFormerForReferringVideoObjectSegmentation(config), ReferFormerProcessor(video_processor, tokenizer)
 

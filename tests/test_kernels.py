@@ -102,7 +102,7 @@ def assert_op_matches_reference(op, inputs, tolerances):
 
 
 def test_cpu_op_is_registered(cpu_op):
-    for op_name in ("referformer::ms_deform_attn", "referformer::ms_deform_attn_backward"):
+    for op_name in ("referformer::ms_deform_attn", "referformer::_ms_deform_attn_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op_name, "CPU")
     assert kernels.is_available(torch.device("cpu"))
     assert not kernels.is_available("meta")
@@ -186,6 +186,32 @@ def test_ms_deform_attn_falls_back_for_unsupported_dtypes(cpu_op):
     inputs = make_inputs(torch.float32)
     inputs = [tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor for tensor in inputs]
     torch.testing.assert_close(kernels.ms_deform_attn(*inputs), kernels.ms_deform_attn_reference(*inputs))
+
+
+def test_op_under_autocast_runs_in_float32_with_mixed_operands(cpu_op, monkeypatch):
+    """The operator's autocast rule takes bf16 values with fp32 locations (what the model's projections give under
+    autocast) and computes on float32 copies; its gradients flow back in the operands' dtypes."""
+    value, shapes, starts, locations, weights = make_inputs(torch.float32)
+    expected = cpu_op(value, shapes, starts, locations, weights)
+    half_value = value.to(torch.bfloat16).requires_grad_()
+    locations = locations.clone().requires_grad_()
+    monkeypatch.setattr(_ms_deform_attn, "ms_deform_attn_reference", pytest.fail)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = kernels.ms_deform_attn(half_value, shapes, starts, locations, weights.to(torch.bfloat16))
+    assert output.dtype == torch.float32
+    # Only the bf16 rounding of the values and weights separates the results.
+    torch.testing.assert_close(output, expected, atol=0.05, rtol=0.02)
+    assert not torch.equal(output, expected)
+    output.sum().backward()
+    assert half_value.grad.dtype == torch.bfloat16 and locations.grad.dtype == torch.float32
+    assert half_value.grad.abs().sum() > 0 and locations.grad.abs().sum() > 0
+
+
+def test_reference_under_autocast_matches_the_op(cpu_op):
+    value, shapes, starts, locations, weights = make_inputs(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        operands = (value.to(torch.bfloat16), shapes, starts, locations, weights.to(torch.bfloat16))
+        torch.testing.assert_close(kernels.ms_deform_attn_reference(*operands), cpu_op(*operands))
 
 
 def test_opcheck(cpu_op):
@@ -396,7 +422,7 @@ def test_cuda_sources_compile_for_hopper(tmp_path):
         import torch
         from referformer.kernels import _loader
         _loader.compile_extension({str(tmp_path / "build")!r}, with_cuda=True, cuda_home={cuda_home!r})
-        for name in ("referformer::ms_deform_attn", "referformer::ms_deform_attn_backward"):
+        for name in ("referformer::ms_deform_attn", "referformer::_ms_deform_attn_backward"):
             for key in ("CPU", "CUDA"):
                 print(name, key, torch._C._dispatch_has_kernel_for_dispatch_key(name, key))
         """
@@ -406,7 +432,7 @@ def test_cuda_sources_compile_for_hopper(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=1200
     )
     assert completed.returncode == 0, completed.stderr[-5000:]
-    for name in ("referformer::ms_deform_attn", "referformer::ms_deform_attn_backward"):
+    for name in ("referformer::ms_deform_attn", "referformer::_ms_deform_attn_backward"):
         for key in ("CPU", "CUDA"):
             assert f"{name} {key} True" in completed.stdout
 

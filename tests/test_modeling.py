@@ -276,8 +276,9 @@ def test_bad_inputs_raise_clear_errors():
     inputs = random_inputs(model.config)
     with pytest.raises(ValueError, match="pixel_values must be"):
         model(**dict(inputs, pixel_values=inputs["pixel_values"][0]))
+    two_clips = random_inputs(model.config, batch_size=2)
     with pytest.raises(ValueError, match="one expression per clip"):
-        model(**dict(inputs, input_ids=inputs["input_ids"].repeat(2, 1)))
+        model(**dict(two_clips, input_ids=inputs["input_ids"].repeat(3, 1), attention_mask=None))
     with pytest.raises(ValueError, match="at least 32x32"):
         model(**random_inputs(model.config, height=24, width=64))
 

@@ -60,7 +60,8 @@ def _check_inputs(
         )
     if not value.is_floating_point():
         raise TypeError(f"ms_deform_attn: value must be a floating-point tensor, got {value.dtype}")
-    if sampling_locations.dtype != value.dtype or attention_weights.dtype != value.dtype:
+    mixed_precision = torch.is_autocast_enabled(value.device.type)  # operands then run in float32 (see below)
+    if not mixed_precision and (sampling_locations.dtype != value.dtype or attention_weights.dtype != value.dtype):
         raise TypeError(
             "ms_deform_attn: value, sampling_locations and attention_weights must have the same dtype, got "
             f"{value.dtype}, {sampling_locations.dtype} and {attention_weights.dtype}"
@@ -94,8 +95,13 @@ def is_available(device: str | torch.device = "cpu") -> bool:
     return device_type in _loader.load_ms_deform_attn()
 
 
+def _compute_dtype(value: torch.Tensor) -> torch.dtype:
+    """float32 under autocast (the operator's autocast rule casts its operands), the operands' dtype otherwise."""
+    return torch.float32 if torch.is_autocast_enabled(value.device.type) else value.dtype
+
+
 def _can_use_custom_op(value: torch.Tensor) -> bool:
-    if value.dtype not in _SUPPORTED_DTYPES.get(value.device.type, ()):
+    if _compute_dtype(value) not in _SUPPORTED_DTYPES.get(value.device.type, ()):
         return False
     if torch.compiler.is_compiling():
         # Never build while tracing: use the operator only if an earlier eager call loaded it.
@@ -127,6 +133,11 @@ def ms_deform_attn_reference(
             f"ms_deform_attn: the levels {spatial_shapes_list} starting at {level_start_index.tolist()} do not tile "
             f"the {value.shape[1]} values of value (expected starts {expected_starts})"
         )
+    if torch.is_autocast_enabled(value.device.type):  # the same float32 computation as the operator's autocast rule
+        with torch.autocast(value.device.type, enabled=False):
+            return ms_deform_attn_pytorch(
+                value.float(), spatial_shapes_list, sampling_locations.float(), attention_weights.float()
+            )
     return ms_deform_attn_pytorch(value, spatial_shapes_list, sampling_locations, attention_weights)
 
 
@@ -156,7 +167,8 @@ def ms_deform_attn(
             host, so it neither synchronizes with the device nor breaks `torch.compile` / `torch.export` graphs.
 
     Returns:
-        `[batch, queries, heads * head_dim]`.
+        `[batch, queries, heads * head_dim]`; under `torch.autocast` the operands may have mixed floating dtypes and
+        the attention runs (and returns) in float32.
     """
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, spatial_shapes_list)
     if _can_use_custom_op(value):

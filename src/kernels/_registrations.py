@@ -1,10 +1,13 @@
 """Python registrations of the `referformer::ms_deform_attn` operators: fake (meta) kernels for `torch.compile` /
-`torch.export`, and the autograd formula. The schemas and the CPU/CUDA kernels are registered by the C++ library."""
+`torch.export`, the autograd formula and the autocast rule. The schemas and the CPU/CUDA kernels are registered by
+the C++ library."""
 
 import torch
 
 
 _registered = False
+# Device types whose autocast runs the operator in float32 (the dtype `ms_deform_attn` promises under autocast).
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
 
 
 def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -28,7 +31,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_output):
-    grad_value, grad_sampling_locations, grad_attention_weights = torch.ops.referformer.ms_deform_attn_backward(
+    grad_value, grad_sampling_locations, grad_attention_weights = torch.ops.referformer._ms_deform_attn_backward(
         grad_output, *ctx.saved_tensors
     )
     return grad_value, None, None, grad_sampling_locations, grad_attention_weights
@@ -40,6 +43,10 @@ def register_python_implementations() -> None:
     if _registered:
         return
     torch.library.register_fake("referformer::ms_deform_attn", _ms_deform_attn_fake)
-    torch.library.register_fake("referformer::ms_deform_attn_backward", _ms_deform_attn_backward_fake)
+    torch.library.register_fake("referformer::_ms_deform_attn_backward", _ms_deform_attn_backward_fake)
     torch.library.register_autograd("referformer::ms_deform_attn", _backward, setup_context=_setup_context)
+    # Under autocast the operands come in mixed precisions (bf16/fp16 values from the projections, fp32 locations):
+    # like torchvision's deformable ops, run the kernel on float32 copies (sampling locations need fp32 precision).
+    for device_type in AUTOCAST_DEVICE_TYPES:
+        torch.library.register_autocast("referformer::ms_deform_attn", device_type, torch.float32)
     _registered = True

@@ -273,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
 
 TORCH_LIBRARY_IMPL(referformer, CPU, m) {
   m.impl("ms_deform_attn", &ms_deform_attn_forward_cpu);
-  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
+  m.impl("_ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
 }
 
 } // namespace referformer::ops

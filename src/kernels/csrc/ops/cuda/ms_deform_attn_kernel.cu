@@ -197,6 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const MSDeformAttnSizes sizes =
       check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_ms_deform_attn_grad_output(grad_output, value, sizes);
+  // The value and location gradients are accumulated with atomicAdd: their summation order varies between runs.
+  at::globalContext().alertNotDeterministic("referformer::_ms_deform_attn_backward (CUDA)");
   const c10::cuda::CUDAGuard device_guard(value.device());
   const at::Tensor grad_output_ = grad_output.contiguous();
   const at::Tensor value_ = value.contiguous();
@@ -231,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
 
 TORCH_LIBRARY_IMPL(referformer, CUDA, m) {
   m.impl("ms_deform_attn", &ms_deform_attn_forward_cuda);
-  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
+  m.impl("_ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
 }
 
 } // namespace referformer::ops

@@ -1,0 +1,193 @@
+"""End-to-end CPU/CUDA benchmark of the released architecture: this project's fast path against its faithful
+reference path, in fp32 and bf16, for one and several sentences.
+
+The model is the released ReferFormer (ResNet-50 + RoBERTa-base structure, `ReferFormerConfig()`) with random weights
+(seeded, built from the config without downloads) on random 360x640 frames and random 12-token sentences.
+
+* fast: compiled deformable-attention operator, `scaled_dot_product_attention`, one visual pass shared by the
+  sentences, frame chunks of `--chunk` frames, the mask head for the selected query only;
+* reference: everything as the original computes it: PyTorch deformable attention (`grid_sample`), eager attention,
+  no chunking, all queries' masks for every decoder layer, and one forward pass per sentence.
+
+bf16 runs the float32 weights under `torch.autocast`. Each configuration runs in its own subprocess (after a one-frame
+warm-up) so that its peak memory (RSS on CPU, max allocated on CUDA) is its own. Masks agreement: IoU of the selected
+query's thresholded stride-4 masks against the reference fp32 run of the same frames and sentences.
+
+    python benchmarks/bench_end_to_end.py --frames 5 36 100 300 --sentences 1 5 --threads 2
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+HEIGHT, WIDTH, TEXT_LENGTH = 360, 640, 12
+
+
+def build_model(path: str, chunk: int):
+    from referformer import ReferFormerConfig, ReferFormerForReferringVideoObjectSegmentation
+
+    torch.manual_seed(0)
+    if path == "fast":
+        config = ReferFormerConfig(frame_chunk_size=chunk)
+    else:
+        config = ReferFormerConfig(disable_custom_kernels=True, attn_implementation="eager")
+    return ReferFormerForReferringVideoObjectSegmentation(config).eval()
+
+
+def make_inputs(num_frames: int, num_sentences: int, device):
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, 50000, (num_sentences, TEXT_LENGTH), generator=generator)
+    input_ids[:, 0], input_ids[:, -1] = 0, 2
+    pixel_values = torch.randn(1, num_frames, 3, HEIGHT, WIDTH, generator=generator)
+    return pixel_values.to(device), input_ids.to(device)
+
+
+def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, device: str, masks_file: str) -> dict:
+    """One configuration: returns its timing and memory, and saves the selected masks and scores to `masks_file`."""
+    model = build_model(path, chunk).to(device)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def forward(pixel_values, input_ids):
+        if path == "fast":
+            outputs = model(pixel_values=pixel_values, input_ids=input_ids, output_all_queries=False)
+            selected = outputs.selected_query_indices
+            return outputs.logits, selected, outputs.pred_masks[:, :, 0]
+        results = [model(pixel_values=pixel_values, input_ids=input_ids[index : index + 1]) for index in range(len(input_ids))]
+        logits = torch.cat([outputs.logits for outputs in results])
+        masks = torch.cat([outputs.pred_masks for outputs in results])
+        selected = logits.sigmoid().mean(1).max(-1).values.argmax(-1)
+        return logits, selected, masks[torch.arange(len(masks)), :, selected]
+
+    with torch.no_grad(), autocast:
+        forward(*make_inputs(1, num_sentences, device))  # warm-up: kernel loading, allocator, oneDNN primitives
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        pixel_values, input_ids = make_inputs(num_frames, num_sentences, device)
+        start = time.perf_counter()
+        logits, selected, masks = forward(pixel_values, input_ids)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    scores = logits.float().sigmoid()[torch.arange(len(selected)), :, selected].max(-1).values  # [N, T]
+    torch.save({"masks": masks.float().cpu() > 0, "scores": scores.cpu(), "selected": selected.cpu()}, masks_file)
+    if device == "cuda":
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"seconds": seconds, "seconds_per_frame": seconds / num_frames, "peak_gib": peak_gib}
+
+
+def count_gflop(num_frames: int, chunk: int, device: str) -> float:
+    """Matmul and convolution GFLOP of one fast fp32 forward (the deformable sampling is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # Frozen parameters instead of `no_grad`: the counter's module tracker needs grad mode on.
+    model = build_model("fast", chunk).to(device).requires_grad_(False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        pixel_values, input_ids = make_inputs(num_frames, 1, device)
+        model(pixel_values=pixel_values, input_ids=input_ids, output_all_queries=False)
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak_gflops(device: str, size: int = 2048, repeats: int = 10) -> float:
+    """fp32 matmul throughput of this machine (best of `repeats` square products)."""
+    first, second = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(first, second)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def child(args) -> None:
+    torch.set_num_threads(args.threads)
+    if args.task == "run":
+        result = run(args.path, args.dtype, args.num_frames, args.num_sentences, args.chunk, args.device, args.masks_file)
+    elif args.task == "flops":
+        result = {"gflop": count_gflop(args.num_frames, args.chunk, args.device)}
+    else:
+        result = {"gflops": matmul_peak_gflops(args.device)}
+    print(json.dumps(result))
+
+
+def in_subprocess(args, *options) -> dict:
+    command = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device, "--chunk",
+               str(args.chunk), *options]
+    environment = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def mask_iou(first: torch.Tensor, second: torch.Tensor) -> float:
+    union = (first | second).sum()
+    return float((first & second).sum() / union) if union else 1.0
+
+
+def main(args) -> None:
+    peak = in_subprocess(args, "--task", "peak")["gflops"]
+    print(f"device {args.device}, {args.threads} threads, {HEIGHT}x{WIDTH} frames; fp32 matmul peak {peak:.0f} GFLOP/s",
+          flush=True)
+    header = ("path", "dtype", "T", "sentences", "s/frame", "peak GiB", "x ref fp32", "IoU vs ref fp32", "max |score diff|")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for num_frames in args.frames:
+            for num_sentences in args.sentences:
+                results = {}
+                for path in ("reference", "fast"):
+                    for dtype in args.dtypes:
+                        masks_file = str(Path(folder) / f"{path}-{dtype}-{num_frames}-{num_sentences}.pt")
+                        result = in_subprocess(
+                            args, "--task", "run", "--path", path, "--dtype", dtype, "--num_frames", str(num_frames),
+                            "--num_sentences", str(num_sentences), "--masks_file", masks_file,
+                        )
+                        result.update(torch.load(masks_file))
+                        results[path, dtype] = result
+                        reference = results.get(("reference", "fp32"), result)
+                        iou = min(mask_iou(a, b) for a, b in zip(result["masks"], reference["masks"]))
+                        score_diff = float((result["scores"] - reference["scores"]).abs().max())
+                        row = (path, dtype, num_frames, num_sentences, f"{result['seconds_per_frame']:.2f}",
+                               f"{result['peak_gib']:.2f}", f"{reference['seconds'] / result['seconds']:.2f}",
+                               f"{iou:.4f}", f"{score_diff:.1e}")
+                        print("| " + " | ".join(str(value) for value in row) + " |", flush=True)
+    if args.count_flops:
+        for num_frames in args.frames:
+            gflop = in_subprocess(args, "--task", "flops", "--num_frames", str(num_frames))["gflop"]
+            print(f"fast fp32 T={num_frames}: {gflop:.1f} GFLOP (matmuls and convolutions)", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[5, 36, 100, 300], help="Clip lengths T.")
+    parser.add_argument("--sentences", type=int, nargs="+", default=[1, 5], help="Sentences per video.")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Intra-op threads (default: all cores).")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--chunk", type=int, default=8, help="Frame chunk size of the fast path.")
+    parser.add_argument("--count_flops", action="store_true", help="Also count the fast path's fp32 GFLOP per T.")
+    parser.add_argument("--task", choices=["run", "flops", "peak"], help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=["fast", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--num_frames", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--num_sentences", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--masks_file", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.task:
+        child(arguments)
+    else:
+        main(arguments)

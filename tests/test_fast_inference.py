@@ -1,0 +1,137 @@
+"""Inference work-savers that must not change results: one visual pass for several sentences, frame chunking, the
+selected query's mask head alone."""
+
+import pytest
+import torch
+
+from helpers import FP32_ROUNDING, random_inputs, randomize_weights, unit_test_config
+
+
+def build_model(seed=0, **overrides):
+    from referformer import ReferFormerForReferringVideoObjectSegmentation
+
+    torch.manual_seed(seed)
+    model = ReferFormerForReferringVideoObjectSegmentation(unit_test_config(**overrides))
+    return randomize_weights(model, seed).eval()
+
+
+def sentences_for_one_video(config, num_sentences, num_frames=3, seed=0):
+    """One video (batch 1) and `num_sentences` expressions of different lengths (padded)."""
+    inputs = random_inputs(config, num_frames=num_frames, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    input_ids = torch.randint(3, config.text_config.vocab_size, (num_sentences, 7), generator=generator)
+    input_ids[:, 0] = 0
+    attention_mask = torch.ones_like(input_ids)
+    for index in range(num_sentences):
+        length = 7 - index % 3
+        input_ids[index, length - 1] = 2
+        input_ids[index, length:] = 1
+        attention_mask[index, length:] = 0
+    return dict(inputs, input_ids=input_ids, attention_mask=attention_mask)
+
+
+def count_backbone_frames(model):
+    """A list that receives the number of frames of every backbone call."""
+    frames = []
+    model.model.backbone.register_forward_hook(lambda module, args, output: frames.append(args[0].shape[0]))
+    return frames
+
+
+def test_several_sentences_share_one_visual_pass_and_equal_separate_calls():
+    model = build_model()
+    inputs = sentences_for_one_video(model.config, num_sentences=3)
+    backbone_frames = count_backbone_frames(model)
+    with torch.no_grad():
+        shared = model(**inputs)
+        assert backbone_frames == [3]  # one backbone pass over the 3 frames for the 3 sentences
+        for index in range(3):
+            length = int(inputs["attention_mask"][index].sum())
+            alone = model(
+                pixel_values=inputs["pixel_values"],
+                pixel_mask=inputs["pixel_mask"],
+                input_ids=inputs["input_ids"][index : index + 1, :length],
+            )
+            for name in ("logits", "pred_boxes", "pred_masks"):
+                torch.testing.assert_close(shared[name][index : index + 1], alone[name], **FP32_ROUNDING)
+            for shared_aux, alone_aux in zip(shared.auxiliary_outputs, alone.auxiliary_outputs):
+                torch.testing.assert_close(shared_aux["pred_masks"][index : index + 1], alone_aux["pred_masks"], **FP32_ROUNDING)
+    # The sentences are different, so are their results.
+    assert not torch.allclose(shared.logits[0], shared.logits[1], **FP32_ROUNDING)
+
+
+def test_chunked_frames_equal_one_pass_at_64_frames():
+    model = build_model()
+    inputs = random_inputs(model.config, num_frames=64)
+    with torch.no_grad():
+        whole = model(**inputs, output_hidden_states=True)
+        model.config.frame_chunk_size = 9  # 7 chunks, the last one shorter
+        backbone_frames = count_backbone_frames(model)
+        chunked = model(**inputs, output_hidden_states=True)
+    assert backbone_frames == [9] * 7 + [1]
+    for name in ("logits", "pred_boxes", "pred_masks", "encoder_last_hidden_state", "last_hidden_state"):
+        torch.testing.assert_close(chunked[name], whole[name], **FP32_ROUNDING)
+    for whole_state, chunked_state in zip(whole.encoder_hidden_states + whole.decoder_hidden_states,
+                                          chunked.encoder_hidden_states + chunked.decoder_hidden_states):
+        torch.testing.assert_close(chunked_state, whole_state, **FP32_ROUNDING)
+    # The FPN's attention spans the clip: changing the last frame changes the first frame's masks, also chunked.
+    changed = dict(inputs, pixel_values=inputs["pixel_values"].clone())
+    changed["pixel_values"][:, -1] = -changed["pixel_values"][:, -1]
+    with torch.no_grad():
+        after = model(**changed)
+    assert not torch.allclose(after.pred_masks[:, 0], chunked.pred_masks[:, 0], **FP32_ROUNDING)
+    torch.testing.assert_close(after.logits[:, 0], chunked.logits[:, 0], **FP32_ROUNDING)
+
+
+def test_chunked_shared_video_equals_one_pass():
+    model = build_model(frame_chunk_size=2)
+    inputs = sentences_for_one_video(model.config, num_sentences=2, num_frames=5)
+    with torch.no_grad():
+        chunked = model(**inputs)
+        model.config.frame_chunk_size = None
+        whole = model(**inputs)
+    for name in ("logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(chunked[name], whole[name], **FP32_ROUNDING)
+
+
+def test_base_model_chunked_mask_features_equal_one_pass():
+    from referformer import ReferFormerModel
+
+    torch.manual_seed(0)
+    model = randomize_weights(ReferFormerModel(unit_test_config()), 0).eval()
+    inputs = random_inputs(model.config, batch_size=2, num_frames=5)
+    with torch.no_grad():
+        whole = model(**inputs)
+        model.config.frame_chunk_size = 3
+        chunked = model(**inputs)
+    torch.testing.assert_close(chunked.mask_features, whole.mask_features, **FP32_ROUNDING)
+
+
+def test_selected_query_mask_head_equals_the_full_heads_selected_query():
+    from referformer.modeling_referformer import select_referred_query
+
+    model = build_model()
+    inputs = sentences_for_one_video(model.config, num_sentences=3)
+    with torch.no_grad():
+        full = model(**inputs)
+        selected = model(**inputs, output_all_queries=False)
+    expected_queries = select_referred_query(full.logits)
+    assert selected.selected_query_indices.tolist() == expected_queries.tolist()
+    assert selected.pred_masks.shape == (3, 3, 1) + full.pred_masks.shape[-2:]
+    assert selected.auxiliary_outputs is None
+    batch = torch.arange(3)
+    torch.testing.assert_close(selected.pred_masks[:, :, 0], full.pred_masks[batch, :, expected_queries], **FP32_ROUNDING)
+    torch.testing.assert_close(selected.logits, full.logits)
+
+
+def test_selected_query_rule_is_the_highest_frame_averaged_score():
+    from referformer.modeling_referformer import select_referred_query
+
+    # Query 1 wins one frame by far but query 2 has the best average.
+    probabilities = torch.tensor([[[0.1, 0.99, 0.6], [0.1, 0.1, 0.6]]])[..., None]
+    assert select_referred_query(torch.logit(probabilities)).tolist() == [2]
+
+
+def test_selected_query_only_is_refused_for_training():
+    model = build_model().train()
+    with pytest.raises(ValueError, match="output_all_queries=False is for inference"):
+        model(**random_inputs(model.config), output_all_queries=False)
