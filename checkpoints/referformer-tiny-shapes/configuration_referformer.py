@@ -213,6 +213,11 @@ class ReferFormerConfig(PreTrainedConfig):
         Standard deviation of the generic weight initialisation.
     disable_custom_kernels (`bool`, defaults to `False`):
         Always use the pure-PyTorch multi-scale deformable attention (no compiled kernel).
+    frame_chunk_size (`int`, *optional*):
+        Run the per-frame stages (backbone, fusion, deformable encoder and decoder, FPN convolutions, mask head) over
+        chunks of this many frames, so that peak memory grows linearly with the clip length; the cross-frame
+        attention of the FPN still sees every frame, and results equal an unchunked pass up to fp32 rounding. `None`
+        processes all frames at once.
     """
 
     model_type = "referformer"
@@ -279,6 +284,7 @@ class ReferFormerConfig(PreTrainedConfig):
     mask_loss_at_input_resolution: bool = False
     init_std: float = 0.02
     disable_custom_kernels: bool = False
+    frame_chunk_size: int | None = None
 
     def __post_init__(self, **kwargs):
         self.pixel_decoder_sr_ratios = list(self.pixel_decoder_sr_ratios)
@@ -339,6 +345,8 @@ class ReferFormerConfig(PreTrainedConfig):
         for name in ("encoder_layers", "decoder_layers", "num_queries", "num_classes", "dynamic_mask_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.frame_chunk_size is not None and self.frame_chunk_size < 1:
+            raise ValueError(f"frame_chunk_size must be at least 1 (or None), got {self.frame_chunk_size}.")
         if self.activation_function not in ACT2FN:
             raise ValueError(f"Unknown activation_function {self.activation_function!r}.")
 

@@ -10,6 +10,11 @@ Layout of the computation (shapes for B clips of T frames, Q queries, hidden siz
    learned position shared by all frames, with iterative box refinement;
 5. cross-modal FPN (pixel decoder) -> stride-4 mask features for the whole clip;
 6. per decoder layer: class logits, boxes, and masks from a dynamic 1x1-convolution head generated per query.
+
+Everything but the FPN's spatio-temporal self-attention is per frame and runs over chunks of
+`config.frame_chunk_size` frames; that attention gets the keys and values of every frame first
+(`ReferFormerModel.encode`), then the FPN and the mask head run chunk by chunk (`ReferFormerModel.iter_mask_features`).
+A single video with several sentences has its visual features computed once.
 """
 
 import math
@@ -96,6 +101,8 @@ class ReferFormerSegmentationOutput(ModelOutput):
         Boxes of the last decoder layer: normalized (cx, cy, w, h) relative to the unpadded frame.
     pred_masks (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, height / 4, width / 4)`):
         Mask logits of the last decoder layer at stride 4 of the padded input.
+    selected_query_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+        With `output_all_queries=False`: the query whose masks `pred_masks` holds (the referred object).
     reference_points (`torch.FloatTensor` of shape `(batch_size, num_frames, num_queries, 2)`):
         Reference point (x, y) fed to the last decoder layer.
     auxiliary_outputs (`list[dict]`, *optional*):
@@ -116,6 +123,7 @@ class ReferFormerSegmentationOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     pred_boxes: torch.FloatTensor | None = None
     pred_masks: torch.FloatTensor | None = None
+    selected_query_indices: torch.LongTensor | None = None
     reference_points: torch.FloatTensor | None = None
     auxiliary_outputs: list[dict] | None = None
     last_hidden_state: torch.FloatTensor | None = None
@@ -177,6 +185,35 @@ def clip_tokens_to_frames(tokens: torch.Tensor, num_frames: int, height: int, wi
     batch_size, _, channels = tokens.shape
     tokens = tokens.view(batch_size, num_frames, height, width, channels)
     return tokens.permute(0, 1, 4, 2, 3).reshape(batch_size * num_frames, channels, height, width)
+
+
+def autocast_disabled(tensor: torch.Tensor):
+    """Disables autocast on `tensor`'s device: under mixed precision the heads (scores, box refinement, mask logits)
+    run on inputs cast to their float32 weights' dtype."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
+def frame_range(features: torch.Tensor, batch_size: int, start: int, stop: int) -> torch.Tensor:
+    """Frames `start:stop` of every clip of per-frame values `[B*T, ...]` -> `[B*(stop-start), ...]`."""
+    return features.view(batch_size, -1, *features.shape[1:])[:, start:stop].flatten(0, 1)
+
+
+@dataclass
+class ReferFormerPixelDecoderInputs:
+    """What [`ReferFormerModel.iter_mask_features`] needs from [`ReferFormerModel.encode`].
+
+    `finest_features` `[B_video, T, C, h, w]` stride-4 backbone maps, `padding_mask` `[B_video, T, H, W]` (True on
+    padding), `memory` `[B, T, S, C]` encoder output, `spatial_shapes_list` its levels, `clip_key_values` per FPN
+    stage the projected self-attention keys, values and padding mask of whole clips, `text` the word features,
+    sentence features, word positions and text padding mask.
+    """
+
+    finest_features: torch.Tensor
+    padding_mask: torch.Tensor
+    memory: torch.Tensor
+    spatial_shapes_list: list[tuple[int, int]]
+    clip_key_values: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    text: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class ReferFormerTimmBackbone(nn.Module):
@@ -279,11 +316,31 @@ class ReferFormerAttention(nn.Module):
         value: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`query` `[B, Lq, C]`, `key`/`value` `[B, Lk, C]`, `key_padding_mask` `[B, Lk]` (True = ignore)."""
-        batch_size, query_length, hidden_size = query.shape
-        query_states = self.q_proj(query).view(batch_size, query_length, self.num_heads, self.head_dim).transpose(1, 2)
+        """`query` `[B, Lq, C]`, `key`/`value` `[B, Lk, C]`, `key_padding_mask` `[B, Lk]` (True = ignore).
+
+        A `query` of batch 1 is shared by every batch entry of `key` and `value`.
+        """
+        return self.attend(query, *self.project_keys_values(key, value), key_padding_mask=key_padding_mask)
+
+    def project_keys_values(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value states `[B, heads, Lk, head_dim]`, to attend to them from several query chunks."""
+        batch_size = key.shape[0]
         key_states = self.k_proj(key).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
         value_states = self.v_proj(value).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        return key_states, value_states
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention of `query` `[B or 1, Lq, C]` to projected states (see `project_keys_values`)."""
+        query_length, hidden_size = query.shape[1:]
+        batch_size = key_states.shape[0]
+        query_states = self.q_proj(query).view(-1, query_length, self.num_heads, self.head_dim).transpose(1, 2)
+        query_states = query_states.expand(batch_size, -1, -1, -1)
         attention_mask = None
         if key_padding_mask is not None:
             attention_mask = torch.zeros(key_padding_mask.shape, dtype=query_states.dtype, device=query.device)
@@ -595,12 +652,16 @@ class ReferFormerDecoder(nn.Module):
             )
             # Box prediction relative to the layer's input reference (all 4 coordinates for a box reference, the
             # centre for a point reference); with box refinement it becomes the next layer's reference.
-            box_delta = self.bbox_embed[index if self.with_box_refine else 0](hidden_states)
-            if reference_points.shape[-1] == 4:
-                boxes = (box_delta + inverse_sigmoid(reference_points)).sigmoid()
-            else:
-                boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference_points), box_delta[..., 2:]], -1)
-                boxes = boxes.sigmoid()
+            # Under mixed precision the refinement stays in the weights' precision (float32).
+            box_head = self.bbox_embed[index if self.with_box_refine else 0]
+            with autocast_disabled(hidden_states):
+                box_delta = box_head(hidden_states.to(box_head.layers[0].weight.dtype))
+                reference = reference_points.to(box_delta.dtype)
+                if reference.shape[-1] == 4:
+                    boxes = (box_delta + inverse_sigmoid(reference)).sigmoid()
+                else:
+                    boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference), box_delta[..., 2:]], -1)
+                    boxes = boxes.sigmoid()
             if self.with_box_refine:
                 reference_points = boxes.detach()
             intermediate.append(hidden_states)
@@ -647,7 +708,9 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
     """Vision-language block of the cross-modal FPN (the original's `VisionLanguageBlock`, post-norm).
 
     Spatio-temporal self-attention over all frames of a clip, on maps nearest-downsampled by `sr_ratio` (output
-    upsampled back bilinearly), then cross-attention to the words, then a feed-forward block.
+    upsampled back bilinearly), then cross-attention to the words, then a feed-forward block. The keys and values of
+    the whole clip come from `frame_key_value_tokens` (computed frame chunk by frame chunk), so that the block itself
+    can run on any chunk of the clip's frames.
     """
 
     def __init__(self, config: ReferFormerConfig, sr_ratio: int):
@@ -663,34 +726,46 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.pixel_decoder_ffn_dim, hidden_size)
         self.final_layer_norm = nn.LayerNorm(hidden_size)
 
+    def _reduce(self, maps: torch.Tensor) -> torch.Tensor:
+        """Nearest down-sampling of `[N, C, h, w]` maps by `sr_ratio` (sizes rounded down, as the original)."""
+        if self.sr_ratio == 1:
+            return maps
+        height, width = maps.shape[-2:]
+        return F.interpolate(maps, size=(int(height / self.sr_ratio), int(width / self.sr_ratio)), mode="nearest")
+
+    def frame_key_value_tokens(
+        self, vision_features: torch.Tensor, vision_position_embeddings: torch.Tensor, vision_padding_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention key inputs (features plus positions) and values of each frame, reduced: `[N, h'*w', C]`,
+        with their padding mask `[N, h'*w']`."""
+        keys = self._reduce(vision_features + vision_position_embeddings)
+        values = self._reduce(vision_features)
+        if self.sr_ratio > 1:
+            vision_padding_mask = resize_padding_mask(vision_padding_mask, keys.shape[-2:])
+        return keys.flatten(2).transpose(1, 2), values.flatten(2).transpose(1, 2), vision_padding_mask.flatten(1)
+
     def forward(
         self,
         vision_features: torch.Tensor,
         vision_position_embeddings: torch.Tensor,
-        vision_padding_mask: torch.Tensor,
+        num_frames: int,
+        clip_key_states: torch.Tensor,
+        clip_value_states: torch.Tensor,
+        clip_key_padding_mask: torch.Tensor,
         text_features: torch.Tensor,
         text_position_embeddings: torch.Tensor,
         text_padding_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Vision inputs are frame maps `[B*T, C, h, w]` (padding mask `[B*T, h, w]`); returns `[B*T, C, h, w]`."""
-        batch_frames, _, height, width = vision_features.shape
-        num_frames = batch_frames // text_features.shape[0]
-        queries = vision_features + vision_position_embeddings
-        values, key_padding_mask = vision_features, vision_padding_mask
-        if self.sr_ratio > 1:
-            reduced_size = (int(height / self.sr_ratio), int(width / self.sr_ratio))
-            queries = F.interpolate(queries, size=reduced_size, mode="nearest")
-            values = F.interpolate(values, size=reduced_size, mode="nearest")
-            key_padding_mask = resize_padding_mask(key_padding_mask, reduced_size)
-        query_tokens = frames_to_clip_tokens(queries, num_frames)
-        attn_output = self.self_attn(
-            query_tokens,
-            query_tokens,
-            frames_to_clip_tokens(values, num_frames),
-            key_padding_mask=key_padding_mask.view(text_features.shape[0], -1),
+        """Vision inputs are the maps `[B*t, C, h, w]` of `num_frames` consecutive frames of each clip (a single video
+        `B = 1` may serve every sentence of the text batch); the clip states come from
+        `ReferFormerAttention.project_keys_values` on the tokens of all frames. Returns `[B_text*t, C, h, w]`."""
+        height, width = vision_features.shape[-2:]
+        queries = self._reduce(vision_features + vision_position_embeddings)
+        attn_output = self.self_attn.attend(
+            frames_to_clip_tokens(queries, num_frames), clip_key_states, clip_value_states, clip_key_padding_mask
         )
         if self.sr_ratio > 1:
-            attn_output = clip_tokens_to_frames(attn_output, num_frames, *reduced_size)
+            attn_output = clip_tokens_to_frames(attn_output, num_frames, *queries.shape[-2:])
             attn_output = F.interpolate(attn_output, size=(height, width), mode="bilinear", align_corners=False)
             attn_output = frames_to_clip_tokens(attn_output, num_frames)
         hidden_states = frames_to_clip_tokens(vision_features, num_frames)
@@ -718,6 +793,8 @@ class ReferFormerPixelDecoder(nn.Module):
     the words by a [`ReferFormerPixelDecoderBlock`]; produces the stride-4 mask features.
 
     Stage `i` works at stride `4 * 2**i`: stage 0 reads the stride-4 backbone features, stages 1-3 the encoder output.
+    The blocks' self-attention spans all frames of a clip: `frame_key_value_tokens` (per frame chunk) and
+    `clip_key_values` (once per clip) prepare its keys and values, then `forward` runs on any chunk of frames.
     """
 
     def __init__(self, config: ReferFormerConfig, finest_backbone_channels: int):
@@ -733,22 +810,48 @@ class ReferFormerPixelDecoder(nn.Module):
         self.blocks = nn.ModuleList(ReferFormerPixelDecoderBlock(config, ratio) for ratio in config.pixel_decoder_sr_ratios)
         self.mask_features = nn.Conv2d(hidden_size, config.mask_dim, kernel_size=3, padding=1)
 
-    def forward(
+    def frame_key_value_tokens(
         self,
         stage_features: list[torch.Tensor],
         stage_padding_masks: list[torch.Tensor],
         stage_position_embeddings: list[torch.Tensor],
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per stage, the self-attention key inputs, values and padding mask of each frame (see
+        [`ReferFormerPixelDecoderBlock.frame_key_value_tokens`])."""
+        return [
+            block.frame_key_value_tokens(adapter(features), positions, masks)
+            for block, adapter, features, masks, positions in zip(
+                self.blocks, self.adapters, stage_features, stage_padding_masks, stage_position_embeddings
+            )
+        ]
+
+    def clip_key_values(
+        self, stage: int, keys: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected keys and values `[B, heads, T*h'*w', head_dim]` and padding mask `[B, T*h'*w']` of stage `stage`
+        for whole clips, from the frame tokens `[B, T, h'*w', C]` (mask `[B, T, h'*w']`)."""
+        key_states, value_states = self.blocks[stage].self_attn.project_keys_values(keys.flatten(1, 2), values.flatten(1, 2))
+        return key_states, value_states, padding_mask.flatten(1)
+
+    def forward(
+        self,
+        stage_features: list[torch.Tensor],
+        stage_position_embeddings: list[torch.Tensor],
+        num_frames: int,
+        clip_key_values: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
         text_features: torch.Tensor,
         text_position_embeddings: torch.Tensor,
         text_padding_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Inputs per stage (strides 4, 8, 16, 32): features `[B*T, C_i, h, w]`, padding masks and positions."""
+        """Inputs per stage (strides 4, 8, 16, 32): features `[B*t, C_i, h, w]` of `num_frames` frames per clip and
+        their positions; `clip_key_values` per stage from `clip_key_values`. Returns the mask features of the frames."""
         output = None
         for stage in reversed(range(len(self.adapters))):
             fused = self.blocks[stage](
                 self.adapters[stage](stage_features[stage]),
                 stage_position_embeddings[stage],
-                stage_padding_masks[stage],
+                num_frames,
+                *clip_key_values[stage],
                 text_features,
                 text_position_embeddings,
                 text_padding_mask,
@@ -840,7 +943,8 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         pixel_mask (`torch.LongTensor` of shape `(batch_size, num_frames, height, width)`, *optional*):
             1 on real pixels, 0 on padding. The unpadded frame size of each clip is derived from it.
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-            Token ids of the referring expression of each clip.
+            Token ids of the referring expression of each clip. With a single video (`pixel_values` of batch 1),
+            any number of expressions: the video's visual features are computed once and shared by all of them.
         attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             1 on real tokens, 0 on padding.
         resized_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
@@ -897,15 +1001,18 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         sentence_features = pooled if pooled is not None else word_features[:, 0]
         return self.text_projection(word_features), self.text_projection(sentence_features), attention_mask.ne(1)
 
-    def _check_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask) -> None:
+    def _check_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices=None) -> None:
         """Named errors for inputs whose shapes do not fit together, before anything is computed."""
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}.")
         batch_size, num_frames, _, height, width = pixel_values.shape
-        if input_ids.dim() != 2 or input_ids.shape[0] != batch_size:
+        if input_ids.dim() != 2 or (input_ids.shape[0] != batch_size and batch_size != 1):
             raise ValueError(
-                f"input_ids must be [batch, length] with one expression per clip ({batch_size}), got {tuple(input_ids.shape)}."
+                f"input_ids must be [batch, length] with one expression per clip ({batch_size}), or any number of "
+                f"expressions for a single video, got {tuple(input_ids.shape)}."
             )
+        if valid_frame_indices is not None and input_ids.shape[0] != batch_size:
+            raise ValueError("valid_frame_indices needs one clip per expression (pixel_values of the input_ids batch).")
         if min(height, width) < 32:
             raise ValueError(f"Frames must be at least 32x32 pixels, got {height}x{width}.")
         if pixel_mask is not None and tuple(pixel_mask.shape) != (batch_size, num_frames, height, width):
@@ -946,38 +1053,162 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ReferFormerModelOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output, pixel_decoder_inputs = self.encode(
+            pixel_values,
+            input_ids,
+            pixel_mask=pixel_mask,
+            attention_mask=attention_mask,
+            resized_sizes=resized_sizes,
+            valid_frame_indices=valid_frame_indices,
+            output_hidden_states=output_hidden_states,
+        )
+        output.mask_features = torch.cat([features for _, features in self.iter_mask_features(pixel_decoder_inputs)], 1)
+        return output if return_dict else output.to_tuple()
+
+    def encode(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        pixel_mask: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        resized_sizes: torch.LongTensor | None = None,
+        valid_frame_indices: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> tuple[ReferFormerModelOutput, ReferFormerPixelDecoderInputs]:
+        """Everything but the FPN's mask features, over chunks of `config.frame_chunk_size` frames: the output without
+        `mask_features`, and the inputs of `iter_mask_features`.
+
+        A video of batch 1 with `input_ids` of batch N is shared by the N sentences: its backbone features, input
+        projections and position encodings are computed once.
+        """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_inputs(pixel_values, input_ids, pixel_mask, attention_mask)
-        batch_size, num_frames, _, height, width = pixel_values.shape
+        self._check_inputs(pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices)
+        video_batch_size, num_frames, _, height, width = pixel_values.shape
+        batch_size = input_ids.shape[0]
         if pixel_mask is None:
-            pixel_mask = torch.ones((batch_size, num_frames, height, width), dtype=torch.long, device=pixel_values.device)
+            pixel_mask = torch.ones(
+                (video_batch_size, num_frames, height, width), dtype=torch.long, device=pixel_values.device
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if resized_sizes is None:
             resized_sizes = torch.stack([pixel_mask[:, 0].any(-1).sum(-1), pixel_mask[:, 0].any(-2).sum(-1)], -1)
-        frame_sizes = torch.as_tensor(resized_sizes, device=pixel_values.device).view(batch_size, 2)
+        frame_sizes = torch.as_tensor(resized_sizes, device=pixel_values.device).view(-1, 2).expand(batch_size, 2)
+        padding_mask = ~pixel_mask.bool()
 
-        frames = pixel_values.flatten(0, 1)
-        padding_mask = ~pixel_mask.flatten(0, 1).bool()
+        word_features, sentence_features, text_padding_mask = self.encode_text(input_ids, attention_mask)
+        text_positions = sine_position_embedding_1d(text_padding_mask, self.config.d_model).to(word_features.dtype)
+        text = (word_features, sentence_features, text_positions, text_padding_mask)
+
+        # Backbones that mix frames (Video Swin) and the annotated-frame selection see the whole clip at once.
+        clip_features = None
+        if valid_frame_indices is not None or isinstance(self.backbone, ReferFormerVideoSwinBackbone):
+            clip_features = self.backbone(pixel_values.flatten(0, 1), num_frames=num_frames)
+            if valid_frame_indices is not None:
+                keep = torch.arange(video_batch_size, device=pixel_values.device) * num_frames
+                keep = keep + valid_frame_indices.to(pixel_values.device)
+                clip_features = [feature[keep] for feature in clip_features]
+                padding_mask, num_frames = padding_mask.flatten(0, 1)[keep][:, None], 1
+        chunks = []
+        for start, stop in self._frame_chunks(num_frames):
+            if clip_features is None:
+                stage_features = self.backbone(pixel_values[:, start:stop].flatten(0, 1), num_frames=stop - start)
+            else:
+                stage_features = [frame_range(feature, video_batch_size, start, stop) for feature in clip_features]
+            chunk_mask = padding_mask[:, start:stop].flatten(0, 1)
+            chunks.append(self._encode_frames(stage_features, chunk_mask, stop - start, text, output_hidden_states))
+
+        def clips(values, batch):  # chunks of [batch * t, ...] -> [batch, T, ...]
+            return torch.cat([value.view(batch, -1, *value.shape[1:]) for value in values], 1)
+
+        def layers_first(values):  # chunks of [L, B * t, ...] -> [B, L, T, ...]
+            return clips([value.transpose(0, 1) for value in values], batch_size).transpose(1, 2)
+
+        def states(name):
+            if not output_hidden_states:
+                return None
+            per_chunk = zip(*(chunk[name] for chunk in chunks))
+            return tuple(clips(values, batch_size).flatten(0, 1) for values in per_chunk)
+
+        memory = clips([chunk["memory"] for chunk in chunks], batch_size)
+        clip_key_values = []
+        for stage in range(len(self.pixel_decoder.blocks)):
+            stage_batch = video_batch_size if stage == 0 else batch_size
+            keys, values, masks = (
+                clips([chunk["key_value_tokens"][stage][index] for chunk in chunks], stage_batch) for index in range(3)
+            )
+            clip_key_values.append(self.pixel_decoder.clip_key_values(stage, keys, values, masks))
+        hidden_states = layers_first([chunk["hidden_states"] for chunk in chunks])
+        output = ReferFormerModelOutput(
+            last_hidden_state=hidden_states[:, -1],
+            intermediate_hidden_states=hidden_states,
+            intermediate_pred_boxes=layers_first([chunk["boxes"] for chunk in chunks]),
+            intermediate_reference_points=layers_first([chunk["references"] for chunk in chunks]),
+            frame_sizes=frame_sizes,
+            encoder_last_hidden_state=memory,
+            encoder_hidden_states=states("encoder_states"),
+            decoder_hidden_states=states("decoder_states"),
+        )
+        pixel_decoder_inputs = ReferFormerPixelDecoderInputs(
+            finest_features=clips([chunk["finest_features"] for chunk in chunks], video_batch_size),
+            padding_mask=padding_mask,
+            memory=memory,
+            spatial_shapes_list=chunks[0]["spatial_shapes_list"],
+            clip_key_values=clip_key_values,
+            text=text,
+        )
+        return output, pixel_decoder_inputs
+
+    def _frame_chunks(self, num_frames: int) -> list[tuple[int, int]]:
+        """`(start, stop)` of each chunk of `config.frame_chunk_size` frames; one chunk when it is None, which keeps
+        a symbolic frame count symbolic (torch.export with a dynamic number of frames)."""
+        chunk_size = self.config.frame_chunk_size
+        if chunk_size is None:
+            return [(0, num_frames)]
+        return [(start, min(start + chunk_size, num_frames)) for start in range(0, num_frames, chunk_size)]
+
+    def iter_mask_features(self, inputs: ReferFormerPixelDecoderInputs):
+        """Runs the cross-modal FPN over chunks of `config.frame_chunk_size` frames; yields `(frames, mask features)`
+        with `frames` a `slice` of the clip's frames and the features `[B, t, mask_dim, h/4, w/4]`."""
         hidden_size = self.config.d_model
+        batch_size = inputs.memory.shape[0]
+        num_frames = inputs.memory.shape[1]
+        word_features, _, text_positions, text_padding_mask = inputs.text
+        for start, stop in self._frame_chunks(num_frames):
+            finest = inputs.finest_features[:, start:stop].flatten(0, 1)
+            padding_mask = inputs.padding_mask[:, start:stop].flatten(0, 1)
+            memory_maps = self._memory_maps(inputs.memory[:, start:stop].flatten(0, 1), inputs.spatial_shapes_list)
+            positions = [
+                sine_position_embedding_2d(resize_padding_mask(padding_mask, maps.shape[-2:]), hidden_size // 2)
+                .to(finest.dtype)
+                for maps in [finest] + memory_maps
+            ]
+            positions[1:] = [self._per_sentence(position, batch_size, stop - start) for position in positions[1:]]
+            mask_features = self.pixel_decoder(
+                [finest] + memory_maps,
+                positions,
+                stop - start,
+                inputs.clip_key_values,
+                word_features,
+                text_positions,
+                text_padding_mask,
+            )
+            yield slice(start, stop), mask_features.view(batch_size, stop - start, *mask_features.shape[1:])
 
-        # Backbone: four stages (strides 4..32) with their padding masks and 2-D sine positions.
-        stage_features = self.backbone(frames, num_frames=num_frames)
-        if valid_frame_indices is not None:
-            keep = torch.arange(batch_size, device=frames.device) * num_frames + valid_frame_indices.to(frames.device)
-            stage_features = [feature[keep] for feature in stage_features]
-            padding_mask, num_frames = padding_mask[keep], 1
+    def _encode_frames(self, stage_features, padding_mask, num_frames, text, output_hidden_states) -> dict:
+        """Fusion, deformable encoder and decoder, and the FPN's self-attention key/value tokens of `num_frames`
+        consecutive frames of each clip (`stage_features` and `padding_mask` of `B_video * num_frames` frames)."""
+        word_features, sentence_features, text_positions, text_padding_mask = text
+        batch_size = word_features.shape[0]
+        hidden_size = self.config.d_model
         stage_masks = [resize_padding_mask(padding_mask, feature.shape[-2:]) for feature in stage_features]
         stage_positions = [
             sine_position_embedding_2d(mask, hidden_size // 2).to(feature.dtype)
             for mask, feature in zip(stage_masks, stage_features)
         ]
-
-        word_features, sentence_features, text_padding_mask = self.encode_text(input_ids, attention_mask)
-        text_positions = sine_position_embedding_1d(text_padding_mask, hidden_size).to(word_features.dtype)
 
         # Input projections of strides 8/16/32 and the extra stride-64 level (from the raw last stage), each fused
         # with the words.
@@ -991,7 +1222,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
 
         # Flatten the levels for the deformable transformer.
         spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=frames.device)
+        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=padding_mask.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self._valid_ratio(mask) for mask in level_masks], 1).to(sources[0].dtype)
         flat_sources = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
@@ -1002,6 +1233,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
                 for level, position in enumerate(level_positions)
             ],
             1,
+        )
+        valid_ratios, flat_masks, flat_positions = (
+            self._per_sentence(tensor, batch_size, num_frames) for tensor in (valid_ratios, flat_masks, flat_positions)
         )
         memory, encoder_states = self.encoder(
             flat_sources,
@@ -1018,7 +1252,8 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         num_queries = self.config.num_queries
         query_positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
         target = sentence_features[:, None, None].expand(-1, num_frames, num_queries, -1).flatten(0, 1)
-        initial_reference = self.reference_points(query_positions).sigmoid()
+        with autocast_disabled(query_positions):
+            initial_reference = self.reference_points(query_positions).sigmoid()
         hidden_states, boxes, references, decoder_states = self.decoder(
             target,
             query_positions,
@@ -1032,41 +1267,42 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
 
-        # Pixel decoder on the backbone stride-4 map and the encoder output at strides 8/16/32.
-        # Level offsets come from the static `spatial_shapes_list`, so no device read breaks compiled/exported graphs.
-        level_memories = memory.split([level_height * level_width for level_height, level_width in spatial_shapes_list], 1)
-        memory_maps = [
-            level_memory.transpose(1, 2).reshape(-1, hidden_size, level_height, level_width)
-            for level_memory, (level_height, level_width) in zip(level_memories[:3], spatial_shapes_list[:3])
-        ]
-        mask_features = self.pixel_decoder(
-            [stage_features[0]] + memory_maps,
-            stage_masks,
-            stage_positions,
-            word_features,
-            text_positions,
-            text_padding_mask,
+        # The FPN reads the backbone stride-4 map and the encoder output at strides 8/16/32.
+        memory_maps = self._memory_maps(memory, spatial_shapes_list)
+        fpn_masks, fpn_positions = (
+            [values[0]] + [self._per_sentence(value, batch_size, num_frames) for value in values[1:]]
+            for values in (stage_masks, stage_positions)
         )
-
-        def per_clip(tensor, layer_dim=False):
-            # [(L,) B*T, ...] -> [B, (L,) T, ...]
-            if not layer_dim:
-                return tensor.view(batch_size, num_frames, *tensor.shape[1:])
-            tensor = tensor.view(tensor.shape[0], batch_size, num_frames, *tensor.shape[2:])
-            return tensor.transpose(0, 1)
-
-        output = ReferFormerModelOutput(
-            last_hidden_state=per_clip(hidden_states[-1]),
-            intermediate_hidden_states=per_clip(hidden_states, layer_dim=True),
-            intermediate_pred_boxes=per_clip(boxes, layer_dim=True),
-            intermediate_reference_points=per_clip(references, layer_dim=True),
-            mask_features=per_clip(mask_features),
-            frame_sizes=frame_sizes,
-            encoder_last_hidden_state=per_clip(memory),
-            encoder_hidden_states=encoder_states,
-            decoder_hidden_states=decoder_states,
+        key_value_tokens = self.pixel_decoder.frame_key_value_tokens(
+            [stage_features[0]] + memory_maps, fpn_masks, fpn_positions
         )
-        return output if return_dict else output.to_tuple()
+        return {
+            "memory": memory,
+            "hidden_states": hidden_states,
+            "boxes": boxes,
+            "references": references,
+            "encoder_states": encoder_states,
+            "decoder_states": decoder_states,
+            "finest_features": stage_features[0],
+            "key_value_tokens": key_value_tokens,
+            "spatial_shapes_list": spatial_shapes_list,
+        }
+
+    def _memory_maps(self, memory: torch.Tensor, spatial_shapes_list) -> list[torch.Tensor]:
+        """The encoder output `[N, S, C]` of strides 8/16/32 as maps `[N, C, h, w]`."""
+        maps, start = [], 0
+        for level_height, level_width in spatial_shapes_list[:3]:
+            level_memory = memory[:, start : start + level_height * level_width]
+            maps.append(level_memory.transpose(1, 2).reshape(-1, self.config.d_model, level_height, level_width))
+            start += level_height * level_width
+        return maps
+
+    @staticmethod
+    def _per_sentence(tensor: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
+        """Per-frame values `[B_video * t, ...]` of a video shared by `batch_size` sentences -> `[batch_size * t, ...]`."""
+        if tensor.shape[0] == batch_size * num_frames:
+            return tensor
+        return tensor.repeat(batch_size, *[1] * (tensor.dim() - 1))
 
     def _fuse(self, source, word_features, text_positions, text_padding_mask, num_frames) -> torch.Tensor:
         height, width = source.shape[-2:]
@@ -1110,6 +1346,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         original_sizes: torch.LongTensor | None = None,
         frame_indices: torch.LongTensor | None = None,
         labels: list[dict] | None = None,
+        output_all_queries: bool = True,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ReferFormerSegmentationOutput | tuple:
@@ -1123,9 +1360,15 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             - `boxes`: `[T, 4]` (cx, cy, w, h) normalized by the unpadded frame size, zeros where the object is absent;
             - `valid`: `[T]` 1 where the object is visible;
             - `class_labels`: `[T]` category ids (only used when `config.num_classes > 1`).
+        output_all_queries (`bool`, *optional*, defaults to `True`):
+            `False` (inference only) runs the dynamic mask head for the referred query of each clip alone
+            (`select_referred_query`): `pred_masks` is then `[B, T, 1, h, w]`, `selected_query_indices` says which
+            query it is, and `auxiliary_outputs` are left out.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.model(
+        if not output_all_queries and (labels is not None or self.training):
+            raise ValueError("Training needs the masks of all queries: output_all_queries=False is for inference.")
+        outputs, pixel_decoder_inputs = self.model.encode(
             pixel_values,
             input_ids,
             pixel_mask=pixel_mask,
@@ -1133,30 +1376,55 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             resized_sizes=resized_sizes,
             valid_frame_indices=valid_frame_indices,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
         )
         num_layers = self.config.decoder_layers
-        layers = range(num_layers) if self.config.auxiliary_loss else [num_layers - 1]
-        predictions = [self._predict_layer(outputs, layer) for layer in layers]
-        logits, pred_boxes, pred_masks = predictions[-1]
+        layers = list(range(num_layers)) if self.config.auxiliary_loss else [num_layers - 1]
+        logits = []
+        for layer in layers:
+            class_head = self.class_embed[layer if self.config.with_box_refine else 0]
+            with autocast_disabled(outputs.intermediate_hidden_states):  # scores in float32 under autocast
+                logits.append(class_head(outputs.intermediate_hidden_states[:, layer].to(class_head.weight.dtype)))
+        boxes = [outputs.intermediate_pred_boxes[:, layer] for layer in layers]
+        selected_query_indices = None
+        if output_all_queries:
+            mask_heads = [self._mask_head_inputs(outputs, layer) for layer in layers]
+        else:
+            selected_query_indices = select_referred_query(logits[-1])
+            mask_heads = [self._mask_head_inputs(outputs, layers[-1], selected_query_indices)]
+        # The FPN and the dynamic mask head run frame chunk by frame chunk.
+        mask_chunks = [[] for _ in mask_heads]
+        for frames, mask_features in self.model.iter_mask_features(pixel_decoder_inputs):
+            for chunks, (dynamic_params, mask_reference) in zip(mask_chunks, mask_heads):
+                with autocast_disabled(mask_features):  # mask logits in float32 under autocast
+                    chunks.append(
+                        dynamic_mask_logits(
+                            mask_features.to(dynamic_params.dtype),
+                            dynamic_params[:, frames],
+                            mask_reference[:, frames].to(dynamic_params.dtype),
+                            outputs.frame_sizes,
+                            self.config,
+                        )
+                    )
+        masks = [torch.cat(chunks, 1) for chunks in mask_chunks]
         auxiliary_outputs = None
-        if self.config.auxiliary_loss:
+        if self.config.auxiliary_loss and output_all_queries:
             auxiliary_outputs = [
                 {"logits": layer_logits, "pred_boxes": layer_boxes, "pred_masks": layer_masks}
-                for layer_logits, layer_boxes, layer_masks in predictions[:-1]
+                for layer_logits, layer_boxes, layer_masks in zip(logits[:-1], boxes[:-1], masks[:-1])
             ]
         loss = loss_dict = matched_query_indices = None
         if labels is not None:
             loss, loss_dict, matched_query_indices = ReferFormerLoss(self.config)(
-                logits, pred_boxes, pred_masks, labels, auxiliary_outputs
+                logits[-1], boxes[-1], masks[-1], labels, auxiliary_outputs
             )
         output = ReferFormerSegmentationOutput(
             loss=loss,
             loss_dict=loss_dict,
             matched_query_indices=matched_query_indices,
-            logits=logits,
-            pred_boxes=pred_boxes,
-            pred_masks=pred_masks,
+            logits=logits[-1],
+            pred_boxes=boxes[-1],
+            pred_masks=masks[-1],
+            selected_query_indices=selected_query_indices,
             reference_points=outputs.intermediate_reference_points[:, -1],
             auxiliary_outputs=auxiliary_outputs,
             last_hidden_state=outputs.last_hidden_state,
@@ -1166,20 +1434,29 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         )
         return output if return_dict else output.to_tuple()
 
-    def _predict_layer(self, outputs: ReferFormerModelOutput, layer: int):
+    def _mask_head_inputs(self, outputs: ReferFormerModelOutput, layer: int, query_indices: torch.Tensor | None = None):
+        """Dynamic parameters `[B, T, Q, P]` and reference points `[B, T, Q, 2]` of the mask head of decoder layer
+        `layer`, for all queries or (`query_indices` `[B]`) one query per clip (then `Q = 1`)."""
         hidden_states = outputs.intermediate_hidden_states[:, layer]
-        boxes = outputs.intermediate_pred_boxes[:, layer]
-        logits = self.class_embed[layer if self.config.with_box_refine else 0](hidden_states)
         # The mask of layer l is positioned at the box centre after layer l's refinement (the initial reference
         # without refinement), as the original does.
         if self.config.with_box_refine:
-            mask_reference = boxes[..., :2].detach()
+            mask_reference = outputs.intermediate_pred_boxes[:, layer, ..., :2].detach()
         else:
             mask_reference = outputs.intermediate_reference_points[:, 0]
-        masks = dynamic_mask_logits(
-            outputs.mask_features, self.controller(hidden_states), mask_reference, outputs.frame_sizes, self.config
-        )
-        return logits, boxes, masks
+        if query_indices is not None:
+            hidden_states, mask_reference = (
+                tensor.gather(2, query_indices.view(-1, 1, 1, 1).expand(-1, tensor.shape[1], 1, tensor.shape[-1]))
+                for tensor in (hidden_states, mask_reference)
+            )
+        with autocast_disabled(hidden_states):
+            return self.controller(hidden_states.to(self.controller.layers[0].weight.dtype)), mask_reference
+
+
+def select_referred_query(logits: torch.Tensor) -> torch.Tensor:
+    """The referred object's query of each clip, `[B]`: the highest frame-averaged score (the paper's rule), from
+    class logits `[B, T, Q, K]` (the best class of each query)."""
+    return logits.sigmoid().mean(1).max(-1).values.argmax(-1)
 
 
 def dynamic_mask_logits(
@@ -1242,6 +1519,7 @@ def _mask_locations(height: int, width: int, device, dtype) -> torch.Tensor:
 
 __all__ = [
     "ReferFormerForReferringVideoObjectSegmentation",
+    "select_referred_query",
     "ReferFormerModel",
     "ReferFormerPreTrainedModel",
 ]

@@ -409,6 +409,9 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         `masks`, which `mask_probabilities(mask_logits, H0, W0) > threshold` gives frame by frame (for long videos).
         """
         logits, pred_boxes, pred_masks = _prediction_tensors(outputs)
+        selected = getattr(outputs, "selected_query_indices", None)
+        if selected is not None and return_all_queries:
+            raise ValueError("return_all_queries needs the masks of all queries (a model run with output_all_queries=True).")
         batch_size = logits.shape[0]
         target_sizes = torch.as_tensor(target_sizes).view(-1, 2).tolist()
         if len(target_sizes) != batch_size:
@@ -421,13 +424,18 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         for index in range(batch_size):
             probabilities = logits[index].sigmoid()  # [T, Q, K]
             query_scores = probabilities.mean(0).max(-1).values
-            best = int(query_scores.argmax())
+            best = int(query_scores.argmax() if selected is None else selected[index])
             grid_height, grid_width = pred_masks.shape[-2:]
             if resized_sizes is not None:
                 height, width = resized_sizes[index]
                 grid_height, grid_width = min(grid_height, -(-height // 4)), min(grid_width, -(-width // 4))
             target_height, target_width = target_sizes[index]
             queries = range(pred_masks.shape[2]) if return_all_queries else [best]
+            # A model run with `output_all_queries=False` returns the masks of the selected query alone.
+            query_masks = {
+                query: pred_masks[index, :, query if selected is None else 0, :grid_height, :grid_width]
+                for query in queries
+            }
             boxes = [self._boxes_to_frame(pred_boxes[index, :, query], target_height, target_width) for query in queries]
             result = {
                 "boxes": boxes[queries.index(best)],
@@ -436,13 +444,10 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
                 "query_scores": query_scores,
             }
             if return_mask_logits:
-                result["mask_logits"] = pred_masks[index, :, best, :grid_height, :grid_width]
+                result["mask_logits"] = query_masks[best]
             if return_all_queries or not return_mask_logits:
                 masks = [
-                    self.mask_probabilities(
-                        pred_masks[index, :, query, :grid_height, :grid_width], target_height, target_width
-                    )
-                    > threshold
+                    self.mask_probabilities(query_masks[query], target_height, target_width) > threshold
                     for query in queries
                 ]
                 result["masks"] = masks[queries.index(best)]
