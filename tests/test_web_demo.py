@@ -16,7 +16,6 @@ from PIL import Image
 
 from helpers import REPO_ROOT
 from referformer.inference import ReferringVideoSegmenter
-from referformer.visualization import write_video
 from referformer.web_demo import example_clips, segment_upload
 
 

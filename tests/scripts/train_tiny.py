@@ -7,7 +7,6 @@ Run directly (one process) or with `accelerate launch --cpu --num_processes 2` b
 import sys
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 from safetensors.torch import save_file
 
