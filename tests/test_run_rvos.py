@@ -43,15 +43,6 @@ def model_dir(tmp_path_factory):
     return save_shapes_model(tmp_path_factory.mktemp("model"))
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run configures Accelerate anew (e.g. another mixed precision), as a new process would."""
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.fixture
 def one_thread():
     """Same thread count as the subprocesses, so that in-process and subprocess runs compute identically."""

@@ -127,7 +127,6 @@ def test_resume_never_unpickles_and_refuses_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match="optimizer.pt holds more than tensors"):
         load()
     assert not marker.exists()
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 # 2. Data loss: --overwrite never deletes inputs, foreign files or the old results of a failed run -----------------
@@ -255,13 +254,10 @@ def test_non_finite_training_stops_with_a_clear_error(tmp_path):
         "--output_dir", tmp_path / "run", "--learning_rate", "1e6")
     assert not (tmp_path / "run").exists()
 
-    from accelerate.state import AcceleratorState
-
     args = AccelerateTrainingArguments(output_dir=str(tmp_path / "lib"), max_steps=5, learning_rate=1e6,
                                        backbone_learning_rate=1e6, max_grad_norm=0, log_every=0)
     with pytest.raises(NonFiniteTrainingError, match=r"Step \d: the (loss|weights) became NaN or infinite"):
         train_with_accelerate(tiny_training_model(), synthetic_training_clips(2), args)
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_label_masks_must_be_binary():
