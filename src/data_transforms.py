@@ -34,14 +34,19 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-import av
 import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
-from .processing_referformer import get_resize_output_size
+from .processing_referformer import (
+    count_video_file_frames,
+    decode_video_file,
+    get_resize_output_size,
+    iter_video_frames,
+    read_frame_image,
+)
 
 
 __all__ = [
@@ -156,11 +161,7 @@ class _FrameFiles:
         self.num_frames = len(self.paths)
 
     def read(self, indices: Sequence[int]) -> list[Image.Image]:
-        images = {}
-        for index in indices:
-            if index not in images:
-                with Image.open(self.paths[index]) as image:
-                    images[index] = image.convert("RGB")
+        images = {index: Image.fromarray(read_frame_image(self.paths[index])) for index in set(indices)}
         return [images[index] for index in indices]
 
 
@@ -169,30 +170,19 @@ class _VideoFile:
 
     def __init__(self, path: str):
         self.path = path
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            count = stream.frames
-            if count <= 0:
-                count = sum(1 for _ in container.decode(stream))
-        if count <= 0:
+        self.num_frames = count_video_file_frames(path)
+        if self.num_frames <= 0:
             raise ValueError(f"Video {path} has no frames.")
-        self.num_frames = count
 
     def read(self, indices: Sequence[int]) -> list[Image.Image]:
         """Decodes up to the last requested frame; indices past the decoded end map to the last decoded frame."""
         wanted, last = set(indices), max(indices)
-        images, frame = {}, None
-        with av.open(self.path) as container:
-            for position, frame in enumerate(container.decode(video=0)):
-                if position in wanted:
-                    images[position] = frame.to_image()
-                if position >= last:
-                    break
-        if frame is None:
-            raise ValueError(f"Video {self.path} has no decodable frame.")
-        missing = wanted - images.keys()
-        if missing:
-            images.update(dict.fromkeys(missing, frame.to_image()))
+        frames = dict(decode_video_file(self.path, lambda index: index in wanted if index <= last else None))
+        missing = wanted - frames.keys()
+        if missing:  # the header counted more frames than the stream decodes
+            *_, (_, last_frame) = iter_video_frames(self.path)
+            frames.update(dict.fromkeys(missing, last_frame))
+        images = {index: Image.fromarray(frame) for index, frame in frames.items()}
         return [images[index] for index in indices]
 
 
