@@ -41,10 +41,12 @@ from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
 from .processing_referformer import (
+    ReferFormerVideoProcessor,
     count_video_file_frames,
     decode_video_file,
     get_resize_output_size,
     iter_video_frames,
+    normalize_frames,
     read_frame_image,
 )
 
@@ -64,8 +66,9 @@ __all__ = [
     "swap_left_right",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The video processor's normalization (transformers' ImageNet constants).
+IMAGENET_MEAN = tuple(ReferFormerVideoProcessor.image_mean)
+IMAGENET_STD = tuple(ReferFormerVideoProcessor.image_std)
 
 # Ref-YouTube-VOS / Ref-DAVIS17 / A2D-Sentences training (`datasets/ytvos.py` `make_coco_transforms`).
 VIDEO_TRAIN_SCALES = (288, 320, 352, 392, 416, 448, 480, 512)
@@ -455,8 +458,8 @@ class _ReferringTransform:
     ):
         self.tokenizer = tokenizer
         self.category_to_id = dict(category_to_id) if category_to_id is not None else None
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.mean = tuple(mean)
+        self.std = tuple(std)
 
     def __call__(self, examples: Mapping[str, list]) -> dict[str, list]:
         """Transforms a batch of rows (the format `Dataset.with_transform` passes) into a batch of samples."""
@@ -512,9 +515,8 @@ class _ReferringTransform:
         original_size: tuple[int, int],
     ) -> dict:
         height, width = clip.size
-        pixels = np.stack([np.asarray(image, dtype=np.float32) for image in clip.images]) / np.float32(255)
-        pixel_values = (pixels.transpose(0, 3, 1, 2) - self.mean) / self.std
-        sample = {"pixel_values": torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))}
+        pixels = np.stack([np.asarray(image) for image in clip.images])
+        sample = {"pixel_values": normalize_frames(pixels, ReferFormerVideoProcessor.rescale_factor, self.mean, self.std)}
         sample["expression"] = expression
         if self.tokenizer is not None:
             encoding = self.tokenizer(expression)

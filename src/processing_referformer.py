@@ -250,6 +250,24 @@ def uniform_frame_picks(total: int, num_frames: int) -> list[int]:
     return [int(position) for position in np.arange(0, total, total / num_frames)[:num_frames]]
 
 
+def normalize_frames(
+    frames: np.ndarray,
+    rescale_factor: float | None = 1 / 255,
+    image_mean=IMAGENET_DEFAULT_MEAN,
+    image_std=IMAGENET_DEFAULT_STD,
+) -> torch.Tensor:
+    """RGB frames `[T, H, W, 3]` (uint8) -> float32 pixel values `[T, 3, H, W]`: multiplied by `rescale_factor`,
+    then ImageNet-normalized (`(x - mean) / std`); `None` skips a step. The one pixel rule of inference and training."""
+    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if rescale_factor is not None:
+        clip = clip * rescale_factor
+    if image_mean is not None:
+        mean = torch.tensor(image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(image_std).view(1, 3, 1, 1)
+        clip = (clip - mean) / std
+    return clip
+
+
 def _prediction_tensors(outputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(logits, pred_boxes, pred_masks)` of a model output, or of its `return_dict=False` tuple (which starts with
     them when no labels were given)."""
@@ -407,14 +425,12 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
             raise ValueError(
                 f"Frames of {height}x{width} pixels are too small for ReferFormer (at least {MIN_FRAME_SIZE} on each side)."
             )
-        clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
-        if options["do_rescale"]:
-            clip = clip * options["rescale_factor"]
-        if options["do_normalize"]:
-            mean = torch.tensor(options["image_mean"]).view(1, 3, 1, 1)
-            std = torch.tensor(options["image_std"]).view(1, 3, 1, 1)
-            clip = (clip - mean) / std
-        return clip
+        return normalize_frames(
+            np.stack(frames),
+            options["rescale_factor"] if options["do_rescale"] else None,
+            options["image_mean"] if options["do_normalize"] else None,
+            options["image_std"] if options["do_normalize"] else None,
+        )
 
     @staticmethod
     def pad(clips: list[torch.Tensor], size_divisor: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -607,6 +623,7 @@ __all__ = [
     "iter_video_frames",
     "list_frame_files",
     "load_video",
+    "normalize_frames",
     "read_frame_image",
     "video_frame_names",
 ]

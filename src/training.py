@@ -12,7 +12,6 @@ uses `remove_unused_columns=False` (the collator needs the raw columns; the labe
 import base64
 import copy
 import json
-import math
 import pickle
 import random
 import time
@@ -26,6 +25,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
+
+from .processing_referformer import ReferFormerVideoProcessor
 
 
 logger = logging.get_logger(__name__)
@@ -181,12 +182,6 @@ class ReferringSegmentationMetrics:
         return {"J": region, "F": contour, "J&F": (region + contour) / 2}
 
 
-def _round_up(value: int, multiple: int | None) -> int:
-    if not multiple or multiple <= 1:
-        return value
-    return math.ceil(value / multiple) * multiple
-
-
 def collate_clips(
     samples: list[dict],
     pad_to_multiple_of: int | None = 32,
@@ -243,24 +238,20 @@ def collate_clips(
     if any(frame is not None for frame in annotated_frames) and any(frame is None for frame in annotated_frames):
         raise ValueError("Either every sample or none must have a `valid_frame_index`.")
 
-    height = _round_up(max(sample["pixel_values"].shape[-2] for sample in samples), pad_to_multiple_of)
-    width = _round_up(max(sample["pixel_values"].shape[-1] for sample in samples), pad_to_multiple_of)
+    clips = [sample["pixel_values"] for sample in samples]
+    pixel_values, pixel_mask = ReferFormerVideoProcessor.pad(clips, pad_to_multiple_of)
+    height, width = pixel_values.shape[-2:]
     text_length = max(sample["input_ids"].shape[0] for sample in samples)
 
-    def pad_frames(frames: torch.Tensor, value=0) -> torch.Tensor:
-        return F.pad(frames, (0, width - frames.shape[-1], 0, height - frames.shape[-2]), value=value)
+    def pad_frames(frames: torch.Tensor) -> torch.Tensor:
+        return F.pad(frames, (0, width - frames.shape[-1], 0, height - frames.shape[-2]))
 
     def pad_text(tokens: torch.Tensor, value: int) -> torch.Tensor:
         return F.pad(tokens, (0, text_length - tokens.shape[0]), value=value)
 
     batch = {
-        "pixel_values": torch.stack([pad_frames(sample["pixel_values"]) for sample in samples]),
-        "pixel_mask": torch.stack(
-            [
-                pad_frames(sample["pixel_values"].new_ones((num_frames,) + sample["pixel_values"].shape[-2:]))
-                for sample in samples
-            ]
-        ).long(),
+        "pixel_values": pixel_values,
+        "pixel_mask": pixel_mask,
         "input_ids": torch.stack([pad_text(sample["input_ids"].long(), pad_token_id) for sample in samples]),
         "attention_mask": torch.stack(
             [
