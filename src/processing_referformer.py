@@ -15,6 +15,8 @@ from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 from transformers.utils import logging
 from transformers.video_processing_utils import BaseVideoProcessor
 
+from .modeling_referformer import select_referred_query
+
 
 logger = logging.get_logger(__name__)
 
@@ -472,8 +474,12 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         """
         logits, pred_boxes, pred_masks = _prediction_tensors(outputs)
         selected = getattr(outputs, "selected_query_indices", None)
-        if selected is not None and return_all_queries:
+        # A model run with `output_all_queries=False` returns the masks of the selected query alone.
+        selected_masks_only = selected is not None
+        if selected_masks_only and return_all_queries:
             raise ValueError("return_all_queries needs the masks of all queries (a model run with output_all_queries=True).")
+        if selected is None:
+            selected = select_referred_query(logits)
         batch_size = logits.shape[0]
         target_sizes = torch.as_tensor(target_sizes).view(-1, 2).tolist()
         if len(target_sizes) != batch_size:
@@ -485,17 +491,16 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         results = []
         for index in range(batch_size):
             probabilities = logits[index].sigmoid()  # [T, Q, K]
-            query_scores = probabilities.mean(0).max(-1).values
-            best = int(query_scores.argmax() if selected is None else selected[index])
+            query_scores = probabilities.mean(0).max(-1).values  # what `select_referred_query` ranks
+            best = int(selected[index])
             grid_height, grid_width = pred_masks.shape[-2:]
             if resized_sizes is not None:
                 height, width = resized_sizes[index]
                 grid_height, grid_width = min(grid_height, -(-height // 4)), min(grid_width, -(-width // 4))
             target_height, target_width = target_sizes[index]
             queries = range(pred_masks.shape[2]) if return_all_queries else [best]
-            # A model run with `output_all_queries=False` returns the masks of the selected query alone.
             query_masks = {
-                query: pred_masks[index, :, query if selected is None else 0, :grid_height, :grid_width]
+                query: pred_masks[index, :, 0 if selected_masks_only else query, :grid_height, :grid_width]
                 for query in queries
             }
             boxes = [self._boxes_to_frame(pred_boxes[index, :, query], target_height, target_width) for query in queries]

@@ -26,6 +26,8 @@ from torch.nn import functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
+from .loss_referformer import upsample_mask_logits
+from .modeling_referformer import select_referred_query
 from .processing_referformer import ReferFormerVideoProcessor
 
 
@@ -166,12 +168,12 @@ class ReferringSegmentationMetrics:
         from .evaluation import contour_accuracy, region_similarity
 
         logits, _, pred_masks = (torch.as_tensor(array) for array in eval_prediction.predictions[:3])
+        queries = select_referred_query(logits)
         for index, labels in enumerate(eval_prediction.label_ids):
-            query = logits[index].sigmoid().mean(0).max(-1).values.argmax()
-            masks = F.interpolate(pred_masks[index, :, query][:, None].float(), scale_factor=4, mode="bilinear")
             ground_truth = torch.as_tensor(labels["masks"]).bool()
             height, width = (int(v) for v in labels.get("size", ground_truth.shape[-2:]))
-            predicted = (masks[:, 0].sigmoid() > self.threshold)[:, :height, :width].cpu().numpy()
+            mask_logits = upsample_mask_logits(pred_masks[index, :, queries[index]].float(), (height, width))
+            predicted = (mask_logits.sigmoid() > self.threshold).cpu().numpy()
             ground_truth = ground_truth[:, :height, :width].cpu().numpy()
             self._region.append(float(region_similarity(ground_truth, predicted).mean()))
             self._contour.append(float(contour_accuracy(ground_truth, predicted).mean()))
