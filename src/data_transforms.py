@@ -14,8 +14,8 @@ turn a row into model inputs:
         "boxes": FloatTensor[T', 4],            # cx, cy, w, h normalized by (w, h); zeros where the object is absent
         "valid": LongTensor[T'],                # 1 where the object is visible
         "class_labels": LongTensor[T'],
-        "size": LongTensor[2],                  # (h, w) of the transformed clip
-        "orig_size": LongTensor[2],             # (H, W) of the source frames
+        "resized_size": LongTensor[2],          # (h, w) of the transformed clip
+        "original_size": LongTensor[2],         # (H, W) of the source frames
     },                                          # absent for rows without ground truth (e.g. Ref-YouTube-VOS valid)
     "frame_indices": LongTensor[T],             # indices of the sampled frames in the row's video
     "valid_frame_index": int or None,           # A2D / JHMDB: position of the annotated frame in the window
@@ -531,8 +531,8 @@ class _ReferringTransform:
                 "boxes": torch.from_numpy(boxes.astype(np.float32)),
                 "valid": torch.from_numpy(valid.astype(np.int64)),
                 "class_labels": torch.full((len(clip.masks),), category_id, dtype=torch.long),
-                "size": torch.tensor([height, width]),
-                "orig_size": torch.tensor(original_size),
+                "resized_size": torch.tensor([height, width]),
+                "original_size": torch.tensor(original_size),
             }
         sample.update(
             frame_indices=torch.tensor(frame_indices, dtype=torch.long),

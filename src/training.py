@@ -156,7 +156,7 @@ class ReferringSegmentationMetrics:
     the paper's rule, against the label masks, averaged over the frames of a clip and then over clips.
 
     The predicted stride-4 mask logits are upsampled 4x (bilinear), thresholded at `threshold` and cropped to the
-    unpadded size (`labels["size"]` when present). Needs the model outputs in the order `logits, pred_boxes,
+    unpadded size (`labels["resized_size"]` when present). Needs the model outputs in the order `logits, pred_boxes,
     pred_masks, ...` (what `Trainer` passes, the config's `keys_to_ignore_at_inference` removing the others).
     """
 
@@ -171,7 +171,8 @@ class ReferringSegmentationMetrics:
         queries = select_referred_query(logits)
         for index, labels in enumerate(eval_prediction.label_ids):
             ground_truth = torch.as_tensor(labels["masks"]).bool()
-            height, width = (int(v) for v in labels.get("size", ground_truth.shape[-2:]))
+            size = labels.get("resized_size", labels.get("size", ground_truth.shape[-2:]))  # "size": the older name
+            height, width = (int(v) for v in size)
             mask_logits = upsample_mask_logits(pred_masks[index, :, queries[index]].float(), (height, width))
             predicted = (mask_logits.sigmoid() > self.threshold).cpu().numpy()
             ground_truth = ground_truth[:, :height, :width].cpu().numpy()

@@ -110,8 +110,8 @@ def assert_sample_consistent(sample, num_frames, num_label_frames=None):
     assert labels["boxes"].shape == (num_label_frames, 4) and labels["boxes"].dtype == torch.float32
     assert labels["valid"].shape == labels["class_labels"].shape == (num_label_frames,)
     assert labels["valid"].dtype == labels["class_labels"].dtype == torch.long
-    assert labels["size"].tolist() == sample["resized_size"].tolist() == [height, width]
-    assert labels["orig_size"].tolist() == sample["original_size"].tolist()
+    assert labels["resized_size"].tolist() == sample["resized_size"].tolist() == [height, width]
+    assert labels["original_size"].tolist() == sample["original_size"].tolist()
     assert sample["frame_indices"].shape == (num_frames,)
     # Invalid frames have zero boxes; valid boxes are normalized cxcywh that agree with the mask.
     boxes, valid, masks = labels["boxes"].numpy(), labels["valid"].numpy().astype(bool), labels["masks"].numpy()

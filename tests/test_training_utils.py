@@ -146,7 +146,7 @@ def make_sample(num_frames, height, width, text_length, seed, with_labels=True, 
             "boxes": torch.rand(num_frames, 4, generator=generator),
             "valid": torch.ones(num_frames, dtype=torch.int32),
             "class_labels": torch.zeros(num_frames, dtype=torch.long),
-            "size": torch.tensor([height, width]),
+            "resized_size": torch.tensor([height, width]),
         }
     return sample
 
@@ -169,7 +169,7 @@ def test_collate_clips_pads_frames_masks_and_text():
         assert labels["masks"].shape == (2, 64, 96) and labels["masks"].dtype == torch.bool
         assert torch.equal(labels["masks"][:, :height, :width], sample["labels"]["masks"])
         assert not labels["masks"][:, height:].any() and not labels["masks"][:, :, width:].any()
-        for key in ("boxes", "valid", "class_labels", "size"):
+        for key in ("boxes", "valid", "class_labels", "resized_size"):
             assert torch.equal(labels[key], sample["labels"][key])
 
     assert batch["input_ids"].shape == (2, 7) and batch["input_ids"].dtype == torch.long
@@ -260,7 +260,7 @@ def test_collate_annotated_frame_clips():
     """A2D/JHMDB samples: labels of the annotated frame only, collated with `valid_frame_indices`."""
     samples = [make_sample(3, 40, 50, 5, seed=0), make_sample(3, 40, 50, 5, seed=1)]
     for sample, frame in zip(samples, (2, 0)):
-        sample["labels"] = {key: value[frame : frame + 1] for key, value in sample["labels"].items() if key != "size"}
+        sample["labels"] = {key: value[frame : frame + 1] for key, value in sample["labels"].items() if key != "resized_size"}
         sample["valid_frame_index"] = frame
     batch = collate_clips(samples)
     assert batch["valid_frame_indices"].tolist() == [2, 0]
@@ -312,8 +312,8 @@ def test_referring_segmentation_metrics_values():
     ground_truth[0, :4, :4] = True
     ground_truth[0, 3, 3] = False
     padded = ground_truth.clone()
-    padded[0, 7, 7] = True  # in the padding: cropped away by `size`
-    labels = [{"masks": padded.numpy(), "size": (6, 8)}, {"masks": ground_truth.numpy()}]
+    padded[0, 7, 7] = True  # in the padding: cropped away by `resized_size`
+    labels = [{"masks": padded.numpy(), "resized_size": (6, 8)}, {"masks": ground_truth.numpy()}]
     predictions = (logits.numpy(), torch.zeros(2, 1, 2, 4).numpy(), pred_masks.numpy())
 
     metrics = ReferringSegmentationMetrics()
@@ -325,3 +325,5 @@ def test_referring_segmentation_metrics_values():
     second = tuple(array[1:] for array in predictions)
     assert metrics(EvalPrediction(second, labels[1:]), compute_result=True) == {"J": 0.5, "F": 0.5, "J&F": 0.5}
     assert metrics(EvalPrediction(first, labels[:1]), compute_result=True) == {"J": 1.0, "F": 1.0, "J&F": 1.0}
+    older_labels = [{"masks": padded.numpy(), "size": (6, 8)}]  # the key's older name crops the same way
+    assert metrics(EvalPrediction(first, older_labels), compute_result=True) == {"J": 1.0, "F": 1.0, "J&F": 1.0}
