@@ -129,16 +129,6 @@ def randomize_weights(model, seed=0):
     return model
 
 
-def tiny_tokenizer(model_max_length: int = 38):
-    """A byte-level BPE RoBERTa tokenizer without merges over lower-case letters, digits and a few signs: one token
-    per character (unknown characters map to <unk>), 5 + 48 tokens, built offline."""
-    from transformers import RobertaTokenizer
-
-    characters = ["Ġ"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,'-!?()/:;")
-    vocab = {token: index for index, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + characters)}
-    return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
-
-
 def tiny_training_model(seed=0):
     """A tiny model without any dropout (also in RoBERTa), so that training runs are exactly reproducible."""
     from referformer import ReferFormerForReferringVideoObjectSegmentation

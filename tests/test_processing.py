@@ -11,8 +11,9 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import AutoProcessor
 
-from helpers import assert_masks_equal_up_to_rounding, randomize_weights, real_video, tiny_tokenizer, unit_test_config
+from helpers import assert_masks_equal_up_to_rounding, randomize_weights, real_video, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from referformer.cli_presets import build_shapes_tokenizer
 from referformer.modeling_referformer import ReferFormerSegmentationOutput
 from referformer.processing_referformer import (
     get_resize_output_size,
@@ -41,7 +42,7 @@ def synthetic_frames(num_frames=6, height=96, width=128):
 
 @pytest.fixture
 def processor():
-    return ReferFormerProcessor(ReferFormerVideoProcessor(), tiny_tokenizer())
+    return ReferFormerProcessor(ReferFormerVideoProcessor(), build_shapes_tokenizer())
 
 
 # ----------------------------------------------------------------------------- loading
@@ -217,10 +218,10 @@ def test_one_video_with_three_sentences_equals_three_calls(processor):
 
 
 def test_sentences_are_normalized_and_truncated_with_a_warning(processor, caplog):
-    inputs = processor(videos=synthetic_frames(1), text="  The   DOG ")
-    assert processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True) == "the dog"
+    inputs = processor(videos=synthetic_frames(1), text="  The   SQUARE ")
+    assert processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True) == "the square"
     with caplog.at_level(logging.WARNING):
-        inputs = processor(videos=synthetic_frames(1), text="a very long sentence " * 5)
+        inputs = processor(videos=synthetic_frames(1), text="the big red circle on the left " * 3)
     assert inputs["input_ids"].shape[1] == processor.tokenizer.model_max_length
     assert "truncated" in caplog.text
 
