@@ -11,6 +11,7 @@ uses `remove_unused_columns=False` (the collator needs the raw columns; the labe
 
 import base64
 import copy
+import functools
 import json
 import pickle
 import random
@@ -99,6 +100,12 @@ class ReferFormerTrainer(Trainer):
             Passed to [`~transformers.Trainer`]. `args` defaults to `TrainingArguments` with
             `remove_unused_columns=False`; given arguments asking to remove columns are copied with it set to False
             (with a warning), since the ReferFormer collators read dataset columns that the model does not take.
+            `data_collator` defaults to [`collate_clips`] (padding text with the pad id of `processing_class`, a
+            processor or tokenizer, when given).
+
+    The library's own loop, with its seeding, schedules and exact resumption, is [`train_with_accelerate`] (what
+    `scripts/run_rvos.py train` runs); this class only brings the ReferFormer optimizer groups and data defaults to
+    `Trainer` users.
     """
 
     def __init__(
@@ -119,6 +126,12 @@ class ReferFormerTrainer(Trainer):
             )
             args = copy.copy(args)
             args.remove_unused_columns = False
+        if kwargs.get("data_collator") is None:
+            processing_class = kwargs.get("processing_class")
+            pad_token_id = getattr(getattr(processing_class, "tokenizer", processing_class), "pad_token_id", None)
+            kwargs["data_collator"] = (
+                collate_clips if pad_token_id is None else functools.partial(collate_clips, pad_token_id=pad_token_id)
+            )
         super().__init__(model=model, args=args, **kwargs)
         self.backbone_learning_rate = backbone_learning_rate
         self.text_encoder_learning_rate = text_encoder_learning_rate

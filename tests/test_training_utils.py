@@ -9,7 +9,8 @@ import torch
 from transformers import TrainingArguments
 
 from helpers import randomize_weights, unit_test_config
-from referformer import ReferFormerForReferringVideoObjectSegmentation
+from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from referformer.cli_presets import build_shapes_tokenizer
 from referformer.loss_referformer import ReferFormerLoss
 from referformer.training import AccelerateTrainingArguments, ReferFormerTrainer, collate_clips, get_parameter_groups
 from referformer.training_recipe import SCHEDULES, SeededClips, schedule_steps
@@ -117,6 +118,19 @@ def test_trainer_keeps_the_columns_the_collator_needs(tmp_path, caplog):
     assert trainer._remove_unused_columns(dataset).column_names == ["video_id", "expression"]
     default_trainer = ReferFormerTrainer(model=build_model())
     assert not default_trainer.args.remove_unused_columns
+
+
+def test_trainer_collates_clips_by_default_with_the_tokenizer_pad_id(tmp_path):
+    samples = [make_sample(2, 40, 50, 5, seed=0), make_sample(2, 40, 50, 3, seed=1)]
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert ReferFormerTrainer(model=build_model(), args=args).data_collator is collate_clips
+    tokenizer = build_shapes_tokenizer()
+    tokenizer.pad_token_id = 7  # not RoBERTa's 1, which collate_clips assumes without a tokenizer
+    for processing_class in (tokenizer, ReferFormerProcessor(ReferFormerVideoProcessor(), tokenizer)):
+        trainer = ReferFormerTrainer(model=build_model(), args=args, processing_class=processing_class)
+        batch = trainer.data_collator(samples)
+        assert batch["input_ids"][1, 3:].tolist() == [7, 7]
+        assert torch.equal(batch["pixel_values"], collate_clips(samples)["pixel_values"])
 
 
 def test_trainer_rejects_optimizers_with_their_own_groups(tmp_path):
@@ -246,7 +260,7 @@ def test_trainer_step_with_collated_clips(tmp_path):
         save_strategy="no",
         logging_strategy="no",
     )
-    trainer = ReferFormerTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate_clips)
+    trainer = ReferFormerTrainer(model=model, args=args, train_dataset=dataset)  # collate_clips by default
     head_before = model.class_embed[-1].weight.detach().clone()
     frozen_before = model.model.text_encoder.embeddings.word_embeddings.weight.detach().clone()
     result = trainer.train()
