@@ -53,6 +53,8 @@ def make_inputs(num_frames: int, num_sentences: int, device):
 
 def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, device: str, masks_file: str) -> dict:
     """One configuration: returns its timing and memory, and saves the selected masks and scores to `masks_file`."""
+    from referformer.modeling_referformer import select_referred_query
+
     model = build_model(path, chunk).to(device)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
@@ -64,7 +66,7 @@ def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, 
         results = [model(pixel_values=pixel_values, input_ids=input_ids[index : index + 1]) for index in range(len(input_ids))]
         logits = torch.cat([outputs.logits for outputs in results])
         masks = torch.cat([outputs.pred_masks for outputs in results])
-        selected = logits.sigmoid().mean(1).max(-1).values.argmax(-1)
+        selected = select_referred_query(logits)
         return logits, selected, masks[torch.arange(len(masks)), :, selected]
 
     with torch.no_grad(), autocast:

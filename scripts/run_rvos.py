@@ -45,7 +45,7 @@ from referformer.inference import (
 )
 from referformer.model_cards import trained_model_card
 from referformer.output_folders import ALL_ENTRIES, check_output_target, push_folder_to_hub, staged_output
-from referformer.processing_referformer import IMAGE_EXTENSIONS, natural_sort_key
+from referformer.processing_referformer import list_frame_files, natural_sort_key, video_frame_names
 from referformer.training import AccelerateTrainingArguments, check_training_checkpoint, collate_clips, train_with_accelerate
 from referformer.training_recipe import (
     REFCOCO_DATASETS,
@@ -434,18 +434,6 @@ def load_model(args: ModelArguments) -> ReferringVideoSegmenter:
 # ---------------------------------------------------------------------------------------------------
 
 
-def video_frame_names(video: str, indices: list[int]) -> list[str]:
-    """Names of the kept frames: the image file names of a frame folder, `00000`-style indices for a video file."""
-    path = Path(video)
-    if path.is_dir():
-        files = sorted(
-            (child for child in path.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS),
-            key=lambda child: natural_sort_key(child.name),
-        )
-        return [files[index].stem for index in indices]
-    return [f"{index:05d}" for index in indices]
-
-
 def check_video_source(video: str) -> None:
     """Fails clearly unless `video` is an existing regular file or folder (a FIFO or device would block reading)."""
     path = Path(video)
@@ -458,12 +446,11 @@ def check_video_source(video: str) -> None:
 def list_videos(path: Path) -> list[Path]:
     """The videos of `--video`: a video file, a folder of frames, or a folder of video files and frame folders."""
     check_video_source(path)
-    if path.is_file() or any(child.suffix.lower() in IMAGE_EXTENSIONS for child in path.iterdir()):
+    if path.is_file() or list_frame_files(path):
         return [path]
     videos = [
         child for child in path.iterdir()
-        if (child.is_file() and child.suffix.lower() in VIDEO_EXTENSIONS)
-        or (child.is_dir() and any(grandchild.suffix.lower() in IMAGE_EXTENSIONS for grandchild in child.iterdir()))
+        if (child.is_file() and child.suffix.lower() in VIDEO_EXTENSIONS) or (child.is_dir() and list_frame_files(child))
     ]
     if not videos:
         raise UsageError(f"{path} holds no frame image, video file ({', '.join(VIDEO_EXTENSIONS)}) or frame folder.")
@@ -484,7 +471,7 @@ def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path
         video, video_dir = video_and_folder
         with staged_output(video_dir, args.overwrite, inputs=(video, model_args.model)) as staging:
             results = segmenter(video, args.text, args.window, args.frame_stride, args.max_frames, args.threshold, progress=True)
-            frame_names = video_frame_names(str(video), results[0].frame_indices)
+            frame_names = video_frame_names(video, results[0].frame_indices)
             frames = iter_frames(video, args.frame_stride, args.max_frames)
             write_predictions(
                 staging, frames, results, frame_names, args.overlay_format, args.fps, video_name=video_dir.name

@@ -57,6 +57,7 @@ from .data_transforms import (
     sample_train_frame_indices,
     swap_left_right,
 )
+from .processing_referformer import list_frame_files
 
 
 __all__ = [
@@ -114,7 +115,6 @@ REFCOCO_SPLITS = {
     "refcoco+": ("train", "val", "testA", "testB"),
     "refcocog": ("train", "val", "test"),
 }
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,12 +267,6 @@ def load_ref_davis17(root: str | os.PathLike, split: str = "valid") -> Dataset:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _list_frames(video_dir: Path) -> list[Path]:
-    if not video_dir.is_dir():
-        raise FileNotFoundError(f"Frames folder not found: {video_dir} is not a directory.")
-    return sorted(path for path in video_dir.iterdir() if path.suffix.lower() in _IMAGE_SUFFIXES)
-
-
 def load_a2d_sentences(
     root: str | os.PathLike, split: str = "train", frames_dir: str | os.PathLike | None = None
 ) -> Dataset:
@@ -281,7 +275,7 @@ def load_a2d_sentences(
     file "val").
 
     Frames are decoded from `root/Release/clips320H/<video>.mp4` (as the original does), or read from
-    `frames_dir/<video>/` (every frame of the video extracted as .jpg/.png, names sorting in frame order) when given.
+    `frames_dir/<video>/` (every frame of the video extracted as images, listed in natural order) when given.
     Masks: `root/text_annotations/a2d_annotation_with_instances/<video>/<frame_idx:05d>.h5` (h5py needed to decode).
     """
     root = _existing_dir(root, "A2D-Sentences root")
@@ -305,7 +299,7 @@ def load_a2d_sentences(
             source = {"video_path": str(videos_dir / f"{video_id}.mp4")}
         else:
             if video_id not in frames_by_video:
-                frames_by_video[video_id] = _list_frames(frames_dir / video_id)
+                frames_by_video[video_id] = list_frame_files(frames_dir / video_id)
             paths = frames_by_video[video_id]
             source = {"frames": [str(path) for path in paths], "frame_names": [path.stem for path in paths]}
         rows.append(

@@ -41,6 +41,7 @@ __all__ = [
     "describe_attributes",
     "generate_referring_shapes",
     "matching_objects",
+    "render_referring_video",
 ]
 
 SHAPES = ("circle", "square", "triangle")
@@ -178,7 +179,7 @@ def _unique_attribute_sets(obj_id: str, objects: Mapping[str, Mapping], attribut
     return candidates
 
 
-def _generate_video(
+def render_referring_video(
     rng: np.random.Generator,
     num_frames: int,
     height: int,
@@ -186,8 +187,11 @@ def _generate_video(
     num_objects: int,
     textured: bool,
     per_object: int,
-    attribute_names: Sequence[str],
+    attribute_names: Sequence[str] = ATTRIBUTES,
 ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One clip in memory, as [`generate_referring_shapes`] writes each of its clips: the clip's metadata
+    (`{"background", "objects", "expressions"}`), RGB frames `[T, H, W, 3]` uint8 and label maps `[T, H, W]` (pixel
+    value = object id), with up to `per_object` expressions per object naming `attribute_names` only."""
     for _ in range(_MAX_LAYOUT_ATTEMPTS):
         objects = [_draw_object(rng, num_frames, height, width) for _ in range(num_objects)]
         labels = _render(objects, num_frames, height, width)
@@ -283,7 +287,7 @@ def generate_referring_shapes(
         video_id = f"shapes{index:05d}"
         num_objects = int(rng.integers(min_objects, max_objects + 1))
         textured = background == "textured" or (background == "mixed" and bool(rng.integers(2)))
-        video, frames, labels = _generate_video(
+        video, frames, labels = render_referring_video(
             rng, num_frames, height, width, num_objects, textured, expressions_per_object, attribute_names
         )
         (split_dir / "JPEGImages" / video_id).mkdir(parents=True)

@@ -14,8 +14,8 @@ turn a row into model inputs:
         "boxes": FloatTensor[T', 4],            # cx, cy, w, h normalized by (w, h); zeros where the object is absent
         "valid": LongTensor[T'],                # 1 where the object is visible
         "class_labels": LongTensor[T'],
-        "size": LongTensor[2],                  # (h, w) of the transformed clip
-        "orig_size": LongTensor[2],             # (H, W) of the source frames
+        "resized_size": LongTensor[2],          # (h, w) of the transformed clip
+        "original_size": LongTensor[2],         # (H, W) of the source frames
     },                                          # absent for rows without ground truth (e.g. Ref-YouTube-VOS valid)
     "frame_indices": LongTensor[T],             # indices of the sampled frames in the row's video
     "valid_frame_index": int or None,           # A2D / JHMDB: position of the annotated frame in the window
@@ -34,14 +34,21 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-import av
 import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
-from .processing_referformer import get_resize_output_size
+from .processing_referformer import (
+    ReferFormerVideoProcessor,
+    count_video_file_frames,
+    decode_video_file,
+    get_resize_output_size,
+    iter_video_frames,
+    normalize_frames,
+    read_frame_image,
+)
 
 
 __all__ = [
@@ -59,8 +66,9 @@ __all__ = [
     "swap_left_right",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The video processor's normalization (transformers' ImageNet constants).
+IMAGENET_MEAN = tuple(ReferFormerVideoProcessor.image_mean)
+IMAGENET_STD = tuple(ReferFormerVideoProcessor.image_std)
 
 # Ref-YouTube-VOS / Ref-DAVIS17 / A2D-Sentences training (`datasets/ytvos.py` `make_coco_transforms`).
 VIDEO_TRAIN_SCALES = (288, 320, 352, 392, 416, 448, 480, 512)
@@ -156,11 +164,7 @@ class _FrameFiles:
         self.num_frames = len(self.paths)
 
     def read(self, indices: Sequence[int]) -> list[Image.Image]:
-        images = {}
-        for index in indices:
-            if index not in images:
-                with Image.open(self.paths[index]) as image:
-                    images[index] = image.convert("RGB")
+        images = {index: Image.fromarray(read_frame_image(self.paths[index])) for index in set(indices)}
         return [images[index] for index in indices]
 
 
@@ -169,30 +173,19 @@ class _VideoFile:
 
     def __init__(self, path: str):
         self.path = path
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            count = stream.frames
-            if count <= 0:
-                count = sum(1 for _ in container.decode(stream))
-        if count <= 0:
+        self.num_frames = count_video_file_frames(path)
+        if self.num_frames <= 0:
             raise ValueError(f"Video {path} has no frames.")
-        self.num_frames = count
 
     def read(self, indices: Sequence[int]) -> list[Image.Image]:
         """Decodes up to the last requested frame; indices past the decoded end map to the last decoded frame."""
         wanted, last = set(indices), max(indices)
-        images, frame = {}, None
-        with av.open(self.path) as container:
-            for position, frame in enumerate(container.decode(video=0)):
-                if position in wanted:
-                    images[position] = frame.to_image()
-                if position >= last:
-                    break
-        if frame is None:
-            raise ValueError(f"Video {self.path} has no decodable frame.")
-        missing = wanted - images.keys()
-        if missing:
-            images.update(dict.fromkeys(missing, frame.to_image()))
+        frames = dict(decode_video_file(self.path, lambda index: index in wanted if index <= last else None))
+        missing = wanted - frames.keys()
+        if missing:  # the header counted more frames than the stream decodes
+            *_, (_, last_frame) = iter_video_frames(self.path)
+            frames.update(dict.fromkeys(missing, last_frame))
+        images = {index: Image.fromarray(frame) for index, frame in frames.items()}
         return [images[index] for index in indices]
 
 
@@ -465,8 +458,8 @@ class _ReferringTransform:
     ):
         self.tokenizer = tokenizer
         self.category_to_id = dict(category_to_id) if category_to_id is not None else None
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.mean = tuple(mean)
+        self.std = tuple(std)
 
     def __call__(self, examples: Mapping[str, list]) -> dict[str, list]:
         """Transforms a batch of rows (the format `Dataset.with_transform` passes) into a batch of samples."""
@@ -522,9 +515,8 @@ class _ReferringTransform:
         original_size: tuple[int, int],
     ) -> dict:
         height, width = clip.size
-        pixels = np.stack([np.asarray(image, dtype=np.float32) for image in clip.images]) / np.float32(255)
-        pixel_values = (pixels.transpose(0, 3, 1, 2) - self.mean) / self.std
-        sample = {"pixel_values": torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))}
+        pixels = np.stack([np.asarray(image) for image in clip.images])
+        sample = {"pixel_values": normalize_frames(pixels, ReferFormerVideoProcessor.rescale_factor, self.mean, self.std)}
         sample["expression"] = expression
         if self.tokenizer is not None:
             encoding = self.tokenizer(expression)
@@ -539,8 +531,8 @@ class _ReferringTransform:
                 "boxes": torch.from_numpy(boxes.astype(np.float32)),
                 "valid": torch.from_numpy(valid.astype(np.int64)),
                 "class_labels": torch.full((len(clip.masks),), category_id, dtype=torch.long),
-                "size": torch.tensor([height, width]),
-                "orig_size": torch.tensor(original_size),
+                "resized_size": torch.tensor([height, width]),
+                "original_size": torch.tensor(original_size),
             }
         sample.update(
             frame_indices=torch.tensor(frame_indices, dtype=torch.long),

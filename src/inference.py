@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 
@@ -37,7 +36,6 @@ from .modeling_referformer import ReferFormerForReferringVideoObjectSegmentation
 from .processing_referformer import (
     ReferFormerProcessor,
     ReferFormerVideoProcessor,
-    _frame_to_rgb,
     iter_video_frames,
 )
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
@@ -83,20 +81,8 @@ def resolve_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def iter_frames(video, frame_stride: int = 1, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields `(index in the video, RGB uint8 frame)` one frame at a time: a video file, a folder of frame images, a
-    list of frame image paths, a list of frames or a 4-D array (see `referformer.processing_referformer.load_video`)."""
-    if isinstance(video, (list, tuple)) and video and all(isinstance(item, (str, Path)) for item in video):
-        def read(path):
-            try:
-                with Image.open(path) as image:
-                    return _frame_to_rgb(image)
-            except OSError as error:
-                raise ValueError(f"Cannot read frame image {path}: {error}") from error
-
-        indices = itertools.islice(range(0, len(video), frame_stride), max_frames)
-        return ((index, read(video[index])) for index in indices)
-    return iter_video_frames(video, frame_stride, max_frames)
+# The frame reader of `referformer.processing_referformer`, under the name inference code has always imported.
+iter_frames = iter_video_frames
 
 
 @dataclass

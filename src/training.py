@@ -11,8 +11,8 @@ uses `remove_unused_columns=False` (the collator needs the raw columns; the labe
 
 import base64
 import copy
+import functools
 import json
-import math
 import pickle
 import random
 import time
@@ -26,6 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
+
+from .loss_referformer import upsample_mask_logits
+from .modeling_referformer import select_referred_query
+from .processing_referformer import ReferFormerVideoProcessor
 
 
 logger = logging.get_logger(__name__)
@@ -96,6 +100,12 @@ class ReferFormerTrainer(Trainer):
             Passed to [`~transformers.Trainer`]. `args` defaults to `TrainingArguments` with
             `remove_unused_columns=False`; given arguments asking to remove columns are copied with it set to False
             (with a warning), since the ReferFormer collators read dataset columns that the model does not take.
+            `data_collator` defaults to [`collate_clips`] (padding text with the pad id of `processing_class`, a
+            processor or tokenizer, when given).
+
+    The library's own loop, with its seeding, schedules and exact resumption, is [`train_with_accelerate`] (what
+    `scripts/run_rvos.py train` runs); this class only brings the ReferFormer optimizer groups and data defaults to
+    `Trainer` users.
     """
 
     def __init__(
@@ -116,6 +126,12 @@ class ReferFormerTrainer(Trainer):
             )
             args = copy.copy(args)
             args.remove_unused_columns = False
+        if kwargs.get("data_collator") is None:
+            processing_class = kwargs.get("processing_class")
+            pad_token_id = getattr(getattr(processing_class, "tokenizer", processing_class), "pad_token_id", None)
+            kwargs["data_collator"] = (
+                collate_clips if pad_token_id is None else functools.partial(collate_clips, pad_token_id=pad_token_id)
+            )
         super().__init__(model=model, args=args, **kwargs)
         self.backbone_learning_rate = backbone_learning_rate
         self.text_encoder_learning_rate = text_encoder_learning_rate
@@ -153,7 +169,7 @@ class ReferringSegmentationMetrics:
     the paper's rule, against the label masks, averaged over the frames of a clip and then over clips.
 
     The predicted stride-4 mask logits are upsampled 4x (bilinear), thresholded at `threshold` and cropped to the
-    unpadded size (`labels["size"]` when present). Needs the model outputs in the order `logits, pred_boxes,
+    unpadded size (`labels["resized_size"]` when present). Needs the model outputs in the order `logits, pred_boxes,
     pred_masks, ...` (what `Trainer` passes, the config's `keys_to_ignore_at_inference` removing the others).
     """
 
@@ -165,12 +181,13 @@ class ReferringSegmentationMetrics:
         from .evaluation import contour_accuracy, region_similarity
 
         logits, _, pred_masks = (torch.as_tensor(array) for array in eval_prediction.predictions[:3])
+        queries = select_referred_query(logits)
         for index, labels in enumerate(eval_prediction.label_ids):
-            query = logits[index].sigmoid().mean(0).max(-1).values.argmax()
-            masks = F.interpolate(pred_masks[index, :, query][:, None].float(), scale_factor=4, mode="bilinear")
             ground_truth = torch.as_tensor(labels["masks"]).bool()
-            height, width = (int(v) for v in labels.get("size", ground_truth.shape[-2:]))
-            predicted = (masks[:, 0].sigmoid() > self.threshold)[:, :height, :width].cpu().numpy()
+            size = labels.get("resized_size", labels.get("size", ground_truth.shape[-2:]))  # "size": the older name
+            height, width = (int(v) for v in size)
+            mask_logits = upsample_mask_logits(pred_masks[index, :, queries[index]].float(), (height, width))
+            predicted = (mask_logits.sigmoid() > self.threshold).cpu().numpy()
             ground_truth = ground_truth[:, :height, :width].cpu().numpy()
             self._region.append(float(region_similarity(ground_truth, predicted).mean()))
             self._contour.append(float(contour_accuracy(ground_truth, predicted).mean()))
@@ -179,12 +196,6 @@ class ReferringSegmentationMetrics:
         region, contour = float(np.mean(self._region)), float(np.mean(self._contour))
         self._region, self._contour = [], []
         return {"J": region, "F": contour, "J&F": (region + contour) / 2}
-
-
-def _round_up(value: int, multiple: int | None) -> int:
-    if not multiple or multiple <= 1:
-        return value
-    return math.ceil(value / multiple) * multiple
 
 
 def collate_clips(
@@ -243,24 +254,20 @@ def collate_clips(
     if any(frame is not None for frame in annotated_frames) and any(frame is None for frame in annotated_frames):
         raise ValueError("Either every sample or none must have a `valid_frame_index`.")
 
-    height = _round_up(max(sample["pixel_values"].shape[-2] for sample in samples), pad_to_multiple_of)
-    width = _round_up(max(sample["pixel_values"].shape[-1] for sample in samples), pad_to_multiple_of)
+    clips = [sample["pixel_values"] for sample in samples]
+    pixel_values, pixel_mask = ReferFormerVideoProcessor.pad(clips, pad_to_multiple_of)
+    height, width = pixel_values.shape[-2:]
     text_length = max(sample["input_ids"].shape[0] for sample in samples)
 
-    def pad_frames(frames: torch.Tensor, value=0) -> torch.Tensor:
-        return F.pad(frames, (0, width - frames.shape[-1], 0, height - frames.shape[-2]), value=value)
+    def pad_frames(frames: torch.Tensor) -> torch.Tensor:
+        return F.pad(frames, (0, width - frames.shape[-1], 0, height - frames.shape[-2]))
 
     def pad_text(tokens: torch.Tensor, value: int) -> torch.Tensor:
         return F.pad(tokens, (0, text_length - tokens.shape[0]), value=value)
 
     batch = {
-        "pixel_values": torch.stack([pad_frames(sample["pixel_values"]) for sample in samples]),
-        "pixel_mask": torch.stack(
-            [
-                pad_frames(sample["pixel_values"].new_ones((num_frames,) + sample["pixel_values"].shape[-2:]))
-                for sample in samples
-            ]
-        ).long(),
+        "pixel_values": pixel_values,
+        "pixel_mask": pixel_mask,
         "input_ids": torch.stack([pad_text(sample["input_ids"].long(), pad_token_id) for sample in samples]),
         "attention_mask": torch.stack(
             [

@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,16 +130,6 @@ def randomize_weights(model, seed=0):
     return model
 
 
-def tiny_tokenizer(model_max_length: int = 38):
-    """A byte-level BPE RoBERTa tokenizer without merges over lower-case letters, digits and a few signs: one token
-    per character (unknown characters map to <unk>), 5 + 48 tokens, built offline."""
-    from transformers import RobertaTokenizer
-
-    characters = ["Ġ"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,'-!?()/:;")
-    vocab = {token: index for index, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + characters)}
-    return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
-
-
 def tiny_training_model(seed=0):
     """A tiny model without any dropout (also in RoBERTa), so that training runs are exactly reproducible."""
     from referformer import ReferFormerForReferringVideoObjectSegmentation
@@ -150,22 +141,26 @@ def tiny_training_model(seed=0):
 
 
 def synthetic_training_clips(num_clips, num_frames=2, size=64, seed=0):
-    """Clip samples as `collate_clips` takes them: a coloured square per clip at a random place, its labels and a
-    random 5-token sentence."""
-    generator = torch.Generator().manual_seed(seed)
+    """Clip samples as `collate_clips` takes them: clips of the synthetic referring-shapes generator (two shapes on a
+    plain background), the first expression's object as labels and its sentence through the shapes tokenizer."""
+    from torchvision.ops import masks_to_boxes
+
+    from referformer.cli_presets import build_shapes_tokenizer
+    from referformer.data_synthetic import render_referring_video
+    from referformer.processing_referformer import normalize_frames
+
+    tokenizer = build_shapes_tokenizer()
+    rng = np.random.default_rng(seed)
     samples = []
     for _ in range(num_clips):
-        top, left, side = (int(v) for v in torch.randint(0, size // 2, (3,), generator=generator))
-        side += 8
-        masks = torch.zeros(num_frames, size, size, dtype=torch.bool)
-        masks[:, top : top + side, left : left + side] = True
-        pixel_values = torch.randn(num_frames, 3, size, size, generator=generator) * 0.1
-        pixel_values[:, :, masks[0]] += torch.rand(3, 1, generator=generator) * 2
-        box = [(left + side / 2) / size, (top + side / 2) / size, side / size, side / size]
-        input_ids = torch.randint(3, TINY_TEXT_CONFIG["vocab_size"], (5,), generator=generator)
-        input_ids[0], input_ids[-1] = 0, 2
-        labels = {"masks": masks, "boxes": torch.tensor([box] * num_frames), "valid": torch.ones(num_frames, dtype=torch.long)}
-        samples.append({"pixel_values": pixel_values, "input_ids": input_ids, "labels": labels})
+        video, frames, label_maps = render_referring_video(rng, num_frames, size, size, 2, textured=False, per_object=1)
+        expression = video["expressions"]["0"]
+        masks = torch.from_numpy(label_maps == int(expression["obj_id"]))
+        x0, y0, x1, y1 = (masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1])).unbind(-1)
+        boxes = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1) / size
+        labels = {"masks": masks, "boxes": boxes, "valid": torch.ones(num_frames, dtype=torch.long)}
+        input_ids = torch.tensor(tokenizer(expression["exp"])["input_ids"])
+        samples.append({"pixel_values": normalize_frames(frames), "input_ids": input_ids, "labels": labels})
     return samples
 
 

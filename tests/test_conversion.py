@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import REPO_ROOT, require_fixture, tiny_tokenizer
+from helpers import REPO_ROOT, require_fixture
+from referformer.cli_presets import build_shapes_tokenizer
 from transformers import AutoModel, AutoProcessor
 
 from referformer import (
@@ -71,7 +72,7 @@ def converted_fixture(request, tmp_path_factory):
     args_file = output_dir.parent / f"{request.param}_args.json"
     args_file.write_text(json.dumps(fixture_config["model_args"]))
     tokenizer_dir = output_dir.parent / f"{request.param}_tokenizer"
-    tiny_tokenizer().save_pretrained(tokenizer_dir)
+    build_shapes_tokenizer().save_pretrained(tokenizer_dir)
     result = run_converter(
         "--checkpoint", fixture / "original_state_dict.safetensors", "--output_dir", output_dir,
         "--original_args", args_file, "--tokenizer", tokenizer_dir, "--verify",

@@ -6,6 +6,7 @@ checked after augmentation.
 """
 
 import json
+import os
 
 import av
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 from scipy.io import savemat
 from scipy.ndimage import binary_dilation, binary_erosion
 
-from referformer.processing_referformer import get_resize_output_size
+from referformer.processing_referformer import ReferFormerVideoProcessor, get_resize_output_size
 from referformer.data import (
     DATASET_FEATURES,
     IMAGENET_MEAN,
@@ -109,8 +110,8 @@ def assert_sample_consistent(sample, num_frames, num_label_frames=None):
     assert labels["boxes"].shape == (num_label_frames, 4) and labels["boxes"].dtype == torch.float32
     assert labels["valid"].shape == labels["class_labels"].shape == (num_label_frames,)
     assert labels["valid"].dtype == labels["class_labels"].dtype == torch.long
-    assert labels["size"].tolist() == sample["resized_size"].tolist() == [height, width]
-    assert labels["orig_size"].tolist() == sample["original_size"].tolist()
+    assert labels["resized_size"].tolist() == sample["resized_size"].tolist() == [height, width]
+    assert labels["original_size"].tolist() == sample["original_size"].tolist()
     assert sample["frame_indices"].shape == (num_frames,)
     # Invalid frames have zero boxes; valid boxes are normalized cxcywh that agree with the mask.
     boxes, valid, masks = labels["boxes"].numpy(), labels["valid"].numpy().astype(bool), labels["masks"].numpy()
@@ -236,6 +237,21 @@ def test_ref_youtube_vos_valid_drops_test_videos(ytvos_root):
     assert "labels" not in sample
     assert sample["pixel_values"].shape == (3, 3, 360, 480)
     assert sample["expression"] == "the person"
+
+
+def test_eval_transform_and_video_processor_give_the_same_pixels(ytvos_root):
+    """Training/evaluation transforms normalize with the video processor's rule: the same frames give the same
+    pixel values, and `collate_clips` pads them as the processor pads a batch."""
+    training = pytest.importorskip("referformer.training", reason="the collator module referformer.training is absent")
+    row = load_ref_youtube_vos(ytvos_root, "valid")[0]
+    sample = ReferringVideoEvalTransform(size=360, max_size=640).transform_example(row)
+    processor = ReferFormerVideoProcessor(size={"shortest_edge": 360, "longest_edge": 640}, size_divisor=32)
+    inputs = processor(os.path.dirname(row["frames"][0]))
+    assert torch.equal(inputs["pixel_values"][0, :, :, :360, :480], sample["pixel_values"])
+    sample["input_ids"] = torch.tensor([0, 2])
+    batch = training.collate_clips([sample])
+    assert torch.equal(batch["pixel_values"], inputs["pixel_values"])
+    assert torch.equal(batch["pixel_mask"], inputs["pixel_mask"])
 
 
 def test_loader_errors_name_the_path(ytvos_root, tmp_path):

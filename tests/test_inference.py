@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import FP32_ROUNDING, assert_masks_equal_up_to_rounding, randomize_weights, tiny_tokenizer, unit_test_config
+from helpers import FP32_ROUNDING, assert_masks_equal_up_to_rounding, randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from referformer.cli_presets import build_shapes_tokenizer
 from referformer.inference import PREPROCESS_CHUNK, ReferringVideoSegmenter, iter_frames, write_predictions
 
 
@@ -31,7 +32,7 @@ def clip(num_frames, height=48, width=72, seed=0):
 def segmenter():
     torch.manual_seed(0)
     model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval())
-    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), tiny_tokenizer())
+    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), build_shapes_tokenizer())
     return ReferringVideoSegmenter(model, processor, device="cpu")
 
 

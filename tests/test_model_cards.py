@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from helpers import load_script, require_fixture, tiny_tokenizer
+from helpers import load_script, require_fixture
 
 from referformer import (
     ReferFormerConfig,
@@ -20,6 +20,7 @@ from referformer import (
     ReferFormerTimmBackboneConfig,
     ReferFormerVideoSwinBackboneConfig,
 )
+from referformer.cli_presets import build_shapes_tokenizer
 from referformer.conversion import convert_checkpoint
 from referformer.model_cards import (
     PAPER_SCORES,
@@ -285,7 +286,7 @@ def resnet_checkpoint(tmp_path_factory):
     path = folder / "a2d_checkpoint.pth"
     args = argparse.Namespace(**model_args, dataset_file="a2d", pretrained_weights="pretrained_weights/r50.pth")
     torch.save({"model": load_file(fixture / "original_state_dict.safetensors"), "args": args}, path)
-    tiny_tokenizer().save_pretrained(folder / "tokenizer")
+    build_shapes_tokenizer().save_pretrained(folder / "tokenizer")
     return path, folder / "tokenizer"
 
 

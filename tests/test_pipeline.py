@@ -12,13 +12,14 @@ import torch
 from safetensors.numpy import load_file, save_file
 from transformers import pipeline
 
-from helpers import randomize_weights, tiny_tokenizer, unit_test_config
+from helpers import randomize_weights, unit_test_config
 from referformer import (
     ReferFormerForReferringVideoObjectSegmentation,
     ReferFormerProcessor,
     ReferFormerVideoProcessor,
     ReferringVideoObjectSegmentationPipeline,
 )
+from referformer.cli_presets import build_shapes_tokenizer
 from referformer.inference import ReferringVideoSegmenter
 
 
@@ -39,7 +40,7 @@ def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config())).save_pretrained(folder)
-    ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), tiny_tokenizer()).save_pretrained(folder)
+    ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), build_shapes_tokenizer()).save_pretrained(folder)
     return folder
 
 

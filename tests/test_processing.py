@@ -11,10 +11,17 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import AutoProcessor
 
-from helpers import assert_masks_equal_up_to_rounding, randomize_weights, real_video, tiny_tokenizer, unit_test_config
+from helpers import assert_masks_equal_up_to_rounding, randomize_weights, real_video, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from referformer.cli_presets import build_shapes_tokenizer
 from referformer.modeling_referformer import ReferFormerSegmentationOutput
-from referformer.processing_referformer import get_resize_output_size, load_video
+from referformer.processing_referformer import (
+    get_resize_output_size,
+    iter_video_frames,
+    list_frame_files,
+    load_video,
+    video_frame_names,
+)
 from referformer.visualization import overlay_masks, write_palette_masks, write_video
 
 
@@ -35,7 +42,7 @@ def synthetic_frames(num_frames=6, height=96, width=128):
 
 @pytest.fixture
 def processor():
-    return ReferFormerProcessor(ReferFormerVideoProcessor(), tiny_tokenizer())
+    return ReferFormerProcessor(ReferFormerVideoProcessor(), build_shapes_tokenizer())
 
 
 # ----------------------------------------------------------------------------- loading
@@ -110,6 +117,23 @@ def test_folder_frames_are_sorted_naturally_and_sampled(tmp_path):
     assert indices == [0, 2]
     frames, indices = load_video(tmp_path, max_frames=3)
     assert [int(frame[0, 0, 0]) for frame in frames] == [1, 2, 10]
+
+
+def test_one_frame_listing_for_folders_paths_and_datasets(tmp_path):
+    """The processor, inference, the command line and the A2D/JHMDB loaders list frames the same way: images of any
+    extension case in natural order, other files ignored."""
+    for index, name in enumerate(("f2.JPG", "f10.png", "f1.jpeg", "f3.webp")):
+        Image.fromarray(np.full((40, 40, 3), index, dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not a frame")
+    files = list_frame_files(tmp_path)
+    assert [path.name for path in files] == ["f1.jpeg", "f2.JPG", "f3.webp", "f10.png"]
+    assert video_frame_names(tmp_path, [0, 3]) == ["f1", "f10"]
+    assert video_frame_names([str(path) for path in files[2:]], [1]) == ["f10"]
+    assert video_frame_names(np.zeros((12, 40, 40, 3), np.uint8), [0, 11]) == ["00000", "00011"]
+    from_paths = list(iter_video_frames([str(path) for path in files], frame_stride=2))
+    assert [(index, int(frame[0, 0, 0])) for index, frame in from_paths] == [(0, 2), (2, 3)]
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        list_frame_files(tmp_path / "missing")
 
 
 def test_array_layouts_grayscale_and_rgba_become_rgb():
@@ -194,10 +218,10 @@ def test_one_video_with_three_sentences_equals_three_calls(processor):
 
 
 def test_sentences_are_normalized_and_truncated_with_a_warning(processor, caplog):
-    inputs = processor(videos=synthetic_frames(1), text="  The   DOG ")
-    assert processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True) == "the dog"
+    inputs = processor(videos=synthetic_frames(1), text="  The   SQUARE ")
+    assert processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True) == "the square"
     with caplog.at_level(logging.WARNING):
-        inputs = processor(videos=synthetic_frames(1), text="a very long sentence " * 5)
+        inputs = processor(videos=synthetic_frames(1), text="the big red circle on the left " * 3)
     assert inputs["input_ids"].shape[1] == processor.tokenizer.model_max_length
     assert "truncated" in caplog.text
 

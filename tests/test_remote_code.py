@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import FP32_ROUNDING, REPO_ROOT, randomize_weights, tiny_tokenizer, unit_test_config
+from helpers import FP32_ROUNDING, REPO_ROOT, randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from referformer.cli_presets import build_shapes_tokenizer
 
 
 DEMO_MODEL = REPO_ROOT / "checkpoints" / "referformer-tiny-shapes"
@@ -79,7 +80,7 @@ def test_remote_code_load_without_the_package(tmp_path, backbone):
     model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config(**overrides)).eval())
     folder, data = tmp_path / "model", tmp_path / "data"
     data.mkdir()
-    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 64}), tiny_tokenizer())
+    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 64}), build_shapes_tokenizer())
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     for code_file in REMOTE_CODE_FILES:

@@ -5,8 +5,9 @@ import math
 
 from transformers import TrainingArguments
 
-from helpers import TINY_TEXT_CONFIG, randomize_weights, tiny_tokenizer, unit_test_config
+from helpers import TINY_TEXT_CONFIG, randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation
+from referformer.cli_presets import build_shapes_tokenizer
 from referformer.data import ReferringVideoEvalTransform, ReferringVideoTrainTransform, load_ref_youtube_vos
 from referformer.data_synthetic import generate_referring_shapes
 from referformer.training import ReferFormerTrainer, ReferringSegmentationMetrics, collate_clips
@@ -15,7 +16,7 @@ from referformer.training import ReferFormerTrainer, ReferringSegmentationMetric
 def test_trainer_finetunes_and_evaluates_on_a_datasets_dataset(tmp_path):
     generate_referring_shapes(tmp_path, num_videos=2, num_frames=4, height=64, width=96, seed=0, split="train")
     generate_referring_shapes(tmp_path, num_videos=1, num_frames=3, height=64, width=96, seed=1, split="valid")
-    tokenizer = tiny_tokenizer(model_max_length=128)
+    tokenizer = build_shapes_tokenizer()
     train = load_ref_youtube_vos(tmp_path, "train").with_transform(
         ReferringVideoTrainTransform(2, scales=(64,), max_size=96, crop_prob=0.0, tokenizer=tokenizer, seed=0)
     )

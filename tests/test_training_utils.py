@@ -9,7 +9,8 @@ import torch
 from transformers import TrainingArguments
 
 from helpers import randomize_weights, unit_test_config
-from referformer import ReferFormerForReferringVideoObjectSegmentation
+from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from referformer.cli_presets import build_shapes_tokenizer
 from referformer.loss_referformer import ReferFormerLoss
 from referformer.training import AccelerateTrainingArguments, ReferFormerTrainer, collate_clips, get_parameter_groups
 from referformer.training_recipe import SCHEDULES, SeededClips, schedule_steps
@@ -119,6 +120,19 @@ def test_trainer_keeps_the_columns_the_collator_needs(tmp_path, caplog):
     assert not default_trainer.args.remove_unused_columns
 
 
+def test_trainer_collates_clips_by_default_with_the_tokenizer_pad_id(tmp_path):
+    samples = [make_sample(2, 40, 50, 5, seed=0), make_sample(2, 40, 50, 3, seed=1)]
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert ReferFormerTrainer(model=build_model(), args=args).data_collator is collate_clips
+    tokenizer = build_shapes_tokenizer()
+    tokenizer.pad_token_id = 7  # not RoBERTa's 1, which collate_clips assumes without a tokenizer
+    for processing_class in (tokenizer, ReferFormerProcessor(ReferFormerVideoProcessor(), tokenizer)):
+        trainer = ReferFormerTrainer(model=build_model(), args=args, processing_class=processing_class)
+        batch = trainer.data_collator(samples)
+        assert batch["input_ids"][1, 3:].tolist() == [7, 7]
+        assert torch.equal(batch["pixel_values"], collate_clips(samples)["pixel_values"])
+
+
 def test_trainer_rejects_optimizers_with_their_own_groups(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     trainer = ReferFormerTrainer(
@@ -146,7 +160,7 @@ def make_sample(num_frames, height, width, text_length, seed, with_labels=True, 
             "boxes": torch.rand(num_frames, 4, generator=generator),
             "valid": torch.ones(num_frames, dtype=torch.int32),
             "class_labels": torch.zeros(num_frames, dtype=torch.long),
-            "size": torch.tensor([height, width]),
+            "resized_size": torch.tensor([height, width]),
         }
     return sample
 
@@ -169,7 +183,7 @@ def test_collate_clips_pads_frames_masks_and_text():
         assert labels["masks"].shape == (2, 64, 96) and labels["masks"].dtype == torch.bool
         assert torch.equal(labels["masks"][:, :height, :width], sample["labels"]["masks"])
         assert not labels["masks"][:, height:].any() and not labels["masks"][:, :, width:].any()
-        for key in ("boxes", "valid", "class_labels", "size"):
+        for key in ("boxes", "valid", "class_labels", "resized_size"):
             assert torch.equal(labels[key], sample["labels"][key])
 
     assert batch["input_ids"].shape == (2, 7) and batch["input_ids"].dtype == torch.long
@@ -246,7 +260,7 @@ def test_trainer_step_with_collated_clips(tmp_path):
         save_strategy="no",
         logging_strategy="no",
     )
-    trainer = ReferFormerTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate_clips)
+    trainer = ReferFormerTrainer(model=model, args=args, train_dataset=dataset)  # collate_clips by default
     head_before = model.class_embed[-1].weight.detach().clone()
     frozen_before = model.model.text_encoder.embeddings.word_embeddings.weight.detach().clone()
     result = trainer.train()
@@ -260,7 +274,7 @@ def test_collate_annotated_frame_clips():
     """A2D/JHMDB samples: labels of the annotated frame only, collated with `valid_frame_indices`."""
     samples = [make_sample(3, 40, 50, 5, seed=0), make_sample(3, 40, 50, 5, seed=1)]
     for sample, frame in zip(samples, (2, 0)):
-        sample["labels"] = {key: value[frame : frame + 1] for key, value in sample["labels"].items() if key != "size"}
+        sample["labels"] = {key: value[frame : frame + 1] for key, value in sample["labels"].items() if key != "resized_size"}
         sample["valid_frame_index"] = frame
     batch = collate_clips(samples)
     assert batch["valid_frame_indices"].tolist() == [2, 0]
@@ -312,8 +326,8 @@ def test_referring_segmentation_metrics_values():
     ground_truth[0, :4, :4] = True
     ground_truth[0, 3, 3] = False
     padded = ground_truth.clone()
-    padded[0, 7, 7] = True  # in the padding: cropped away by `size`
-    labels = [{"masks": padded.numpy(), "size": (6, 8)}, {"masks": ground_truth.numpy()}]
+    padded[0, 7, 7] = True  # in the padding: cropped away by `resized_size`
+    labels = [{"masks": padded.numpy(), "resized_size": (6, 8)}, {"masks": ground_truth.numpy()}]
     predictions = (logits.numpy(), torch.zeros(2, 1, 2, 4).numpy(), pred_masks.numpy())
 
     metrics = ReferringSegmentationMetrics()
@@ -325,3 +339,5 @@ def test_referring_segmentation_metrics_values():
     second = tuple(array[1:] for array in predictions)
     assert metrics(EvalPrediction(second, labels[1:]), compute_result=True) == {"J": 0.5, "F": 0.5, "J&F": 0.5}
     assert metrics(EvalPrediction(first, labels[:1]), compute_result=True) == {"J": 1.0, "F": 1.0, "J&F": 1.0}
+    older_labels = [{"masks": padded.numpy(), "size": (6, 8)}]  # the key's older name crops the same way
+    assert metrics(EvalPrediction(first, older_labels), compute_result=True) == {"J": 1.0, "F": 1.0, "J&F": 1.0}
