@@ -396,6 +396,68 @@ def test_save_and_reload_round_trip_keeps_weights_and_outputs(tmp_path):
         torch.testing.assert_close(reloaded(**inputs).pred_masks, model(**inputs).pred_masks, **FP32_ROUNDING)
 
 
+def test_meta_device_build_initializes_the_frozen_batch_norms():
+    """A model built on the meta device (as `from_pretrained` does) gets identity frozen batch norms from
+    `init_weights`, and its outputs equal those of a model built directly with the same weights."""
+    from referformer.modeling_referformer import FROZEN_BATCH_NORMS
+
+    config = unit_test_config()
+    with torch.device("meta"):
+        model = ReferFormerForReferringVideoObjectSegmentation(config)
+    model.to_empty(device="cpu")
+    for module in model.modules():  # what the meta device left: not the identity
+        if isinstance(module, FROZEN_BATCH_NORMS):
+            for buffer in module.buffers():
+                buffer.fill_(float("nan"))
+    model.init_weights()
+    frozen = [module for module in model.modules() if isinstance(module, FROZEN_BATCH_NORMS)]
+    assert len(frozen) == 12  # stem, two per block of a [1, 1, 1, 1] ResNet-18 and three downsamplings
+    for module in frozen:
+        assert (module.weight == 1).all() and (module.bias == 0).all()
+        assert (module.running_mean == 0).all() and (module.running_var == 1).all()
+    direct = build_model(randomize=False)
+    for name, buffer in direct.named_buffers():
+        if name.startswith("model.backbone."):
+            assert torch.equal(buffer, model.get_buffer(name)), name
+
+
+def test_output_attentions_and_hidden_states_do_not_depend_on_frame_chunks():
+    """Attention weights and hidden states of a clip computed in frame chunks equal those of one pass; asking for them
+    changes no prediction."""
+    model = build_model()
+    model.set_attn_implementation("eager")
+    inputs = random_inputs(model.config, batch_size=2, num_frames=3)
+    with torch.no_grad():
+        plain = model(**inputs)
+        whole = model(**inputs, output_attentions=True, output_hidden_states=True)
+        model.config.frame_chunk_size = 2
+        chunked = model(**inputs, output_attentions=True, output_hidden_states=True)
+    assert torch.equal(whole.pred_masks, plain.pred_masks)
+    recorded = [
+        "encoder_hidden_states", "decoder_hidden_states", "backbone_hidden_states", "text_encoder_hidden_states",
+        "encoder_attentions", "decoder_attentions", "cross_attentions", "text_encoder_attentions",
+    ]
+    for name in recorded:
+        assert len(whole[name]) > 0, name
+        torch.testing.assert_close(chunked[name], whole[name], **FP32_ROUNDING)
+    assert whole.encoder_attentions[0].shape[:1] == whole.decoder_attentions[0].shape[:1] == (2 * 3,)
+    # Tuple outputs keep the order of the fields: the recorded tuples come last.
+    as_tuple = model(**inputs, output_attentions=True, return_dict=False)
+    assert len(as_tuple[-1]) == model.config.text_config.num_hidden_layers
+
+
+def test_resize_token_embeddings_resizes_the_text_encoder(tmp_path):
+    model = build_model()
+    old_embeddings = model.get_input_embeddings().weight.clone()
+    embeddings = model.resize_token_embeddings(120)
+    assert embeddings is model.model.text_encoder.get_input_embeddings()
+    assert embeddings.weight.shape == (120, model.config.d_model) and torch.equal(embeddings.weight[:99], old_embeddings)
+    assert model.config.text_config.vocab_size == 120
+    model.save_pretrained(tmp_path)
+    reloaded = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.get_input_embeddings().weight, embeddings.weight)
+
+
 def test_auto_model_loads_the_base_model_from_a_saved_segmentation_model(tmp_path):
     model = build_model()
     model.save_pretrained(tmp_path)
