@@ -826,7 +826,9 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         hidden_states = self.cross_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        ffn_output = self.fc2(F.dropout(F.relu(self.fc1(hidden_states)), p=self.dropout, training=self.training))
+        # In place: the stride-4 stage's hidden activations are the largest tensor of the FPN pass.
+        ffn_hidden = F.relu(self.fc1(hidden_states), inplace=True)
+        ffn_output = self.fc2(F.dropout(ffn_hidden, p=self.dropout, training=self.training))
         hidden_states = self.final_layer_norm(
             hidden_states + F.dropout(ffn_output, p=self.dropout, training=self.training)
         )
