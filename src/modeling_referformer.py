@@ -233,17 +233,56 @@ def frame_range(features: torch.Tensor, batch_size: int, start: int, stop: int) 
     return features.view(batch_size, -1, *features.shape[1:])[:, start:stop].flatten(0, 1)
 
 
+def per_clip(values: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-frame values `[B*t, ...]` -> `[B, t, ...]`."""
+    return values.view(batch_size, -1, *values.shape[1:])
+
+
+# The fields of the encoder's, decoder's and backbone's recorded outputs that `ReferFormerModelOutput` returns.
+RECORDED_FIELDS = ("hidden_states", "attentions", "cross_attentions")
+
+
+class ClipBuffers:
+    """Whole-clip tensors of `num_frames` frames, written frame chunk by frame chunk into buffers allocated at the
+    first chunk (frames along dimension `frame_dim`); a chunk that spans the whole clip is kept as it is."""
+
+    def __init__(self, num_frames: int):
+        self.num_frames = num_frames
+        self.tensors = {}
+
+    def write(self, name, start: int, values: torch.Tensor, frame_dim: int = 1) -> None:
+        if values.shape[frame_dim] == self.num_frames:
+            self.tensors[name] = values
+            return
+        if name not in self.tensors:
+            shape = list(values.shape)
+            shape[frame_dim] = self.num_frames
+            self.tensors[name] = values.new_empty(shape)
+        self.tensors[name].narrow(frame_dim, start, values.shape[frame_dim]).copy_(values)
+
+    def pop(self, name) -> torch.Tensor:
+        return self.tensors.pop(name)
+
+    def pop_layers(self, name: str) -> tuple[torch.Tensor, ...]:
+        """The tensors written as `(name, 0)`, `(name, 1)`, ... in layer order."""
+        keys = sorted(key for key in self.tensors if isinstance(key, tuple) and key[0] == name)
+        return tuple(self.tensors.pop(key) for key in keys)
+
+
 @dataclass
 class ReferFormerPixelDecoderInputs:
     """What [`ReferFormerModel.iter_mask_features`] needs from [`ReferFormerModel.encode`].
 
-    `finest_features` `[B_video, T, C, h, w]` stride-4 backbone maps, `padding_mask` `[B_video, T, H, W]` (True on
+    `finest_features` `[B_video, T, C, h, w]` stride-4 backbone maps, or None when the clip ran in several frame
+    chunks: then the FPN pass recomputes each chunk's maps from `pixel_values` `[B_video, T, 3, H, W]` (the
+    backbone's first stage only) rather than holding the whole clip's; `padding_mask` `[B_video, T, H, W]` (True on
     padding), `memory` `[B, T, S, C]` encoder output, `spatial_shapes_list` its levels, `clip_key_values` per FPN
     stage the projected self-attention keys, values and padding mask of whole clips, `text` the word features,
     sentence features, word positions and text padding mask.
     """
 
-    finest_features: torch.Tensor
+    finest_features: torch.Tensor | None
+    pixel_values: torch.Tensor
     padding_mask: torch.Tensor
     memory: torch.Tensor
     spatial_shapes_list: list[tuple[int, int]]
@@ -287,6 +326,16 @@ class ReferFormerTimmBackbone(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, num_frames: int) -> list[torch.Tensor]:
         return self.body(pixel_values)
+
+    def stride4_features(self, pixel_values: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The first of `forward`'s maps (stride 4), computed without the later stages when the feature extractor
+        runs its modules in sequence (timm's `FeatureDictNet`/`FeatureListNet`, e.g. ResNets)."""
+        if not isinstance(self.body, timm.models.FeatureDictNet):
+            return self.body(pixel_values)[0]
+        for name, module in self.body.items():
+            pixel_values = module(pixel_values)
+            if name in self.body.return_layers:
+                return pixel_values
 
 
 def build_backbone(config: ReferFormerConfig) -> nn.Module:
@@ -952,7 +1001,9 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         hidden_states = self.cross_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        ffn_output = self.fc2(F.dropout(F.relu(self.fc1(hidden_states)), p=self.dropout, training=self.training))
+        # In place: the stride-4 stage's hidden activations are the largest tensor of the FPN pass.
+        ffn_hidden = F.relu(self.fc1(hidden_states), inplace=True)
+        ffn_output = self.fc2(F.dropout(ffn_hidden, p=self.dropout, training=self.training))
         hidden_states = self.final_layer_norm(
             hidden_states + F.dropout(ffn_output, p=self.dropout, training=self.training)
         )
@@ -999,8 +1050,8 @@ class ReferFormerPixelDecoder(nn.Module):
     def clip_key_values(
         self, stage: int, keys: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projected keys and values `[B, heads, T*h'*w', head_dim]` and padding mask `[B, T*h'*w']` of stage `stage`
-        for whole clips, from the frame tokens `[B, T, h'*w', C]` (mask `[B, T, h'*w']`)."""
+        """Projected keys and values `[B, heads, t*h'*w', head_dim]` and padding mask `[B, t*h'*w']` of stage `stage`
+        for `t` frames of each clip, from their tokens `[B, t, h'*w', C]` (mask `[B, t, h'*w']`)."""
         key_states, value_states = self.blocks[stage].self_attn.project_keys_values(keys.flatten(1, 2), values.flatten(1, 2))
         return key_states, value_states, padding_mask.flatten(1)
 
@@ -1166,7 +1217,10 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        output.mask_features = torch.cat([features for _, features in self.iter_mask_features(pixel_decoder_inputs)], 1)
+        clip = ClipBuffers(output.encoder_last_hidden_state.shape[1])
+        for frames, mask_features in self.iter_mask_features(pixel_decoder_inputs):
+            clip.write("mask_features", frames.start, mask_features)
+        output.mask_features = clip.pop("mask_features")
         return output
 
     def encode(
@@ -1220,41 +1274,64 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
                 keep = keep + valid_frame_indices.to(pixel_values.device)
                 clip_features = [feature[keep] for feature in clip_features]
                 padding_mask, num_frames = padding_mask.flatten(0, 1)[keep][:, None], 1
-        chunks = []
+        # Every chunk's results go straight into whole-clip buffers, so that no chunk outlives its own step and no
+        # whole-clip value exists twice (a concatenation would hold the chunks and their copy together).
+        clip = ClipBuffers(num_frames)
+        # With several chunks, the FPN pass recomputes each chunk's stride-4 maps instead of holding the whole clip's.
+        recompute_finest_features = clip_features is None and len(self._frame_chunks(num_frames)) > 1
+        recorded_chunks = []
         for start, stop in self._frame_chunks(num_frames):
             if clip_features is None:
                 stage_features = self.backbone(pixel_values[:, start:stop].flatten(0, 1), num_frames=stop - start)
             else:
                 stage_features = [frame_range(feature, video_batch_size, start, stop) for feature in clip_features]
             chunk_mask = padding_mask[:, start:stop].flatten(0, 1)
-            chunks.append(self._encode_frames(stage_features, chunk_mask, stop - start, text, **recorded))
-
-        def clips(values, batch):  # chunks of [batch * t, ...] -> [batch, T, ...]
-            return torch.cat([value.view(batch, -1, *value.shape[1:]) for value in values], 1)
-
-        def layers_first(values):  # chunks of [L, B * t, ...] -> [B, L, T, ...]
-            return clips([value.transpose(0, 1) for value in values], batch_size).transpose(1, 2)
+            chunk = self._encode_frames(stage_features, chunk_mask, stop - start, text, **recorded)
+            del stage_features
+            finest_features = chunk.pop("finest_features")
+            if not recompute_finest_features:
+                clip.write("finest_features", start, per_clip(finest_features, video_batch_size))
+            del finest_features
+            clip.write("memory", start, per_clip(chunk.pop("memory"), batch_size))
+            for name in ("hidden_states", "boxes", "references"):  # [L, B * t, ...] -> [B, L, t, ...]
+                clip.write(name, start, per_clip(chunk.pop(name).transpose(0, 1), batch_size).transpose(1, 2), 2)
+            for stage, tokens in enumerate(chunk.pop("key_value_tokens")):
+                stage_batch = video_batch_size if stage == 0 else batch_size
+                keys, values, masks = (per_clip(value, stage_batch) for value in tokens)
+                key_states, value_states, key_mask = self.pixel_decoder.clip_key_values(stage, keys, values, masks)
+                frames_apart = (stage_batch, key_states.shape[1], stop - start, -1, key_states.shape[-1])
+                clip.write(f"keys{stage}", start, key_states.reshape(frames_apart), 2)
+                clip.write(f"values{stage}", start, value_states.reshape(frames_apart), 2)
+                clip.write(f"key_mask{stage}", start, key_mask.view(stage_batch, stop - start, -1))
+            spatial_shapes_list = chunk.pop("spatial_shapes_list")
+            # What is left are the recorded outputs: keep their hidden states and attentions (None unless asked for).
+            recorded_chunks.append(
+                {
+                    name: {field: getattr(outputs, field, None) for field in RECORDED_FIELDS}
+                    for name, outputs in chunk.items()
+                }
+            )
+            del chunk
 
         def recorded_per_frame(name, field, batch=batch_size):  # chunks' tuples of [batch * t, ...] -> [batch * T, ...]
-            per_chunk = [getattr(chunk[name], field) for chunk in chunks]
+            per_chunk = [chunk[name][field] for chunk in recorded_chunks]
             if per_chunk[0] is None or len(per_chunk) == 1:  # a single chunk: the tensors the model computed with
                 return per_chunk[0]
-            return tuple(clips(values, batch).flatten(0, 1) for values in zip(*per_chunk))
-
-        memory = clips([chunk["memory"] for chunk in chunks], batch_size)
-        clip_key_values = []
-        for stage in range(len(self.pixel_decoder.blocks)):
-            stage_batch = video_batch_size if stage == 0 else batch_size
-            keys, values, masks = (
-                clips([chunk["key_value_tokens"][stage][index] for chunk in chunks], stage_batch) for index in range(3)
+            return tuple(
+                torch.cat([per_clip(value, batch) for value in values], 1).flatten(0, 1) for values in zip(*per_chunk)
             )
-            clip_key_values.append(self.pixel_decoder.clip_key_values(stage, keys, values, masks))
-        hidden_states = layers_first([chunk["hidden_states"] for chunk in chunks])
+
+        clip_key_values = [
+            (clip.pop(f"keys{stage}").flatten(2, 3), clip.pop(f"values{stage}").flatten(2, 3))
+            + (clip.pop(f"key_mask{stage}").flatten(1),)
+            for stage in range(len(self.pixel_decoder.blocks))
+        ]
+        hidden_states, memory = clip.pop("hidden_states"), clip.pop("memory")
         output = ReferFormerModelOutput(
             last_hidden_state=hidden_states[:, -1],
             intermediate_hidden_states=hidden_states,
-            intermediate_pred_boxes=layers_first([chunk["boxes"] for chunk in chunks]),
-            intermediate_reference_points=layers_first([chunk["references"] for chunk in chunks]),
+            intermediate_pred_boxes=clip.pop("boxes"),
+            intermediate_reference_points=clip.pop("references"),
             frame_sizes=frame_sizes,
             encoder_last_hidden_state=memory,
             encoder_hidden_states=recorded_per_frame("encoder_outputs", "hidden_states"),
@@ -1267,10 +1344,11 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             text_encoder_attentions=text_outputs.attentions,
         )
         pixel_decoder_inputs = ReferFormerPixelDecoderInputs(
-            finest_features=clips([chunk["finest_features"] for chunk in chunks], video_batch_size),
+            finest_features=None if recompute_finest_features else clip.pop("finest_features"),
+            pixel_values=pixel_values,
             padding_mask=padding_mask,
             memory=memory,
-            spatial_shapes_list=chunks[0]["spatial_shapes_list"],
+            spatial_shapes_list=spatial_shapes_list,
             clip_key_values=clip_key_values,
             text=text,
         )
@@ -1292,7 +1370,11 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         num_frames = inputs.memory.shape[1]
         word_features, _, text_positions, text_padding_mask = inputs.text
         for start, stop in self._frame_chunks(num_frames):
-            finest = inputs.finest_features[:, start:stop].flatten(0, 1)
+            if inputs.finest_features is None:
+                frames = inputs.pixel_values[:, start:stop].flatten(0, 1)
+                finest = self.backbone.stride4_features(frames, num_frames=stop - start)
+            else:
+                finest = inputs.finest_features[:, start:stop].flatten(0, 1)
             padding_mask = inputs.padding_mask[:, start:stop].flatten(0, 1)
             memory_maps = self._memory_maps(inputs.memory[:, start:stop].flatten(0, 1), inputs.spatial_shapes_list)
             positions = [

@@ -93,6 +93,35 @@ def test_chunked_shared_video_equals_one_pass():
         torch.testing.assert_close(chunked[name], whole[name], **FP32_ROUNDING)
 
 
+def test_chunked_fpn_pass_recomputes_the_stride4_maps_instead_of_holding_them():
+    model = build_model()
+    inputs = random_inputs(model.config, num_frames=5)
+    with torch.no_grad():
+        _, whole = model.model.encode(inputs["pixel_values"], inputs["input_ids"])
+        assert whole.finest_features.shape[:2] == (1, 5)  # one chunk: the encoder pass's maps are kept
+        model.config.frame_chunk_size = 2
+        _, chunked = model.model.encode(inputs["pixel_values"], inputs["input_ids"])
+        assert chunked.finest_features is None
+        torch.testing.assert_close(chunked.memory, whole.memory, **FP32_ROUNDING)
+        for whole_stage, chunked_stage in zip(whole.clip_key_values, chunked.clip_key_values):
+            for whole_tensor, chunked_tensor in zip(whole_stage, chunked_stage):
+                torch.testing.assert_close(chunked_tensor, whole_tensor, **FP32_ROUNDING)
+
+
+@pytest.mark.parametrize("backbone", ["timm", "swin"])
+def test_stride4_features_equal_the_backbones_first_map(backbone):
+    from referformer import ReferFormerSwinBackboneConfig
+
+    overrides = {}
+    if backbone == "swin":
+        overrides["backbone_config"] = ReferFormerSwinBackboneConfig(embed_dim=16, depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 4])
+    model = build_model(**overrides)
+    pixel_values = random_inputs(model.config, num_frames=3)["pixel_values"].flatten(0, 1)
+    with torch.no_grad():
+        expected = model.model.backbone(pixel_values, num_frames=3)[0]
+        assert torch.equal(model.model.backbone.stride4_features(pixel_values, num_frames=3), expected)
+
+
 def test_base_model_chunked_mask_features_equal_one_pass():
     from referformer import ReferFormerModel
 
