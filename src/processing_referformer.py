@@ -128,10 +128,13 @@ def count_video_file_frames(path) -> int:
     """Number of frames of a video file: its container header's count, or the decoded frames when the header has
     none."""
     av = _import_av(path)
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"The file {path} has no video stream.")
-        count = container.streams.video[0].frames
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"The file {path} has no video stream.")
+            count = container.streams.video[0].frames
+    except (av.error.FFmpegError, UnicodeDecodeError) as error:
+        raise ValueError(f"Cannot decode video file {path}: {error}") from error
     return count if count > 0 else sum(1 for _ in decode_video_file(path, lambda index: False))
 
 

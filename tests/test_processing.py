@@ -16,6 +16,7 @@ from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFor
 from referformer.cli_presets import build_shapes_tokenizer
 from referformer.modeling_referformer import ReferFormerSegmentationOutput
 from referformer.processing_referformer import (
+    count_video_file_frames,
     get_resize_output_size,
     iter_video_frames,
     list_frame_files,
@@ -134,6 +135,14 @@ def test_one_frame_listing_for_folders_paths_and_datasets(tmp_path):
     assert [(index, int(frame[0, 0, 0])) for index, frame in from_paths] == [(0, 2), (2, 3)]
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         list_frame_files(tmp_path / "missing")
+
+
+def test_video_file_frame_count_and_a_clear_error_on_a_broken_file(tmp_path):
+    write_video(synthetic_frames(num_frames=4), tmp_path / "clip.mp4", fps=5)
+    assert count_video_file_frames(tmp_path / "clip.mp4") == 4
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="Cannot decode video file"):
+        count_video_file_frames(tmp_path / "broken.mp4")
 
 
 def test_array_layouts_grayscale_and_rgba_become_rgb():
