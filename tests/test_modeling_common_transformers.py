@@ -187,6 +187,23 @@ class ReferFormerCommonModelTest(test_modeling_common.ModelTesterMixin, unittest
         for name in ("logits", "pred_boxes", "pred_masks", "last_hidden_state"):
             torch.testing.assert_close(actual[name], expected[name], **FP32_ROUNDING)
 
+    # The gradient-checkpointing tests run the training step three times each (~15 s on a loaded 2-core machine).
+    @pytest.mark.slow
+    def test_training_gradient_checkpointing(self):
+        super().test_training_gradient_checkpointing()
+
+    @pytest.mark.slow
+    def test_training_gradient_checkpointing_use_reentrant_false(self):
+        super().test_training_gradient_checkpointing_use_reentrant_false()
+
+    @pytest.mark.slow
+    def test_training_gradient_checkpointing_use_reentrant_true(self):
+        super().test_training_gradient_checkpointing_use_reentrant_true()
+
+    @pytest.mark.slow
+    def test_enable_input_require_grads_with_gradient_checkpointing(self):
+        super().test_enable_input_require_grads_with_gradient_checkpointing()
+
     def eager_outputs(self, model_class, **kwargs):
         config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
         for name, value in kwargs.items():
