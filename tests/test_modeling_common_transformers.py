@@ -9,6 +9,7 @@ be fetched.
 """
 
 import copy
+import math
 import importlib
 import subprocess
 import sys
@@ -82,7 +83,7 @@ test_modeling_common, test_configuration_common = common_tests
 class ReferFormerModelTester:
     """Tiny config and inputs in the layout the common tests expect."""
 
-    def __init__(self, parent, batch_size=2, num_frames=2, height=64, width=64, text_length=7):
+    def __init__(self, parent, batch_size=2, num_frames=2, height=32, width=32, text_length=7):
         self.parent = parent
         self.batch_size = batch_size
         self.num_frames = num_frames
@@ -217,7 +218,9 @@ class ReferFormerCommonModelTest(test_modeling_common.ModelTesterMixin, unittest
         """Encoder, decoder and text-encoder attention weights of every layer, asked by argument or by config; the
         weights of every query sum to 1."""
         tester = self.model_tester
-        frames, sequence = tester.batch_size * tester.num_frames, 8 * 8 + 4 * 4 + 2 * 2 + 1  # levels at strides 8-64
+        frames = tester.batch_size * tester.num_frames
+        # the flattened levels at strides 8, 16, 32, 64 (each a stride-2 convolution of the previous one)
+        sequence = sum(math.ceil(tester.height / stride) * math.ceil(tester.width / stride) for stride in (8, 16, 32, 64))
         for model_class in self.all_model_classes:
             for by_config in (False, True):
                 if by_config:
