@@ -290,13 +290,26 @@ class ReferFormerConfig(PreTrainedConfig):
         self.pixel_decoder_sr_ratios = list(self.pixel_decoder_sr_ratios)
         # A deformable encoder and a query decoder, as Deformable DETR's config says.
         kwargs.setdefault("is_encoder_decoder", True)
+        # `num_labels`, the generic name of the number of classes, sets `num_classes`.
+        num_classes = kwargs.get("num_labels", self.num_classes)
         super().__post_init__(**kwargs)
+        self.num_classes = num_classes
         # `id2label` follows `num_classes`; generated names ("LABEL_i") of another length are replaced.
         if self.id2label is None or len(self.id2label) != self.num_classes:
             labels = (self.id2label or {}).values()
             if any(label != f"LABEL_{index}" for index, label in enumerate(labels)):
                 raise ValueError(f"id2label has {len(self.id2label)} labels but num_classes is {self.num_classes}.")
             self.num_labels = self.num_classes
+
+    @property
+    def num_labels(self) -> int | None:
+        """The number of classes; setting it sets `num_classes` and `id2label`."""
+        return len(self.id2label) if self.id2label is not None else None
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int):
+        PreTrainedConfig.num_labels.fset(self, num_labels)
+        self.num_classes = num_labels
 
     @property
     def dynamic_weight_sizes(self) -> list[int]:

@@ -24,13 +24,18 @@ import timm
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.integrations import use_kernel_forward_from_hub
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_referformer import (
     ReferFormerConfig,
@@ -72,6 +77,21 @@ class ReferFormerModelOutput(ModelOutput):
         Input of the encoder and output of every encoder layer, each `(batch_size * num_frames, sequence_length, hidden_size)`.
     decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
         Input of the decoder and output of every decoder layer, each `(batch_size * num_frames, num_queries, hidden_size)`.
+    backbone_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        The four backbone feature maps (strides 4, 8, 16, 32), each `(video_batch_size * num_frames, channels, height, width)`.
+    text_encoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Hidden states of the text encoder (embeddings and every layer), each `(batch_size, sequence_length, text_hidden_size)`.
+    encoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Deformable self-attention weights of every encoder layer, each
+        `(batch_size * num_frames, sequence_length, encoder_attention_heads, num_feature_levels, encoder_n_points)`.
+    decoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Query self-attention weights of every decoder layer, each
+        `(batch_size * num_frames, decoder_attention_heads, num_queries, num_queries)` (eager attention only).
+    cross_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Deformable cross-attention weights of every decoder layer, each
+        `(batch_size * num_frames, num_queries, decoder_attention_heads, num_feature_levels, decoder_n_points)`.
+    text_encoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Self-attention weights of every text-encoder layer (eager attention only).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -83,6 +103,12 @@ class ReferFormerModelOutput(ModelOutput):
     encoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    backbone_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -114,6 +140,9 @@ class ReferFormerSegmentationOutput(ModelOutput):
     encoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
         See [`ReferFormerModelOutput`].
     decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        See [`ReferFormerModelOutput`], as the other hidden states and attentions below.
+    backbone_hidden_states, text_encoder_hidden_states, encoder_attentions, decoder_attentions, cross_attentions,
+    text_encoder_attentions (`tuple(torch.FloatTensor)`, *optional*):
         See [`ReferFormerModelOutput`].
     """
 
@@ -130,6 +159,12 @@ class ReferFormerSegmentationOutput(ModelOutput):
     encoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    backbone_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -198,22 +233,65 @@ def frame_range(features: torch.Tensor, batch_size: int, start: int, stop: int) 
     return features.view(batch_size, -1, *features.shape[1:])[:, start:stop].flatten(0, 1)
 
 
+def per_clip(values: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-frame values `[B*t, ...]` -> `[B, t, ...]`."""
+    return values.view(batch_size, -1, *values.shape[1:])
+
+
+# The fields of the encoder's, decoder's and backbone's recorded outputs that `ReferFormerModelOutput` returns.
+RECORDED_FIELDS = ("hidden_states", "attentions", "cross_attentions")
+
+
+class ClipBuffers:
+    """Whole-clip tensors of `num_frames` frames, written frame chunk by frame chunk into buffers allocated at the
+    first chunk (frames along dimension `frame_dim`); a chunk that spans the whole clip is kept as it is."""
+
+    def __init__(self, num_frames: int):
+        self.num_frames = num_frames
+        self.tensors = {}
+
+    def write(self, name, start: int, values: torch.Tensor, frame_dim: int = 1) -> None:
+        if values.shape[frame_dim] == self.num_frames:
+            self.tensors[name] = values
+            return
+        if name not in self.tensors:
+            shape = list(values.shape)
+            shape[frame_dim] = self.num_frames
+            self.tensors[name] = values.new_empty(shape)
+        self.tensors[name].narrow(frame_dim, start, values.shape[frame_dim]).copy_(values)
+
+    def pop(self, name) -> torch.Tensor:
+        return self.tensors.pop(name)
+
+    def pop_layers(self, name: str) -> tuple[torch.Tensor, ...]:
+        """The tensors written as `(name, 0)`, `(name, 1)`, ... in layer order."""
+        keys = sorted(key for key in self.tensors if isinstance(key, tuple) and key[0] == name)
+        return tuple(self.tensors.pop(key) for key in keys)
+
+
 @dataclass
 class ReferFormerPixelDecoderInputs:
     """What [`ReferFormerModel.iter_mask_features`] needs from [`ReferFormerModel.encode`].
 
-    `finest_features` `[B_video, T, C, h, w]` stride-4 backbone maps, `padding_mask` `[B_video, T, H, W]` (True on
+    `finest_features` `[B_video, T, C, h, w]` stride-4 backbone maps, or None when the clip ran in several frame
+    chunks: then the FPN pass recomputes each chunk's maps from `pixel_values` `[B_video, T, 3, H, W]` (the
+    backbone's first stage only) rather than holding the whole clip's; `padding_mask` `[B_video, T, H, W]` (True on
     padding), `memory` `[B, T, S, C]` encoder output, `spatial_shapes_list` its levels, `clip_key_values` per FPN
     stage the projected self-attention keys, values and padding mask of whole clips, `text` the word features,
     sentence features, word positions and text padding mask.
     """
 
-    finest_features: torch.Tensor
+    finest_features: torch.Tensor | None
+    pixel_values: torch.Tensor
     padding_mask: torch.Tensor
     memory: torch.Tensor
     spatial_shapes_list: list[tuple[int, int]]
     clip_key_values: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     text: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+# The frozen batch norms `timm.layers.freeze_batch_norm_2d` creates (statistics and affine transform in buffers).
+FROZEN_BATCH_NORMS = (FrozenBatchNorm2d, timm.layers.FrozenBatchNormAct2d)
 
 
 class ReferFormerTimmBackbone(nn.Module):
@@ -229,6 +307,14 @@ class ReferFormerTimmBackbone(nn.Module):
             **config.model_kwargs,
         )
         self.body = timm.layers.freeze_batch_norm_2d(body) if config.freeze_batch_norm else body
+        if config.freeze_batch_norm:
+            # Frozen norms start as the identity, whatever the batch norms they replace held (transformers' no-init
+            # contexts leave those uninitialized); `_init_weights` restores the same values on the meta device.
+            with torch.no_grad():
+                for module in self.body.modules():
+                    if isinstance(module, FROZEN_BATCH_NORMS):
+                        module.weight.fill_(1.0)
+                        module.bias.zero_()
         self.channels = self.body.feature_info.channels()
         if config.freeze_stem_and_first_stage:
             # Everything that runs before the second output stage: stem and first stage (conv1 + layer1 of a ResNet).
@@ -240,6 +326,16 @@ class ReferFormerTimmBackbone(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, num_frames: int) -> list[torch.Tensor]:
         return self.body(pixel_values)
+
+    def stride4_features(self, pixel_values: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The first of `forward`'s maps (stride 4), computed without the later stages when the feature extractor
+        runs its modules in sequence (timm's `FeatureDictNet`/`FeatureListNet`, e.g. ResNets)."""
+        if not isinstance(self.body, timm.models.FeatureDictNet):
+            return self.body(pixel_values)[0]
+        for name, module in self.body.items():
+            pixel_values = module(pixel_values)
+            if name in self.body.return_layers:
+                return pixel_values
 
 
 def build_backbone(config: ReferFormerConfig) -> nn.Module:
@@ -315,10 +411,11 @@ class ReferFormerAttention(nn.Module):
         key: torch.Tensor,
         value: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`query` `[B, Lq, C]`, `key`/`value` `[B, Lk, C]`, `key_padding_mask` `[B, Lk]` (True = ignore).
 
-        A `query` of batch 1 is shared by every batch entry of `key` and `value`.
+        A `query` of batch 1 is shared by every batch entry of `key` and `value`. Returns the output `[B, Lq, C]` and
+        the attention weights `[B, heads, Lq, Lk]` (`None` unless the attention implementation is "eager").
         """
         return self.attend(query, *self.project_keys_values(key, value), key_padding_mask=key_padding_mask)
 
@@ -335,8 +432,9 @@ class ReferFormerAttention(nn.Module):
         key_states: torch.Tensor,
         value_states: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Attention of `query` `[B or 1, Lq, C]` to projected states (see `project_keys_values`)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention of `query` `[B or 1, Lq, C]` to projected states (see `project_keys_values`): output and weights
+        as `forward`."""
         query_length, hidden_size = query.shape[1:]
         batch_size = key_states.shape[0]
         query_states = self.q_proj(query).view(-1, query_length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -346,10 +444,10 @@ class ReferFormerAttention(nn.Module):
             attention_mask = torch.zeros(key_padding_mask.shape, dtype=query_states.dtype, device=query.device)
             attention_mask = attention_mask.masked_fill(key_padding_mask, torch.finfo(query_states.dtype).min)
             attention_mask = attention_mask[:, None, None, :]
-        attention_interface = eager_attention_forward
-        if self.config._attn_implementation != "eager":
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-        attn_output, _ = attention_interface(
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
             self,
             query_states,
             key_states,
@@ -358,7 +456,7 @@ class ReferFormerAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(attn_output.reshape(batch_size, query_length, hidden_size))
+        return self.out_proj(attn_output.reshape(batch_size, query_length, hidden_size)), attn_weights
 
 
 @use_kernel_forward_from_hub("MultiScaleDeformableAttention")
@@ -418,9 +516,11 @@ class ReferFormerMultiscaleDeformableAttention(nn.Module):
         spatial_shapes_list: list[tuple[int, int]],
         level_start_index: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`hidden_states` `[N, Lq, C]` (queries, position included), `reference_points` `[N, Lq, levels, 2 or 4]`,
-        `encoder_hidden_states` `[N, S, C]` (values), `padding_mask` `[N, S]` (True = padding)."""
+        `encoder_hidden_states` `[N, S, C]` (values), `padding_mask` `[N, S]` (True = padding).
+
+        Returns the output `[N, Lq, C]` and the attention weights `[N, Lq, heads, levels, points]`."""
         batch_size, num_queries, _ = hidden_states.shape
         value = self.value_proj(encoder_hidden_states)
         if padding_mask is not None:
@@ -458,7 +558,7 @@ class ReferFormerMultiscaleDeformableAttention(nn.Module):
                 attention_weights,
                 self.im2col_step,
             )
-        return self.output_proj(output)
+        return self.output_proj(output), attention_weights
 
 
 class ReferFormerEncoderLayer(GradientCheckpointingLayer):
@@ -486,7 +586,7 @@ class ReferFormerEncoderLayer(GradientCheckpointingLayer):
         level_start_index: torch.Tensor,
         padding_mask: torch.Tensor,
     ) -> torch.Tensor:
-        attn_output = self.self_attn(
+        attn_output, _ = self.self_attn(
             hidden_states + position_embeddings,
             reference_points,
             hidden_states,
@@ -532,11 +632,11 @@ class ReferFormerDecoderLayer(GradientCheckpointingLayer):
         encoder_padding_mask: torch.Tensor,
     ) -> torch.Tensor:
         queries = hidden_states + query_position_embeddings
-        attn_output = self.self_attn(queries, queries, hidden_states)
+        attn_output, _ = self.self_attn(queries, queries, hidden_states)
         hidden_states = self.self_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        attn_output = self.encoder_attn(
+        attn_output, _ = self.encoder_attn(
             hidden_states + query_position_embeddings,
             reference_points,
             encoder_hidden_states,
@@ -553,12 +653,95 @@ class ReferFormerDecoderLayer(GradientCheckpointingLayer):
         return self.final_layer_norm(hidden_states + ffn_output)
 
 
-class ReferFormerEncoder(nn.Module):
+class ReferFormerPreTrainedModel(PreTrainedModel):
+    config: ReferFormerConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = [r"ReferFormerEncoderLayer", r"ReferFormerDecoderLayer", r"ReferFormerPixelDecoderBlock"]
+    accepts_loss_kwargs = False
+
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # The special initializations live on container modules without parameters of their own (e.g. the deformable
+        # attention), which the remote-code shortcut of transformers would skip. `_init_weights` writes only through
+        # `transformers.initialization`, which never overwrites loaded tensors, so the shortcut is not needed.
+        super()._initialize_weights(module, is_custom_code=False)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Generic init plus the original's special initializations."""
+        super()._init_weights(module)
+        init_swin_weights(module)
+        if isinstance(module, FROZEN_BATCH_NORMS):
+            # The frozen batch norms of timm backbones hold their statistics and affine transform in buffers: identity.
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+        elif isinstance(module, ReferFormerMultiscaleDeformableAttention):
+            # Sampling offsets start on a grid of directions (one per head), at distance 1..n_points.
+            init.zeros_(module.sampling_offsets.weight)
+            thetas = torch.arange(module.n_heads, dtype=torch.float32) * (2.0 * math.pi / module.n_heads)
+            grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+            grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(module.n_heads, 1, 1, 2)
+            grid = grid.repeat(1, module.n_levels, module.n_points, 1)
+            grid = grid * torch.arange(1, module.n_points + 1, dtype=grid.dtype)[None, None, :, None]
+            init.copy_(module.sampling_offsets.bias, grid.flatten())
+            init.zeros_(module.attention_weights.weight)
+            init.zeros_(module.attention_weights.bias)
+            for projection in (module.value_proj, module.output_proj):
+                init.xavier_uniform_(projection.weight)
+                init.zeros_(projection.bias)
+        elif isinstance(module, ReferFormerAttention):
+            for projection in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+                init.xavier_uniform_(projection.weight)
+                init.zeros_(projection.bias)
+        elif isinstance(module, (ReferFormerEncoderLayer, ReferFormerDecoderLayer, ReferFormerPixelDecoderBlock)):
+            init.xavier_uniform_(module.fc1.weight)
+            init.xavier_uniform_(module.fc2.weight)
+        elif isinstance(module, ReferFormerConvNorm):
+            init.kaiming_uniform_(module.conv.weight, a=1)
+        elif isinstance(module, ReferFormerPixelDecoder):
+            init.kaiming_uniform_(module.mask_features.weight, a=1)
+            init.zeros_(module.mask_features.bias)
+        elif isinstance(module, ReferFormerDecoder):
+            for box_head in module.bbox_embed:
+                init.zeros_(box_head.layers[-1].weight)
+                init.zeros_(box_head.layers[-1].bias)
+            # The first box head starts with small boxes (sigmoid(-2) of the width and height).
+            init.copy_(module.bbox_embed[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
+        elif isinstance(module, ReferFormerModel):
+            init.normal_(module.level_embed)
+            init.normal_(module.query_position_embeddings.weight)
+            init.xavier_uniform_(module.reference_points.weight)
+            init.zeros_(module.reference_points.bias)
+            for projection in module.input_projection:
+                init.xavier_uniform_(projection[0].weight)
+                init.zeros_(projection[0].bias)
+        elif isinstance(module, ReferFormerForReferringVideoObjectSegmentation):
+            prior_bias = -math.log((1 - 0.01) / 0.01)
+            for class_head in module.class_embed:
+                init.constant_(class_head.bias, prior_bias)
+            for layer in module.controller.layers:
+                init.xavier_uniform_(layer.weight)
+                init.zeros_(layer.bias)
+
+
+class ReferFormerEncoder(ReferFormerPreTrainedModel):
     """Stack of deformable encoder layers; every frame is encoded independently."""
 
+    _can_record_outputs = {
+        "hidden_states": ReferFormerEncoderLayer,
+        "attentions": OutputRecorder(ReferFormerMultiscaleDeformableAttention, layer_name="self_attn", index=1),
+    }
+
     def __init__(self, config: ReferFormerConfig):
-        super().__init__()
+        super().__init__(config)
         self.layers = nn.ModuleList(ReferFormerEncoderLayer(config) for _ in range(config.encoder_layers))
+        self.post_init()
 
     @staticmethod
     def get_reference_points(spatial_shapes_list, valid_ratios, device) -> torch.Tensor:
@@ -576,6 +759,8 @@ class ReferFormerEncoder(nn.Module):
         reference_points = torch.cat(reference_points, 1)
         return reference_points[:, :, None] * valid_ratios[:, None]
 
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -585,10 +770,12 @@ class ReferFormerEncoder(nn.Module):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         padding_mask: torch.Tensor,
-        output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        """Flattened levels `[N, S, C]` of N frames -> encoded `last_hidden_state`; `hidden_states` (input and output of
+        every layer) and `attentions` (deformable attention weights `[N, S, heads, levels, points]` of every layer)
+        with `output_hidden_states` / `output_attentions`."""
         reference_points = self.get_reference_points(spatial_shapes_list, valid_ratios, hidden_states.device)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
@@ -599,16 +786,49 @@ class ReferFormerEncoder(nn.Module):
                 level_start_index,
                 padding_mask,
             )
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-        return hidden_states, all_hidden_states
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class ReferFormerDecoder(nn.Module):
+@dataclass
+class ReferFormerDecoderOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size * num_frames, num_queries, hidden_size)`):
+        Output of the last decoder layer.
+    intermediate_hidden_states (`torch.FloatTensor` of shape `(decoder_layers, batch_size * num_frames, num_queries, hidden_size)`):
+        Output of every decoder layer.
+    intermediate_pred_boxes (`torch.FloatTensor` of shape `(decoder_layers, batch_size * num_frames, num_queries, 4)`):
+        Boxes predicted after every decoder layer.
+    intermediate_reference_points (`torch.FloatTensor` of shape `(decoder_layers, batch_size * num_frames, num_queries, 2)`):
+        Reference point fed to every decoder layer.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Input of the decoder and output of every decoder layer.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Query self-attention weights `(batch_size * num_frames, heads, num_queries, num_queries)` of every layer.
+    cross_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Deformable cross-attention weights `(batch_size * num_frames, num_queries, heads, levels, points)` of every
+        layer.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    intermediate_pred_boxes: torch.FloatTensor | None = None
+    intermediate_reference_points: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class ReferFormerDecoder(ReferFormerPreTrainedModel):
     """Stack of deformable decoder layers with the box head (and, with box refinement, the reference update)."""
 
+    _can_record_outputs = {
+        "hidden_states": ReferFormerDecoderLayer,
+        "attentions": OutputRecorder(ReferFormerAttention, layer_name="self_attn", index=1),
+        "cross_attentions": OutputRecorder(ReferFormerMultiscaleDeformableAttention, layer_name="encoder_attn", index=1),
+    }
+
     def __init__(self, config: ReferFormerConfig):
-        super().__init__()
+        super().__init__(config)
         self.with_box_refine = config.with_box_refine
         self.layers = nn.ModuleList(ReferFormerDecoderLayer(config) for _ in range(config.decoder_layers))
         # One box head per layer with box refinement, a single shared head otherwise.
@@ -616,7 +836,10 @@ class ReferFormerDecoder(nn.Module):
         self.bbox_embed = nn.ModuleList(
             ReferFormerMLP(config.d_model, config.d_model, 4, 3) for _ in range(num_box_heads)
         )
+        self.post_init()
 
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -628,11 +851,10 @@ class ReferFormerDecoder(nn.Module):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         encoder_padding_mask: torch.Tensor,
-        output_hidden_states: bool = False,
-    ):
-        """Returns per-layer hidden states `[L, N, Q, C]`, boxes `[L, N, Q, 4]`, input references `[L, N, Q, 2]`
-        and (optionally) the tuple of decoder hidden states."""
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ReferFormerDecoderOutput:
+        """Queries `[N, Q, C]` of N frames -> per-layer hidden states, boxes and input references (see
+        [`ReferFormerDecoderOutput`])."""
         intermediate, intermediate_boxes, intermediate_references = [], [], []
         for index, layer in enumerate(self.layers):
             if reference_points.shape[-1] == 4:
@@ -666,13 +888,11 @@ class ReferFormerDecoder(nn.Module):
                 reference_points = boxes.detach()
             intermediate.append(hidden_states)
             intermediate_boxes.append(boxes)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-        return (
-            torch.stack(intermediate),
-            torch.stack(intermediate_boxes),
-            torch.stack(intermediate_references),
-            all_hidden_states,
+        return ReferFormerDecoderOutput(
+            last_hidden_state=hidden_states,
+            intermediate_hidden_states=torch.stack(intermediate),
+            intermediate_pred_boxes=torch.stack(intermediate_boxes),
+            intermediate_reference_points=torch.stack(intermediate_references),
         )
 
 
@@ -684,7 +904,7 @@ class ReferFormerVisionLanguageFusion(nn.Module):
         self.attention = ReferFormerAttention(config, config.d_model, config.fusion_attention_heads, dropout=0.0)
 
     def forward(self, vision_tokens, text_features, text_position_embeddings, text_padding_mask) -> torch.Tensor:
-        attended = self.attention(
+        attended, _ = self.attention(
             vision_tokens, text_features + text_position_embeddings, text_features, key_padding_mask=text_padding_mask
         )
         return vision_tokens * attended
@@ -761,7 +981,7 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         `ReferFormerAttention.project_keys_values` on the tokens of all frames. Returns `[B_text*t, C, h, w]`."""
         height, width = vision_features.shape[-2:]
         queries = self._reduce(vision_features + vision_position_embeddings)
-        attn_output = self.self_attn.attend(
+        attn_output, _ = self.self_attn.attend(
             frames_to_clip_tokens(queries, num_frames), clip_key_states, clip_value_states, clip_key_padding_mask
         )
         if self.sr_ratio > 1:
@@ -772,7 +992,7 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         hidden_states = self.self_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        attn_output = self.cross_attn(
+        attn_output, _ = self.cross_attn(
             hidden_states + frames_to_clip_tokens(vision_position_embeddings, num_frames),
             text_features + text_position_embeddings,
             text_features,
@@ -781,7 +1001,9 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         hidden_states = self.cross_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        ffn_output = self.fc2(F.dropout(F.relu(self.fc1(hidden_states)), p=self.dropout, training=self.training))
+        # In place: the stride-4 stage's hidden activations are the largest tensor of the FPN pass.
+        ffn_hidden = F.relu(self.fc1(hidden_states), inplace=True)
+        ffn_output = self.fc2(F.dropout(ffn_hidden, p=self.dropout, training=self.training))
         hidden_states = self.final_layer_norm(
             hidden_states + F.dropout(ffn_output, p=self.dropout, training=self.training)
         )
@@ -828,8 +1050,8 @@ class ReferFormerPixelDecoder(nn.Module):
     def clip_key_values(
         self, stage: int, keys: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projected keys and values `[B, heads, T*h'*w', head_dim]` and padding mask `[B, T*h'*w']` of stage `stage`
-        for whole clips, from the frame tokens `[B, T, h'*w', C]` (mask `[B, T, h'*w']`)."""
+        """Projected keys and values `[B, heads, t*h'*w', head_dim]` and padding mask `[B, t*h'*w']` of stage `stage`
+        for `t` frames of each clip, from their tokens `[B, t, h'*w', C]` (mask `[B, t, h'*w']`)."""
         key_states, value_states = self.blocks[stage].self_attn.project_keys_values(keys.flatten(1, 2), values.flatten(1, 2))
         return key_states, value_states, padding_mask.flatten(1)
 
@@ -860,77 +1082,6 @@ class ReferFormerPixelDecoder(nn.Module):
                 fused = fused + F.interpolate(output, size=fused.shape[-2:], mode="nearest")
             output = self.layers[stage](fused)
         return self.mask_features(output)
-
-
-class ReferFormerPreTrainedModel(PreTrainedModel):
-    config: ReferFormerConfig
-    base_model_prefix = "model"
-    main_input_name = "pixel_values"
-    input_modalities = ("video", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_attention_backend = True
-    _no_split_modules = [r"ReferFormerEncoderLayer", r"ReferFormerDecoderLayer", r"ReferFormerPixelDecoderBlock"]
-    accepts_loss_kwargs = False
-
-    def _initialize_weights(self, module, is_custom_code: bool = False):
-        # The special initializations live on container modules without parameters of their own (e.g. the deformable
-        # attention), which the remote-code shortcut of transformers would skip. `_init_weights` writes only through
-        # `transformers.initialization`, which never overwrites loaded tensors, so the shortcut is not needed.
-        super()._initialize_weights(module, is_custom_code=False)
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """Generic init plus the original's special initializations."""
-        super()._init_weights(module)
-        init_swin_weights(module)
-        if isinstance(module, ReferFormerMultiscaleDeformableAttention):
-            # Sampling offsets start on a grid of directions (one per head), at distance 1..n_points.
-            init.zeros_(module.sampling_offsets.weight)
-            thetas = torch.arange(module.n_heads, dtype=torch.float32) * (2.0 * math.pi / module.n_heads)
-            grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-            grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(module.n_heads, 1, 1, 2)
-            grid = grid.repeat(1, module.n_levels, module.n_points, 1)
-            grid = grid * torch.arange(1, module.n_points + 1, dtype=grid.dtype)[None, None, :, None]
-            init.copy_(module.sampling_offsets.bias, grid.flatten())
-            init.zeros_(module.attention_weights.weight)
-            init.zeros_(module.attention_weights.bias)
-            for projection in (module.value_proj, module.output_proj):
-                init.xavier_uniform_(projection.weight)
-                init.zeros_(projection.bias)
-        elif isinstance(module, ReferFormerAttention):
-            for projection in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
-                init.xavier_uniform_(projection.weight)
-                init.zeros_(projection.bias)
-        elif isinstance(module, (ReferFormerEncoderLayer, ReferFormerDecoderLayer, ReferFormerPixelDecoderBlock)):
-            init.xavier_uniform_(module.fc1.weight)
-            init.xavier_uniform_(module.fc2.weight)
-        elif isinstance(module, ReferFormerConvNorm):
-            init.kaiming_uniform_(module.conv.weight, a=1)
-        elif isinstance(module, ReferFormerPixelDecoder):
-            init.kaiming_uniform_(module.mask_features.weight, a=1)
-            init.zeros_(module.mask_features.bias)
-        elif isinstance(module, ReferFormerDecoder):
-            for box_head in module.bbox_embed:
-                init.zeros_(box_head.layers[-1].weight)
-                init.zeros_(box_head.layers[-1].bias)
-            # The first box head starts with small boxes (sigmoid(-2) of the width and height).
-            init.copy_(module.bbox_embed[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
-        elif isinstance(module, ReferFormerModel):
-            init.normal_(module.level_embed)
-            init.normal_(module.query_position_embeddings.weight)
-            init.xavier_uniform_(module.reference_points.weight)
-            init.zeros_(module.reference_points.bias)
-            for projection in module.input_projection:
-                init.xavier_uniform_(projection[0].weight)
-                init.zeros_(projection[0].bias)
-        elif isinstance(module, ReferFormerForReferringVideoObjectSegmentation):
-            prior_bias = -math.log((1 - 0.01) / 0.01)
-            for class_head in module.class_embed:
-                init.constant_(class_head.bias, prior_bias)
-            for layer in module.controller.layers:
-                init.xavier_uniform_(layer.weight)
-                init.zeros_(layer.bias)
 
 
 class ReferFormerModel(ReferFormerPreTrainedModel):
@@ -990,16 +1141,18 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         self.pixel_decoder = ReferFormerPixelDecoder(config, self.backbone.channels[0])
         self.post_init()
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Word features `[B, L, C]`, sentence feature `[B, C]` and the text padding mask `[B, L]` (True = padding)."""
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Unpack[TransformersKwargs]):
+        """Word features `[B, L, C]`, sentence feature `[B, C]`, the text padding mask `[B, L]` (True = padding) and
+        the text encoder's output (with its hidden states and attentions when `kwargs` ask for them)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
-            text_outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+            text_outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         word_features = text_outputs.last_hidden_state
         # The sentence feature is the pooler output (tanh dense on the first token); encoders without a pooler use
         # their first token's hidden state.
         pooled = getattr(text_outputs, "pooler_output", None)
         sentence_features = pooled if pooled is not None else word_features[:, 0]
-        return self.text_projection(word_features), self.text_projection(sentence_features), attention_mask.ne(1)
+        text_features = (self.text_projection(word_features), self.text_projection(sentence_features))
+        return *text_features, attention_mask.ne(1), text_outputs
 
     def _check_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices=None) -> None:
         """Named errors for inputs whose shapes do not fit together, before anything is computed."""
@@ -1040,6 +1193,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.text_encoder.set_input_embeddings(value)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -1050,10 +1204,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         valid_frame_indices: torch.LongTensor | None = None,
         original_sizes: torch.LongTensor | None = None,
         frame_indices: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
     ) -> ReferFormerModelOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         output, pixel_decoder_inputs = self.encode(
             pixel_values,
             input_ids,
@@ -1061,10 +1214,14 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             attention_mask=attention_mask,
             resized_sizes=resized_sizes,
             valid_frame_indices=valid_frame_indices,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        output.mask_features = torch.cat([features for _, features in self.iter_mask_features(pixel_decoder_inputs)], 1)
-        return output if return_dict else output.to_tuple()
+        clip = ClipBuffers(output.encoder_last_hidden_state.shape[1])
+        for frames, mask_features in self.iter_mask_features(pixel_decoder_inputs):
+            clip.write("mask_features", frames.start, mask_features)
+        output.mask_features = clip.pop("mask_features")
+        return output
 
     def encode(
         self,
@@ -1074,6 +1231,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         resized_sizes: torch.LongTensor | None = None,
         valid_frame_indices: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> tuple[ReferFormerModelOutput, ReferFormerPixelDecoderInputs]:
         """Everything but the FPN's mask features, over chunks of `config.frame_chunk_size` frames: the output without
@@ -1085,6 +1243,8 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        recorded = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         self._check_inputs(pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices)
         video_batch_size, num_frames, _, height, width = pixel_values.shape
         batch_size = input_ids.shape[0]
@@ -1099,7 +1259,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         frame_sizes = torch.as_tensor(resized_sizes, device=pixel_values.device).view(-1, 2).expand(batch_size, 2)
         padding_mask = ~pixel_mask.bool()
 
-        word_features, sentence_features, text_padding_mask = self.encode_text(input_ids, attention_mask)
+        word_features, sentence_features, text_padding_mask, text_outputs = self.encode_text(
+            input_ids, attention_mask, **recorded
+        )
         text_positions = sine_position_embedding_1d(text_padding_mask, self.config.d_model).to(word_features.dtype)
         text = (word_features, sentence_features, text_positions, text_padding_mask)
 
@@ -1112,51 +1274,81 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
                 keep = keep + valid_frame_indices.to(pixel_values.device)
                 clip_features = [feature[keep] for feature in clip_features]
                 padding_mask, num_frames = padding_mask.flatten(0, 1)[keep][:, None], 1
-        chunks = []
+        # Every chunk's results go straight into whole-clip buffers, so that no chunk outlives its own step and no
+        # whole-clip value exists twice (a concatenation would hold the chunks and their copy together).
+        clip = ClipBuffers(num_frames)
+        # With several chunks, the FPN pass recomputes each chunk's stride-4 maps instead of holding the whole clip's.
+        recompute_finest_features = clip_features is None and len(self._frame_chunks(num_frames)) > 1
+        recorded_chunks = []
         for start, stop in self._frame_chunks(num_frames):
             if clip_features is None:
                 stage_features = self.backbone(pixel_values[:, start:stop].flatten(0, 1), num_frames=stop - start)
             else:
                 stage_features = [frame_range(feature, video_batch_size, start, stop) for feature in clip_features]
             chunk_mask = padding_mask[:, start:stop].flatten(0, 1)
-            chunks.append(self._encode_frames(stage_features, chunk_mask, stop - start, text, output_hidden_states))
-
-        def clips(values, batch):  # chunks of [batch * t, ...] -> [batch, T, ...]
-            return torch.cat([value.view(batch, -1, *value.shape[1:]) for value in values], 1)
-
-        def layers_first(values):  # chunks of [L, B * t, ...] -> [B, L, T, ...]
-            return clips([value.transpose(0, 1) for value in values], batch_size).transpose(1, 2)
-
-        def states(name):
-            if not output_hidden_states:
-                return None
-            per_chunk = zip(*(chunk[name] for chunk in chunks))
-            return tuple(clips(values, batch_size).flatten(0, 1) for values in per_chunk)
-
-        memory = clips([chunk["memory"] for chunk in chunks], batch_size)
-        clip_key_values = []
-        for stage in range(len(self.pixel_decoder.blocks)):
-            stage_batch = video_batch_size if stage == 0 else batch_size
-            keys, values, masks = (
-                clips([chunk["key_value_tokens"][stage][index] for chunk in chunks], stage_batch) for index in range(3)
+            chunk = self._encode_frames(stage_features, chunk_mask, stop - start, text, **recorded)
+            del stage_features
+            finest_features = chunk.pop("finest_features")
+            if not recompute_finest_features:
+                clip.write("finest_features", start, per_clip(finest_features, video_batch_size))
+            del finest_features
+            clip.write("memory", start, per_clip(chunk.pop("memory"), batch_size))
+            for name in ("hidden_states", "boxes", "references"):  # [L, B * t, ...] -> [B, L, t, ...]
+                clip.write(name, start, per_clip(chunk.pop(name).transpose(0, 1), batch_size).transpose(1, 2), 2)
+            for stage, tokens in enumerate(chunk.pop("key_value_tokens")):
+                stage_batch = video_batch_size if stage == 0 else batch_size
+                keys, values, masks = (per_clip(value, stage_batch) for value in tokens)
+                key_states, value_states, key_mask = self.pixel_decoder.clip_key_values(stage, keys, values, masks)
+                frames_apart = (stage_batch, key_states.shape[1], stop - start, -1, key_states.shape[-1])
+                clip.write(f"keys{stage}", start, key_states.reshape(frames_apart), 2)
+                clip.write(f"values{stage}", start, value_states.reshape(frames_apart), 2)
+                clip.write(f"key_mask{stage}", start, key_mask.view(stage_batch, stop - start, -1))
+            spatial_shapes_list = chunk.pop("spatial_shapes_list")
+            # What is left are the recorded outputs: keep their hidden states and attentions (None unless asked for).
+            recorded_chunks.append(
+                {
+                    name: {field: getattr(outputs, field, None) for field in RECORDED_FIELDS}
+                    for name, outputs in chunk.items()
+                }
             )
-            clip_key_values.append(self.pixel_decoder.clip_key_values(stage, keys, values, masks))
-        hidden_states = layers_first([chunk["hidden_states"] for chunk in chunks])
+            del chunk
+
+        def recorded_per_frame(name, field, batch=batch_size):  # chunks' tuples of [batch * t, ...] -> [batch * T, ...]
+            per_chunk = [chunk[name][field] for chunk in recorded_chunks]
+            if per_chunk[0] is None or len(per_chunk) == 1:  # a single chunk: the tensors the model computed with
+                return per_chunk[0]
+            return tuple(
+                torch.cat([per_clip(value, batch) for value in values], 1).flatten(0, 1) for values in zip(*per_chunk)
+            )
+
+        clip_key_values = [
+            (clip.pop(f"keys{stage}").flatten(2, 3), clip.pop(f"values{stage}").flatten(2, 3))
+            + (clip.pop(f"key_mask{stage}").flatten(1),)
+            for stage in range(len(self.pixel_decoder.blocks))
+        ]
+        hidden_states, memory = clip.pop("hidden_states"), clip.pop("memory")
         output = ReferFormerModelOutput(
             last_hidden_state=hidden_states[:, -1],
             intermediate_hidden_states=hidden_states,
-            intermediate_pred_boxes=layers_first([chunk["boxes"] for chunk in chunks]),
-            intermediate_reference_points=layers_first([chunk["references"] for chunk in chunks]),
+            intermediate_pred_boxes=clip.pop("boxes"),
+            intermediate_reference_points=clip.pop("references"),
             frame_sizes=frame_sizes,
             encoder_last_hidden_state=memory,
-            encoder_hidden_states=states("encoder_states"),
-            decoder_hidden_states=states("decoder_states"),
+            encoder_hidden_states=recorded_per_frame("encoder_outputs", "hidden_states"),
+            decoder_hidden_states=recorded_per_frame("decoder_outputs", "hidden_states"),
+            backbone_hidden_states=recorded_per_frame("backbone_outputs", "hidden_states", video_batch_size),
+            text_encoder_hidden_states=text_outputs.hidden_states,
+            encoder_attentions=recorded_per_frame("encoder_outputs", "attentions"),
+            decoder_attentions=recorded_per_frame("decoder_outputs", "attentions"),
+            cross_attentions=recorded_per_frame("decoder_outputs", "cross_attentions"),
+            text_encoder_attentions=text_outputs.attentions,
         )
         pixel_decoder_inputs = ReferFormerPixelDecoderInputs(
-            finest_features=clips([chunk["finest_features"] for chunk in chunks], video_batch_size),
+            finest_features=None if recompute_finest_features else clip.pop("finest_features"),
+            pixel_values=pixel_values,
             padding_mask=padding_mask,
             memory=memory,
-            spatial_shapes_list=chunks[0]["spatial_shapes_list"],
+            spatial_shapes_list=spatial_shapes_list,
             clip_key_values=clip_key_values,
             text=text,
         )
@@ -1178,7 +1370,11 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         num_frames = inputs.memory.shape[1]
         word_features, _, text_positions, text_padding_mask = inputs.text
         for start, stop in self._frame_chunks(num_frames):
-            finest = inputs.finest_features[:, start:stop].flatten(0, 1)
+            if inputs.finest_features is None:
+                frames = inputs.pixel_values[:, start:stop].flatten(0, 1)
+                finest = self.backbone.stride4_features(frames, num_frames=stop - start)
+            else:
+                finest = inputs.finest_features[:, start:stop].flatten(0, 1)
             padding_mask = inputs.padding_mask[:, start:stop].flatten(0, 1)
             memory_maps = self._memory_maps(inputs.memory[:, start:stop].flatten(0, 1), inputs.spatial_shapes_list)
             positions = [
@@ -1198,7 +1394,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             )
             yield slice(start, stop), mask_features.view(batch_size, stop - start, *mask_features.shape[1:])
 
-    def _encode_frames(self, stage_features, padding_mask, num_frames, text, output_hidden_states) -> dict:
+    def _encode_frames(self, stage_features, padding_mask, num_frames, text, **recorded) -> dict:
         """Fusion, deformable encoder and decoder, and the FPN's self-attention key/value tokens of `num_frames`
         consecutive frames of each clip (`stage_features` and `padding_mask` of `B_video * num_frames` frames)."""
         word_features, sentence_features, text_positions, text_padding_mask = text
@@ -1237,7 +1433,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         valid_ratios, flat_masks, flat_positions = (
             self._per_sentence(tensor, batch_size, num_frames) for tensor in (valid_ratios, flat_masks, flat_positions)
         )
-        memory, encoder_states = self.encoder(
+        encoder_outputs = self.encoder(
             flat_sources,
             flat_positions,
             spatial_shapes,
@@ -1245,8 +1441,10 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             level_start_index,
             valid_ratios,
             flat_masks,
-            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **recorded,
         )
+        memory = encoder_outputs.last_hidden_state
 
         # Conditional queries: the sentence feature as content, a learned position shared by all frames.
         num_queries = self.config.num_queries
@@ -1254,7 +1452,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         target = sentence_features[:, None, None].expand(-1, num_frames, num_queries, -1).flatten(0, 1)
         with autocast_disabled(query_positions):
             initial_reference = self.reference_points(query_positions).sigmoid()
-        hidden_states, boxes, references, decoder_states = self.decoder(
+        decoder_outputs = self.decoder(
             target,
             query_positions,
             initial_reference,
@@ -1264,7 +1462,8 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             level_start_index,
             valid_ratios,
             flat_masks,
-            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **recorded,
         )
 
         # The FPN reads the backbone stride-4 map and the encoder output at strides 8/16/32.
@@ -1278,11 +1477,14 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         )
         return {
             "memory": memory,
-            "hidden_states": hidden_states,
-            "boxes": boxes,
-            "references": references,
-            "encoder_states": encoder_states,
-            "decoder_states": decoder_states,
+            "hidden_states": decoder_outputs.intermediate_hidden_states,
+            "boxes": decoder_outputs.intermediate_pred_boxes,
+            "references": decoder_outputs.intermediate_reference_points,
+            "encoder_outputs": encoder_outputs,
+            "decoder_outputs": decoder_outputs,
+            "backbone_outputs": BaseModelOutput(
+                hidden_states=tuple(stage_features) if recorded["output_hidden_states"] else None
+            ),
             "finest_features": stage_features[0],
             "key_value_tokens": key_value_tokens,
             "spatial_shapes_list": spatial_shapes_list,
@@ -1320,6 +1522,19 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         return torch.stack([valid_width.float() / width, valid_height.float() / height], -1)
 
 
+# Hidden states and attentions the segmentation output takes over from the model output.
+RECORDED_OUTPUTS = (
+    "encoder_hidden_states",
+    "decoder_hidden_states",
+    "backbone_hidden_states",
+    "text_encoder_hidden_states",
+    "encoder_attentions",
+    "decoder_attentions",
+    "cross_attentions",
+    "text_encoder_attentions",
+)
+
+
 class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel):
     """ReferFormer with its prediction heads: per decoder layer and query, a class logit, a box and a mask.
 
@@ -1335,6 +1550,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         self.controller = ReferFormerMLP(config.d_model, config.d_model, config.num_dynamic_params, 3)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -1347,8 +1563,8 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         frame_indices: torch.LongTensor | None = None,
         labels: list[dict] | None = None,
         output_all_queries: bool = True,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
     ) -> ReferFormerSegmentationOutput | tuple:
         r"""
         Inputs as [`ReferFormerModel`]. Returns class logits, boxes and stride-4 mask logits of every query in every
@@ -1365,7 +1581,6 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             (`select_referred_query`): `pred_masks` is then `[B, T, 1, h, w]`, `selected_query_indices` says which
             query it is, and `auxiliary_outputs` are left out.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not output_all_queries and (labels is not None or self.training):
             raise ValueError("Training needs the masks of all queries: output_all_queries=False is for inference.")
         outputs, pixel_decoder_inputs = self.model.encode(
@@ -1375,6 +1590,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             attention_mask=attention_mask,
             resized_sizes=resized_sizes,
             valid_frame_indices=valid_frame_indices,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
         num_layers = self.config.decoder_layers
@@ -1417,7 +1633,8 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             loss, loss_dict, matched_query_indices = ReferFormerLoss(self.config)(
                 logits[-1], boxes[-1], masks[-1], labels, auxiliary_outputs
             )
-        output = ReferFormerSegmentationOutput(
+        recorded = {name: getattr(outputs, name) for name in RECORDED_OUTPUTS}
+        return ReferFormerSegmentationOutput(
             loss=loss,
             loss_dict=loss_dict,
             matched_query_indices=matched_query_indices,
@@ -1429,10 +1646,8 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             auxiliary_outputs=auxiliary_outputs,
             last_hidden_state=outputs.last_hidden_state,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            decoder_hidden_states=outputs.decoder_hidden_states,
+            **recorded,
         )
-        return output if return_dict else output.to_tuple()
 
     def _mask_head_inputs(self, outputs: ReferFormerModelOutput, layer: int, query_indices: torch.Tensor | None = None):
         """Dynamic parameters `[B, T, Q, P]` and reference points `[B, T, Q, 2]` of the mask head of decoder layer

@@ -15,6 +15,8 @@ from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 from transformers.utils import logging
 from transformers.video_processing_utils import BaseVideoProcessor
 
+from .modeling_referformer import select_referred_query
+
 
 logger = logging.get_logger(__name__)
 
@@ -25,6 +27,32 @@ MIN_FRAME_SIZE = 32  # the pixel decoder reduces the stride-4 map by 8 in its se
 def natural_sort_key(name: str) -> list:
     """Sort key that orders embedded numbers numerically (`frame2` before `frame10`)."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_frame_files(folder) -> list[Path]:
+    """The frame images of a folder (`IMAGE_EXTENSIONS`, any case) in natural order (`frame2` before `frame10`): the
+    one rule every reader of frame folders (processor, inference, datasets, command line) follows."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Frames folder not found: {folder} is not a directory.")
+    files = [child for child in folder.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files, key=lambda child: natural_sort_key(child.name))
+
+
+def _is_frame_path_list(video) -> bool:
+    """Whether `video` is a list of frame image paths (one video, a frame a path)."""
+    return isinstance(video, (list, tuple)) and bool(video) and all(isinstance(item, (str, Path)) for item in video)
+
+
+def video_frame_names(video, indices) -> list[str]:
+    """Names of the frames `indices` of `video`: the file names (without extension) of a frame folder or a list of
+    frame image paths, `00000`-style indices for anything else (a video file, frames in memory)."""
+    if _is_frame_path_list(video):
+        return [Path(video[index]).stem for index in indices]
+    if isinstance(video, (str, Path)) and Path(video).is_dir():
+        files = list_frame_files(video)
+        return [files[index].stem for index in indices]
+    return [f"{index:05d}" for index in indices]
 
 
 # PIL modes whose pixels are wider than 8 bits: converted through their numpy values (`convert("RGB")` clips them).
@@ -87,15 +115,43 @@ def _frame_to_rgb(frame) -> np.ndarray:
     return np.ascontiguousarray(frame[:, :, :3])
 
 
-def _decode_video_file(path: Path, keep):
-    """Yields `(index, frame)` for the frames of a video file whose index satisfies `keep(index)` (stops at the first
-    refused index past the last kept one). PyAV is imported here, so that array inputs (and remote code loaded with
+def read_frame_image(path) -> np.ndarray:
+    """One frame image file as an RGB uint8 array `[H, W, 3]` (16-bit images scaled, see [`_frame_to_rgb`])."""
+    try:
+        with Image.open(path) as image:
+            return _frame_to_rgb(image)
+    except OSError as error:
+        raise ValueError(f"Cannot read frame image {path}: {error}") from error
+
+
+def count_video_file_frames(path) -> int:
+    """Number of frames of a video file: its container header's count, or the decoded frames when the header has
+    none."""
+    av = _import_av(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"The file {path} has no video stream.")
+            count = container.streams.video[0].frames
+    except (av.error.FFmpegError, UnicodeDecodeError) as error:
+        raise ValueError(f"Cannot decode video file {path}: {error}") from error
+    return count if count > 0 else sum(1 for _ in decode_video_file(path, lambda index: False))
+
+
+def _import_av(path):
+    """PyAV, imported only when a video file is decoded, so that array inputs (and remote code loaded with
     `trust_remote_code=True`) never need it."""
     try:
         import av
     except ImportError as error:
         raise ImportError(f"Decoding the video file {path} needs PyAV: `pip install av`.") from error
+    return av
 
+
+def decode_video_file(path, keep):
+    """Yields `(index, frame)` for the frames of a video file whose index satisfies `keep(index)`; decoding stops at
+    the first index for which `keep` returns None (past the last frame wanted)."""
+    av = _import_av(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -112,8 +168,8 @@ def _decode_video_file(path: Path, keep):
 
 def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = None):
     """Yields `(index, frame)` for one video, one RGB uint8 frame at a time, keeping every `frame_stride`-th frame (at
-    most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes; frames
-    are decoded only when asked for, so a long video never has to fit in memory."""
+    most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes, and a
+    list of frame image paths; frames are decoded only when asked for, so a long video never has to fit in memory."""
     if frame_stride < 1:
         raise ValueError(f"frame_stride must be >= 1, got {frame_stride}.")
     if max_frames is not None and max_frames < 1:
@@ -144,22 +200,17 @@ def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = Non
         if not (path.is_file() or path.is_dir()):
             raise ValueError(f"The video {path} is neither a regular file nor a folder (a pipe or device is not read).")
         if path.is_dir():
-            files = sorted(
-                (child for child in path.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS),
-                key=lambda child: natural_sort_key(child.name),
-            )
+            files = list_frame_files(path)
             if not files:
                 raise ValueError(f"No frame images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}.")
             for index in (index for index in range(len(files)) if keep(index)):
-                try:
-                    with Image.open(files[index]) as image:
-                        frame = _frame_to_rgb(image)
-                except OSError as error:
-                    raise ValueError(f"Cannot read frame image {files[index]}: {error}") from error
-                yield checked(index, frame)
+                yield checked(index, read_frame_image(files[index]))
         else:
-            for index, frame in _decode_video_file(path, keep):
+            for index, frame in decode_video_file(path, keep):
                 yield checked(index, frame)
+    elif _is_frame_path_list(video):
+        for index in (index for index in range(len(video)) if keep(index)):
+            yield checked(index, read_frame_image(video[index]))
     else:
         if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
             raise ValueError(f"A video array must be 4-D ([T, H, W, C] or [T, C, H, W]), got shape {tuple(video.shape)}.")
@@ -202,6 +253,24 @@ def uniform_frame_picks(total: int, num_frames: int) -> list[int]:
     if num_frames > total:
         raise ValueError(f"Cannot sample num_frames={num_frames} frames from a video of {total} (kept) frames.")
     return [int(position) for position in np.arange(0, total, total / num_frames)[:num_frames]]
+
+
+def normalize_frames(
+    frames: np.ndarray,
+    rescale_factor: float | None = 1 / 255,
+    image_mean=IMAGENET_DEFAULT_MEAN,
+    image_std=IMAGENET_DEFAULT_STD,
+) -> torch.Tensor:
+    """RGB frames `[T, H, W, 3]` (uint8) -> float32 pixel values `[T, 3, H, W]`: multiplied by `rescale_factor`,
+    then ImageNet-normalized (`(x - mean) / std`); `None` skips a step. The one pixel rule of inference and training."""
+    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if rescale_factor is not None:
+        clip = clip * rescale_factor
+    if image_mean is not None:
+        mean = torch.tensor(image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(image_std).view(1, 3, 1, 1)
+        clip = (clip - mean) / std
+    return clip
 
 
 def _prediction_tensors(outputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -361,14 +430,12 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
             raise ValueError(
                 f"Frames of {height}x{width} pixels are too small for ReferFormer (at least {MIN_FRAME_SIZE} on each side)."
             )
-        clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
-        if options["do_rescale"]:
-            clip = clip * options["rescale_factor"]
-        if options["do_normalize"]:
-            mean = torch.tensor(options["image_mean"]).view(1, 3, 1, 1)
-            std = torch.tensor(options["image_std"]).view(1, 3, 1, 1)
-            clip = (clip - mean) / std
-        return clip
+        return normalize_frames(
+            np.stack(frames),
+            options["rescale_factor"] if options["do_rescale"] else None,
+            options["image_mean"] if options["do_normalize"] else None,
+            options["image_std"] if options["do_normalize"] else None,
+        )
 
     @staticmethod
     def pad(clips: list[torch.Tensor], size_divisor: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -410,8 +477,12 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         """
         logits, pred_boxes, pred_masks = _prediction_tensors(outputs)
         selected = getattr(outputs, "selected_query_indices", None)
-        if selected is not None and return_all_queries:
+        # A model run with `output_all_queries=False` returns the masks of the selected query alone.
+        selected_masks_only = selected is not None
+        if selected_masks_only and return_all_queries:
             raise ValueError("return_all_queries needs the masks of all queries (a model run with output_all_queries=True).")
+        if selected is None:
+            selected = select_referred_query(logits)
         batch_size = logits.shape[0]
         target_sizes = torch.as_tensor(target_sizes).view(-1, 2).tolist()
         if len(target_sizes) != batch_size:
@@ -423,17 +494,16 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         results = []
         for index in range(batch_size):
             probabilities = logits[index].sigmoid()  # [T, Q, K]
-            query_scores = probabilities.mean(0).max(-1).values
-            best = int(query_scores.argmax() if selected is None else selected[index])
+            query_scores = probabilities.mean(0).max(-1).values  # what `select_referred_query` ranks
+            best = int(selected[index])
             grid_height, grid_width = pred_masks.shape[-2:]
             if resized_sizes is not None:
                 height, width = resized_sizes[index]
                 grid_height, grid_width = min(grid_height, -(-height // 4)), min(grid_width, -(-width // 4))
             target_height, target_width = target_sizes[index]
             queries = range(pred_masks.shape[2]) if return_all_queries else [best]
-            # A model run with `output_all_queries=False` returns the masks of the selected query alone.
             query_masks = {
-                query: pred_masks[index, :, query if selected is None else 0, :grid_height, :grid_width]
+                query: pred_masks[index, :, 0 if selected_masks_only else query, :grid_height, :grid_width]
                 for query in queries
             }
             boxes = [self._boxes_to_frame(pred_boxes[index, :, query], target_height, target_width) for query in queries]
@@ -555,7 +625,13 @@ class ReferFormerProcessor(ProcessorMixin):
 __all__ = [
     "ReferFormerProcessor",
     "ReferFormerVideoProcessor",
+    "count_video_file_frames",
+    "decode_video_file",
     "get_resize_output_size",
     "iter_video_frames",
+    "list_frame_files",
     "load_video",
+    "normalize_frames",
+    "read_frame_image",
+    "video_frame_names",
 ]

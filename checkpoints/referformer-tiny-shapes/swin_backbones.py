@@ -413,11 +413,19 @@ class ReferFormerSwinBackbone(_SwinBackboneBase):
         features = []
         for stage, layer in enumerate(self.layers):
             stage_output = layer(hidden_states, checkpoint_function)
-            output_norm = getattr(self, f"norm{stage}")
-            features.append(output_norm(stage_output).permute(0, 3, 1, 2).contiguous())
+            features.append(self._stage_map(stage, stage_output))
             if layer.downsample is not None:
                 hidden_states = layer.downsample(stage_output)
         return features
+
+    def stride4_features(self, pixel_values: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The first of `forward`'s maps (stride 4), without the later stages."""
+        _check_pixel_values(pixel_values, num_frames, self.in_channels)
+        return self._stage_map(0, self.layers[0](self.patch_embed(pixel_values), self._checkpoint_function()))
+
+    def _stage_map(self, stage: int, stage_output: torch.Tensor) -> torch.Tensor:
+        """Stage output `[frames, h, w, C]` -> its normalised map `[frames, C, h, w]`."""
+        return getattr(self, f"norm{stage}")(stage_output).permute(0, 3, 1, 2).contiguous()
 
 
 class VideoSwinPatchEmbed(nn.Module):
