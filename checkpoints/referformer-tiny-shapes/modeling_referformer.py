@@ -228,14 +228,14 @@ def autocast_disabled(tensor: torch.Tensor):
     return torch.autocast(tensor.device.type, enabled=False)
 
 
-def frame_range(features: torch.Tensor, batch_size: int, start: int, stop: int) -> torch.Tensor:
-    """Frames `start:stop` of every clip of per-frame values `[B*T, ...]` -> `[B*(stop-start), ...]`."""
-    return features.view(batch_size, -1, *features.shape[1:])[:, start:stop].flatten(0, 1)
-
-
 def per_clip(values: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Per-frame values `[B*t, ...]` -> `[B, t, ...]`."""
     return values.view(batch_size, -1, *values.shape[1:])
+
+
+def frame_range(features: torch.Tensor, batch_size: int, start: int, stop: int) -> torch.Tensor:
+    """Frames `start:stop` of every clip of per-frame values `[B*T, ...]` -> `[B*(stop-start), ...]`."""
+    return per_clip(features, batch_size)[:, start:stop].flatten(0, 1)
 
 
 # The fields of the encoder's, decoder's and backbone's recorded outputs that `ReferFormerModelOutput` returns.
