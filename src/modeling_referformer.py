@@ -250,7 +250,7 @@ class ClipBuffers:
         self.num_frames = num_frames
         self.tensors = {}
 
-    def write(self, name, start: int, values: torch.Tensor, frame_dim: int = 1) -> None:
+    def write(self, name: str, start: int, values: torch.Tensor, frame_dim: int = 1) -> None:
         if values.shape[frame_dim] == self.num_frames:
             self.tensors[name] = values
             return
@@ -260,13 +260,8 @@ class ClipBuffers:
             self.tensors[name] = values.new_empty(shape)
         self.tensors[name].narrow(frame_dim, start, values.shape[frame_dim]).copy_(values)
 
-    def pop(self, name) -> torch.Tensor:
+    def pop(self, name: str) -> torch.Tensor:
         return self.tensors.pop(name)
-
-    def pop_layers(self, name: str) -> tuple[torch.Tensor, ...]:
-        """The tensors written as `(name, 0)`, `(name, 1)`, ... in layer order."""
-        keys = sorted(key for key in self.tensors if isinstance(key, tuple) and key[0] == name)
-        return tuple(self.tensors.pop(key) for key in keys)
 
 
 @dataclass
