@@ -556,6 +556,33 @@ class ReferFormerMultiscaleDeformableAttention(nn.Module):
         return self.output_proj(output), attention_weights
 
 
+# Rows per block of the feed-forward layers at inference: a block's wide hidden layer (rows x ffn_dim) stays in cache.
+FEED_FORWARD_BLOCK_ROWS = 1024
+
+
+def feed_forward(
+    hidden_states: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, activation, dropout: float, training: bool
+) -> torch.Tensor:
+    """The post-norm layers' feed-forward block `dropout(fc2(dropout(activation(fc1(x)))))` (without the residual).
+
+    Without autograd (inference), the tokens go through in blocks of `FEED_FORWARD_BLOCK_ROWS` rows, so that the wide
+    hidden layer never exists for all tokens at once (the FPN's stride-4 stage has 14,400 tokens per frame): faster on
+    CPU and much smaller, with every row computed by the same two products.
+    """
+    rows = hidden_states.reshape(-1, hidden_states.shape[-1])
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or rows.shape[0] <= FEED_FORWARD_BLOCK_ROWS:
+        hidden = F.dropout(activation(fc1(hidden_states)), p=dropout, training=training)
+        return F.dropout(fc2(hidden), p=dropout, training=training)
+    output = None
+    for start in range(0, rows.shape[0], FEED_FORWARD_BLOCK_ROWS):
+        block = F.dropout(activation(fc1(rows[start : start + FEED_FORWARD_BLOCK_ROWS])), p=dropout, training=training)
+        block = F.dropout(fc2(block), p=dropout, training=training)
+        if output is None:  # the dtype of the products (bf16 under autocast)
+            output = block.new_empty(rows.shape[0], block.shape[-1])
+        output[start : start + FEED_FORWARD_BLOCK_ROWS] = block
+    return output.view(*hidden_states.shape[:-1], -1)
+
+
 class ReferFormerEncoderLayer(GradientCheckpointingLayer):
     """Deformable self-attention over all levels of one frame, then a feed-forward block (post-norm)."""
 
@@ -593,8 +620,7 @@ class ReferFormerEncoderLayer(GradientCheckpointingLayer):
         hidden_states = self.self_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        ffn_output = F.dropout(self.activation_fn(self.fc1(hidden_states)), p=self.dropout, training=self.training)
-        ffn_output = F.dropout(self.fc2(ffn_output), p=self.dropout, training=self.training)
+        ffn_output = feed_forward(hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training)
         return self.final_layer_norm(hidden_states + ffn_output)
 
 
@@ -643,8 +669,7 @@ class ReferFormerDecoderLayer(GradientCheckpointingLayer):
         hidden_states = self.encoder_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        ffn_output = F.dropout(self.activation_fn(self.fc1(hidden_states)), p=self.dropout, training=self.training)
-        ffn_output = F.dropout(self.fc2(ffn_output), p=self.dropout, training=self.training)
+        ffn_output = feed_forward(hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training)
         return self.final_layer_norm(hidden_states + ffn_output)
 
 
@@ -940,6 +965,8 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         self.fc1 = nn.Linear(hidden_size, config.pixel_decoder_ffn_dim)
         self.fc2 = nn.Linear(config.pixel_decoder_ffn_dim, hidden_size)
         self.final_layer_norm = nn.LayerNorm(hidden_size)
+        # In place: during training the stride-4 stage's hidden activations are the largest tensor of the FPN.
+        self.activation_fn = nn.ReLU(inplace=True)
 
     def _reduce(self, maps: torch.Tensor) -> torch.Tensor:
         """Nearest down-sampling of `[N, C, h, w]` maps by `sr_ratio` (sizes rounded down, as the original)."""
@@ -996,12 +1023,8 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         hidden_states = self.cross_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        # In place: the stride-4 stage's hidden activations are the largest tensor of the FPN pass.
-        ffn_hidden = F.relu(self.fc1(hidden_states), inplace=True)
-        ffn_output = self.fc2(F.dropout(ffn_hidden, p=self.dropout, training=self.training))
-        hidden_states = self.final_layer_norm(
-            hidden_states + F.dropout(ffn_output, p=self.dropout, training=self.training)
-        )
+        ffn_output = feed_forward(hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training)
+        hidden_states = self.final_layer_norm(hidden_states + ffn_output)
         return clip_tokens_to_frames(hidden_states, num_frames, height, width)
 
 

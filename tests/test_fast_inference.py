@@ -164,3 +164,36 @@ def test_selected_query_only_is_refused_for_training():
     model = build_model().train()
     with pytest.raises(ValueError, match="output_all_queries=False is for inference"):
         model(**random_inputs(model.config), output_all_queries=False)
+
+
+def test_feed_forward_in_row_blocks_equals_one_product():
+    from torch import nn
+
+    from referformer.modeling_referformer import FEED_FORWARD_BLOCK_ROWS, feed_forward
+
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(16, 64), nn.Linear(64, 16)
+    tokens = torch.randn(2, FEED_FORWARD_BLOCK_ROWS + 300, 16)  # three blocks, the last one partial
+    expected = fc2(torch.relu(fc1(tokens))).detach()
+    with torch.no_grad():
+        blocked = feed_forward(tokens, fc1, fc2, nn.ReLU(inplace=True), dropout=0.1, training=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            blocked_bf16 = feed_forward(tokens, fc1, fc2, nn.ReLU(), dropout=0.1, training=False)
+    torch.testing.assert_close(blocked, expected, **FP32_ROUNDING)
+    assert blocked.shape == tokens.shape
+    assert blocked_bf16.dtype == torch.bfloat16  # the products' dtype, as without blocks
+    torch.testing.assert_close(blocked_bf16.float(), expected, atol=0.1, rtol=0.05)
+
+
+def test_model_with_feed_forward_row_blocks_equals_one_product(monkeypatch):
+    from referformer import modeling_referformer
+
+    model = build_model()
+    inputs = random_inputs(model.config, num_frames=3)
+    with torch.no_grad():
+        monkeypatch.setattr(modeling_referformer, "FEED_FORWARD_BLOCK_ROWS", 10**9)
+        expected = model(**inputs)
+        monkeypatch.setattr(modeling_referformer, "FEED_FORWARD_BLOCK_ROWS", 7)  # every layer's tokens in blocks
+        blocked = model(**inputs)
+    for name in ("logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(getattr(blocked, name), getattr(expected, name), **FP32_ROUNDING)
