@@ -242,6 +242,11 @@ def frame_range(features: torch.Tensor, batch_size: int, start: int, stop: int) 
 RECORDED_FIELDS = ("hidden_states", "attentions", "cross_attentions")
 
 
+# The largest stride-4 backbone maps of a clip that `ReferFormerModel.encode` holds for the FPN pass; beyond it (long
+# clips: 14.7 MB per 360x640 ResNet frame), the FPN pass recomputes them chunk by chunk.
+FINEST_FEATURES_HELD_BYTES = 2**30
+
+
 class ClipBuffers:
     """Whole-clip tensors of `num_frames` frames, written frame chunk by frame chunk into buffers allocated at the
     first chunk (frames along dimension `frame_dim`); a chunk that spans the whole clip is kept as it is."""
@@ -941,7 +946,7 @@ class ReferFormerConvNorm(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = self.norm(self.conv(features))
-        return F.relu(features) if self.activation else features
+        return F.relu(features, inplace=True) if self.activation else features
 
 
 class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
@@ -1082,9 +1087,11 @@ class ReferFormerPixelDecoder(nn.Module):
         text_features: torch.Tensor,
         text_position_embeddings: torch.Tensor,
         text_padding_mask: torch.Tensor,
+        project: bool = True,
     ) -> torch.Tensor:
         """Inputs per stage (strides 4, 8, 16, 32): features `[B*t, C_i, h, w]` of `num_frames` frames per clip and
-        their positions; `clip_key_values` per stage from `clip_key_values`. Returns the mask features of the frames."""
+        their positions; `clip_key_values` per stage from `clip_key_values`. Returns the mask features of the frames,
+        or with `project=False` the stride-4 maps before their final convolution `mask_features`."""
         output = None
         for stage in reversed(range(len(self.adapters))):
             fused = self.blocks[stage](
@@ -1099,7 +1106,7 @@ class ReferFormerPixelDecoder(nn.Module):
             if output is not None:
                 fused = fused + F.interpolate(output, size=fused.shape[-2:], mode="nearest")
             output = self.layers[stage](fused)
-        return self.mask_features(output)
+        return self.mask_features(output) if project else output
 
 
 class ReferFormerModel(ReferFormerPreTrainedModel):
@@ -1295,8 +1302,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         # Every chunk's results go straight into whole-clip buffers, so that no chunk outlives its own step and no
         # whole-clip value exists twice (a concatenation would hold the chunks and their copy together).
         clip = ClipBuffers(num_frames)
-        # With several chunks, the FPN pass recomputes each chunk's stride-4 maps instead of holding the whole clip's.
-        recompute_finest_features = clip_features is None and len(self._frame_chunks(num_frames)) > 1
+        # With several chunks of a long clip, the FPN pass recomputes each chunk's stride-4 maps (decided at the first
+        # chunk, from their size) instead of holding the whole clip's.
+        recompute_finest_features = None
         recorded_chunks = []
         for start, stop in self._frame_chunks(num_frames):
             if clip_features is None:
@@ -1307,6 +1315,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             chunk = self._encode_frames(stage_features, chunk_mask, stop - start, text, **recorded)
             del stage_features
             finest_features = chunk.pop("finest_features")
+            if recompute_finest_features is None:
+                clip_bytes = finest_features.nbytes * num_frames // (stop - start)
+                recompute_finest_features = clip_features is None and clip_bytes > FINEST_FEATURES_HELD_BYTES
             if not recompute_finest_features:
                 clip.write("finest_features", start, per_clip(finest_features, video_batch_size))
             del finest_features
@@ -1380,9 +1391,10 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             return [(0, num_frames)]
         return [(start, min(start + chunk_size, num_frames)) for start in range(0, num_frames, chunk_size)]
 
-    def iter_mask_features(self, inputs: ReferFormerPixelDecoderInputs):
+    def iter_mask_features(self, inputs: ReferFormerPixelDecoderInputs, project: bool = True):
         """Runs the cross-modal FPN over chunks of `config.frame_chunk_size` frames; yields `(frames, mask features)`
-        with `frames` a `slice` of the clip's frames and the features `[B, t, mask_dim, h/4, w/4]`."""
+        with `frames` a `slice` of the clip's frames and the features `[B, t, mask_dim, h/4, w/4]` (with
+        `project=False`, the maps `[B, t, d_model, h/4, w/4]` before the FPN's final convolution)."""
         hidden_size = self.config.d_model
         batch_size = inputs.memory.shape[0]
         num_frames = inputs.memory.shape[1]
@@ -1409,6 +1421,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
                 word_features,
                 text_positions,
                 text_padding_mask,
+                project=project,
             )
             yield slice(start, stop), mask_features.view(batch_size, stop - start, *mask_features.shape[1:])
 
@@ -1625,9 +1638,11 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         else:
             selected_query_indices = select_referred_query(logits[-1])
             mask_heads = [self._mask_head_inputs(outputs, layers[-1], selected_query_indices)]
-        # The FPN and the dynamic mask head run frame chunk by frame chunk.
+        # The FPN and the dynamic mask head run frame chunk by frame chunk. For the selected query alone, the FPN's
+        # final convolution is folded into the query's first dynamic layer.
+        mask_projection = None if output_all_queries else self.model.pixel_decoder.mask_features
         mask_chunks = [[] for _ in mask_heads]
-        for frames, mask_features in self.model.iter_mask_features(pixel_decoder_inputs):
+        for frames, mask_features in self.model.iter_mask_features(pixel_decoder_inputs, project=output_all_queries):
             for chunks, (dynamic_params, mask_reference) in zip(mask_chunks, mask_heads):
                 with autocast_disabled(mask_features):  # mask logits in float32 under autocast
                     chunks.append(
@@ -1637,6 +1652,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
                             mask_reference[:, frames].to(dynamic_params.dtype),
                             outputs.frame_sizes,
                             self.config,
+                            mask_projection=mask_projection,
                         )
                     )
         masks = [torch.cat(chunks, 1) for chunks in mask_chunks]
@@ -1698,21 +1714,27 @@ def dynamic_mask_logits(
     reference_points: torch.Tensor,
     frame_sizes: torch.Tensor,
     config: ReferFormerConfig,
+    mask_projection: nn.Conv2d | None = None,
 ) -> torch.Tensor:
     """Runs the per-query dynamic 1x1 convolutions on the mask features of the query's frame.
 
     Args:
-        mask_features: `[B, T, mask_dim, h, w]` stride-4 features.
+        mask_features: `[B, T, mask_dim, h, w]` stride-4 features, or with `mask_projection` the maps
+            `[B, T, C, h, w]` that this convolution turns into the mask features.
         dynamic_params: `[B, T, Q, P]` generated parameters: all weights (layer by layer, out x in row-major), then
             all biases.
         reference_points: `[B, T, Q, 2]` normalized (x, y) of each query, scaled by the unpadded frame size to give
             relative coordinates in input pixels (reference minus pixel location `4 * index + 2`, not normalized).
         frame_sizes: `[B, 2]` unpadded (height, width) of each clip.
+        mask_projection: the FPN's final convolution, folded into each query's first dynamic layer (both are linear,
+            so this is exact up to float rounding): `Q * dynamic_mask_channels` output maps instead of `mask_dim`,
+            fewer operations when there are few queries.
 
     Returns:
         Mask logits `[B, T, Q, h, w]`.
     """
-    batch_size, num_frames, mask_dim, height, width = mask_features.shape
+    batch_size, num_frames, _, height, width = mask_features.shape
+    mask_dim = config.mask_dim
     num_queries = dynamic_params.shape[2]
     weight_sizes, bias_sizes = config.dynamic_weight_sizes, config.dynamic_bias_sizes
     splits = dynamic_params.split(weight_sizes + bias_sizes, dim=-1)
@@ -1723,8 +1745,11 @@ def dynamic_mask_logits(
     # instead of materializing [B, T, Q, mask_dim + 2, h, w] as a grouped convolution would.
     first_out = bias_sizes[0]
     first_weight = weights[0].view(batch_size, num_frames, num_queries, first_out, -1)
-    features = mask_features.flatten(3)[:, :, None]  # [B, T, 1, mask_dim, h*w]
-    hidden = torch.matmul(first_weight[..., :mask_dim], features)
+    if mask_projection is None:
+        features = mask_features.flatten(3)[:, :, None]  # [B, T, 1, mask_dim, h*w]
+        hidden = torch.matmul(first_weight[..., :mask_dim], features)
+    else:
+        hidden = _projected_feature_term(mask_features, first_weight[..., :mask_dim], mask_projection)
     if config.rel_coord:
         locations = _mask_locations(height, width, mask_features.device, mask_features.dtype)  # [2, h*w]
         scale = frame_sizes.flip(-1).to(reference_points.dtype)[:, None, None, :]  # (w, h)
@@ -1738,6 +1763,27 @@ def dynamic_mask_logits(
         if layer < len(weight_sizes) - 1:
             hidden = F.relu(hidden)
     return hidden.view(batch_size, num_frames, num_queries, height, width)
+
+
+def _projected_feature_term(
+    maps: torch.Tensor, feature_weight: torch.Tensor, projection: nn.Conv2d
+) -> torch.Tensor:
+    """`feature_weight @ projection(maps)` per query, `[B, T, Q, out, h*w]`, as one grouped convolution of each
+    frame's maps `[B, T, C, h, w]` with the kernels `feature_weight` `[B, T, Q, out, mask_dim]` makes of the
+    projection's."""
+    batch_size, num_frames, channels, height, width = maps.shape
+    kernel = torch.einsum("btqom,mckl->btqockl", feature_weight, projection.weight.to(feature_weight.dtype))
+    bias = torch.matmul(feature_weight, projection.bias.to(feature_weight.dtype))
+    hidden = F.conv2d(
+        maps.reshape(1, batch_size * num_frames * channels, height, width),
+        kernel.flatten(0, 3),
+        bias.flatten(),
+        projection.stride,
+        projection.padding,
+        projection.dilation,
+        groups=batch_size * num_frames,
+    )
+    return hidden.view(*feature_weight.shape[:4], height * width)
 
 
 def _mask_locations(height: int, width: int, device, dtype) -> torch.Tensor:

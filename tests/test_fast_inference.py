@@ -59,7 +59,12 @@ def test_several_sentences_share_one_visual_pass_and_equal_separate_calls():
     assert not torch.allclose(shared.logits[0], shared.logits[1], **FP32_ROUNDING)
 
 
-def test_chunked_frames_equal_one_pass_at_64_frames():
+@pytest.mark.parametrize("stride4_maps", ["held", "recomputed"])
+def test_chunked_frames_equal_one_pass_at_64_frames(stride4_maps, monkeypatch):
+    from referformer import modeling_referformer
+
+    if stride4_maps == "recomputed":  # as for long clips
+        monkeypatch.setattr(modeling_referformer, "FINEST_FEATURES_HELD_BYTES", 0)
     model = build_model()
     inputs = random_inputs(model.config, num_frames=64)
     with torch.no_grad():
@@ -93,13 +98,19 @@ def test_chunked_shared_video_equals_one_pass():
         torch.testing.assert_close(chunked[name], whole[name], **FP32_ROUNDING)
 
 
-def test_chunked_fpn_pass_recomputes_the_stride4_maps_instead_of_holding_them():
+def test_chunked_fpn_pass_recomputes_the_stride4_maps_of_long_clips_instead_of_holding_them(monkeypatch):
+    from referformer import modeling_referformer
+
     model = build_model()
     inputs = random_inputs(model.config, num_frames=5)
     with torch.no_grad():
         _, whole = model.model.encode(inputs["pixel_values"], inputs["input_ids"])
         assert whole.finest_features.shape[:2] == (1, 5)  # one chunk: the encoder pass's maps are kept
         model.config.frame_chunk_size = 2
+        _, held = model.model.encode(inputs["pixel_values"], inputs["input_ids"])
+        torch.testing.assert_close(held.finest_features, whole.finest_features, **FP32_ROUNDING)  # under the budget
+        clip_bytes = whole.finest_features.nbytes
+        monkeypatch.setattr(modeling_referformer, "FINEST_FEATURES_HELD_BYTES", clip_bytes - 1)
         _, chunked = model.model.encode(inputs["pixel_values"], inputs["input_ids"])
         assert chunked.finest_features is None
         torch.testing.assert_close(chunked.memory, whole.memory, **FP32_ROUNDING)
