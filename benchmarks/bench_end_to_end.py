@@ -191,7 +191,7 @@ if __name__ == "__main__":
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Intra-op threads (default: all cores).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--chunk", type=int, default=8, help="Frame chunk size of the fast path.")
+    parser.add_argument("--chunk", type=int, default=2, help="Frame chunk size of the fast path.")
     parser.add_argument(
         "--reference_max_frames", type=int, default=36, help="Longest clip the reference path runs on (memory, time)."
     )

@@ -58,7 +58,10 @@ __all__ = [
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PREPROCESS_CHUNK = 16  # frames decoded and preprocessed together; also frames per step of `iter_masks`
-FRAME_CHUNK_SIZE = 8  # frames per chunk of the model's per-frame stages (`ReferFormerConfig.frame_chunk_size`)
+# Frames per chunk of the model's per-frame stages (`ReferFormerConfig.frame_chunk_size`). Small chunks are faster on
+# CPU, not only smaller: at 360x640 the stride-4 tensors of 2 frames (under 32 MB) reuse freed memory, while those of
+# 8 frames get fresh pages from the system at every step (1.25 against 1.76 s per frame for 36 frames, 2 threads).
+FRAME_CHUNK_SIZE = 2
 
 
 def resolve_device(device) -> torch.device:

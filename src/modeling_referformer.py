@@ -1315,9 +1315,12 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             chunk = self._encode_frames(stage_features, chunk_mask, stop - start, text, **recorded)
             del stage_features
             finest_features = chunk.pop("finest_features")
-            if recompute_finest_features is None:
-                clip_bytes = finest_features.nbytes * num_frames // (stop - start)
-                recompute_finest_features = clip_features is None and clip_bytes > FINEST_FEATURES_HELD_BYTES
+            if recompute_finest_features is None:  # (a single chunk, as with a symbolic frame count, holds them)
+                recompute_finest_features = (
+                    clip_features is None
+                    and stop - start < num_frames
+                    and finest_features.nbytes * num_frames // (stop - start) > FINEST_FEATURES_HELD_BYTES
+                )
             if not recompute_finest_features:
                 clip.write("finest_features", start, per_clip(finest_features, video_batch_size))
             del finest_features
