@@ -6,6 +6,8 @@ The model is the released ReferFormer (ResNet-50 + RoBERTa-base structure, `Refe
 
 * fast: compiled deformable-attention operator, `scaled_dot_product_attention`, one visual pass shared by the
   sentences, frame chunks of `--chunk` frames, the mask head for the selected query only;
+* compiled (`--compile`): the fast path under `torch.compile(model)` (inductor); its warm-up compiles it on the timed
+  clip's shapes, which takes minutes (the compile time is printed after the table);
 * reference: everything as the original computes it: PyTorch deformable attention (`grid_sample`), eager attention,
   no chunking, all queries' masks for every decoder layer, and one forward pass per sentence.
 
@@ -39,7 +41,7 @@ def build_model(path: str, chunk: int):
     from referformer import ReferFormerConfig, ReferFormerForReferringVideoObjectSegmentation
 
     torch.manual_seed(0)
-    if path == "fast":
+    if path in ("fast", "compiled"):
         config = ReferFormerConfig(frame_chunk_size=chunk)
     else:
         config = ReferFormerConfig(disable_custom_kernels=True, attn_implementation="eager")
@@ -59,10 +61,12 @@ def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, 
     from referformer.modeling_referformer import select_referred_query
 
     model = build_model(path, chunk).to(device)
+    if path == "compiled":
+        model = torch.compile(model)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
     def forward(pixel_values, input_ids):
-        if path == "fast":
+        if path != "reference":
             outputs = model(pixel_values=pixel_values, input_ids=input_ids, output_all_queries=False)
             selected = outputs.selected_query_indices
             return outputs.logits, selected, outputs.pred_masks[:, :, 0]
@@ -73,8 +77,12 @@ def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, 
         return logits, selected, masks[torch.arange(len(masks)), :, selected]
 
     with torch.no_grad(), autocast:
-        # Warm-up on up to WARM_UP_FRAMES frames: kernel loading, allocator, oneDNN primitives of the chunk shapes.
-        forward(*make_inputs(min(num_frames, WARM_UP_FRAMES), num_sentences, device))
+        # Warm-up on up to WARM_UP_FRAMES frames (kernel loading, allocator, oneDNN primitives of the chunk shapes), on
+        # the whole clip when compiling (the compiled graph depends on the number of frames).
+        warm_up_frames = num_frames if path == "compiled" else min(num_frames, WARM_UP_FRAMES)
+        start = time.perf_counter()
+        forward(*make_inputs(warm_up_frames, num_sentences, device))
+        warm_up_seconds = time.perf_counter() - start
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -90,7 +98,8 @@ def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, 
         peak_gib = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"seconds": seconds, "seconds_per_frame": seconds / num_frames, "peak_gib": peak_gib}
+    return {"seconds": seconds, "seconds_per_frame": seconds / num_frames, "peak_gib": peak_gib,
+            "warm_up_seconds": warm_up_seconds}
 
 
 def count_gflop(num_frames: int, chunk: int, device: str) -> float:
@@ -160,11 +169,13 @@ def main(args) -> None:
           flush=True)
     header = ("path", "dtype", "T", "sentences", "s/frame", "peak GiB", "x ref fp32", "IoU vs ref fp32", "max |score diff|")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+    paths = ("reference", "fast", "compiled") if args.compile else ("reference", "fast")
+    compile_times = []
     with tempfile.TemporaryDirectory() as folder:
         for num_frames in args.frames:
             for num_sentences in args.sentences:
                 results = {}
-                for path in ("reference", "fast"):
+                for path in paths:
                     if path == "reference" and num_frames > args.reference_max_frames:
                         reason = f"not run: T > --reference_max_frames {args.reference_max_frames}"
                         print(f"| reference | - | {num_frames} | {num_sentences} | {reason} |||||", flush=True)
@@ -180,6 +191,11 @@ def main(args) -> None:
                         row = (path, dtype, num_frames, num_sentences, f"{result['seconds_per_frame']:.2f}",
                                f"{result['peak_gib']:.2f}", *agreement(result, results.get(("reference", "fp32"))))
                         print("| " + " | ".join(str(value) for value in row) + " |", flush=True)
+                        if path == "compiled":
+                            compile_times.append(f"{dtype} T={num_frames} sentences={num_sentences}: "
+                                                 f"{result['warm_up_seconds']:.0f} s")
+    if compile_times:
+        print("compile + first forward of the compiled rows: " + ", ".join(compile_times), flush=True)
     if args.count_flops:
         for num_frames in args.frames:
             gflop = in_subprocess(args, "--task", "flops", "--num_frames", str(num_frames))["gflop"]
@@ -197,9 +213,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--reference_max_frames", type=int, default=36, help="Longest clip the reference path runs on (memory, time)."
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="Also run the fast path under torch.compile (inductor; minutes to compile)."
+    )
     parser.add_argument("--count_flops", action="store_true", help="Also count the fast path's fp32 GFLOP per T.")
     parser.add_argument("--task", choices=["run", "flops", "peak"], help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=["fast", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=["fast", "compiled", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--num_frames", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--num_sentences", type=int, help=argparse.SUPPRESS)
