@@ -82,10 +82,10 @@ def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, 
         warm_up_frames = num_frames if path == "compiled" else min(num_frames, WARM_UP_FRAMES)
         start = time.perf_counter()
         forward(*make_inputs(warm_up_frames, num_sentences, device))
-        warm_up_seconds = time.perf_counter() - start
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        warm_up_seconds = time.perf_counter() - start
         pixel_values, input_ids = make_inputs(num_frames, num_sentences, device)
         start = time.perf_counter()
         logits, selected, masks = forward(pixel_values, input_ids)
