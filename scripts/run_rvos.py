@@ -35,18 +35,13 @@ from referformer import (
 )
 from referformer.cli_presets import CONFIG_PRESETS
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
-from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark
-from referformer.inference import (
-    ReferringVideoSegmenter,
-    iter_frames,
-    process_state,
-    run_sharded,
-    write_predictions,
-)
+from referformer.data_transforms import collate_clips
+from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark, process_state, run_sharded
+from referformer.inference import ReferringVideoSegmenter, write_predictions
 from referformer.model_cards import trained_model_card
 from referformer.output_folders import ALL_ENTRIES, check_output_target, push_folder_to_hub, staged_output
-from referformer.processing_referformer import list_frame_files, natural_sort_key, video_frame_names
-from referformer.training import AccelerateTrainingArguments, check_training_checkpoint, collate_clips, train_with_accelerate
+from referformer.video_io import iter_video_frames, list_frame_files, natural_sort_key, video_frame_names
+from referformer.training import AccelerateTrainingArguments, check_training_checkpoint, train_with_accelerate
 from referformer.training_recipe import (
     REFCOCO_DATASETS,
     SCHEDULES,
@@ -472,7 +467,7 @@ def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path
         with staged_output(video_dir, args.overwrite, inputs=(video, model_args.model)) as staging:
             results = segmenter(video, args.text, args.window, args.frame_stride, args.max_frames, args.threshold, progress=True)
             frame_names = video_frame_names(video, results[0].frame_indices)
-            frames = iter_frames(video, args.frame_stride, args.max_frames)
+            frames = iter_video_frames(video, args.frame_stride, args.max_frames)
             write_predictions(
                 staging, frames, results, frame_names, args.overlay_format, args.fps, video_name=video_dir.name
             )

@@ -57,7 +57,7 @@ from .data_transforms import (
     sample_train_frame_indices,
     swap_left_right,
 )
-from .processing_referformer import list_frame_files
+from .video_io import list_frame_files
 
 
 __all__ = [

@@ -37,18 +37,12 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
-from .processing_referformer import (
-    ReferFormerVideoProcessor,
-    count_video_file_frames,
-    decode_video_file,
-    get_resize_output_size,
-    iter_video_frames,
-    normalize_frames,
-    read_frame_image,
-)
+from .processing_referformer import ReferFormerVideoProcessor, get_resize_output_size, normalize_frames
+from .video_io import count_video_file_frames, decode_video_file, iter_video_frames, read_frame_image
 
 
 __all__ = [
@@ -58,6 +52,7 @@ __all__ = [
     "ReferringVideoTrainTransform",
     "centered_window_indices",
     "clean_expression",
+    "collate_clips",
     "count_video_frames",
     "load_object_masks",
     "load_video_frames",
@@ -730,3 +725,106 @@ class ReferringVideoEvalTransform(_ReferringTransform):
         clip = _resize(clip, self.size, self.max_size)
         expression = clean_expression(example["expression"])
         return self._format(example, clip, expression, frame_indices, valid, valid_frame_index, original_size)
+
+
+def collate_clips(
+    samples: list[dict],
+    pad_to_multiple_of: int | None = 32,
+    pad_token_id: int = 1,
+) -> dict:
+    """Batches clip-level samples for [`ReferFormerForReferringVideoObjectSegmentation`] and [`ReferFormerTrainer`].
+
+    Each sample is a dict with:
+
+    - `pixel_values` (`torch.FloatTensor` of shape `(T, 3, h, w)`): the normalized frames of one clip at its own
+      (unpadded) size;
+    - `input_ids` (`torch.LongTensor` of shape `(L,)`): the tokenized referring expression;
+    - `attention_mask` (`torch.LongTensor` of shape `(L,)`, *optional*): defaults to all ones;
+    - `labels` (`dict`, *optional*): `masks` `(T, h, w)` bool at the clip's unpadded size, `boxes` `(T, 4)`
+      normalized by the unpadded size, `valid` `(T,)` and `class_labels` `(T,)`; other keys are kept as they are;
+    - `valid_frame_index` (`int`, *optional*): A2D/JHMDB clips whose labels describe only this annotated frame (the
+      labels then have one frame); collated into the model's `valid_frame_indices`.
+
+    Other sample keys are ignored. All clips must have the same number of frames T.
+
+    Returns a dict with `pixel_values` `(B, T, 3, H, W)` zero-padded at the bottom/right to the largest clip, rounded
+    up to `pad_to_multiple_of` (the original pads to 32 for training; `None` disables rounding), `pixel_mask`
+    `(B, T, H, W)` long (1 on real pixels), `input_ids` and `attention_mask` `(B, L_max)` right-padded with
+    `pad_token_id` and 0, and, when the samples have labels, `labels`: a list of dicts whose masks are zero-padded
+    to `(H, W)`, the format of [`~referformer.loss_referformer.ReferFormerLoss`].
+    """
+    if len(samples) == 0:
+        raise ValueError("Cannot collate an empty list of samples.")
+    num_frames = None
+    for index, sample in enumerate(samples):
+        pixel_values = sample["pixel_values"]
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"Sample {index}: pixel_values must be (frames, 3, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if num_frames is None:
+            num_frames = pixel_values.shape[0]
+        elif pixel_values.shape[0] != num_frames:
+            raise ValueError(
+                f"All clips of a batch must have the same number of frames: sample 0 has {num_frames}, sample "
+                f"{index} has {pixel_values.shape[0]}."
+            )
+        if sample["input_ids"].dim() != 1:
+            raise ValueError(f"Sample {index}: input_ids must be 1-D, got shape {tuple(sample['input_ids'].shape)}.")
+        if "attention_mask" in sample and sample["attention_mask"].shape != sample["input_ids"].shape:
+            raise ValueError(f"Sample {index}: attention_mask and input_ids have different shapes.")
+        if "labels" in sample:
+            label_frames = 1 if sample.get("valid_frame_index") is not None else num_frames
+            _check_clip_labels(sample["labels"], tuple(pixel_values.shape[-2:]), label_frames, index)
+    with_labels = ["labels" in sample for sample in samples]
+    if any(with_labels) and not all(with_labels):
+        raise ValueError("Either every sample or none must have `labels`.")
+    annotated_frames = [sample.get("valid_frame_index") for sample in samples]
+    if any(frame is not None for frame in annotated_frames) and any(frame is None for frame in annotated_frames):
+        raise ValueError("Either every sample or none must have a `valid_frame_index`.")
+
+    clips = [sample["pixel_values"] for sample in samples]
+    pixel_values, pixel_mask = ReferFormerVideoProcessor.pad(clips, pad_to_multiple_of)
+    height, width = pixel_values.shape[-2:]
+    text_length = max(sample["input_ids"].shape[0] for sample in samples)
+
+    def pad_frames(frames: torch.Tensor) -> torch.Tensor:
+        return F.pad(frames, (0, width - frames.shape[-1], 0, height - frames.shape[-2]))
+
+    def pad_text(tokens: torch.Tensor, value: int) -> torch.Tensor:
+        return F.pad(tokens, (0, text_length - tokens.shape[0]), value=value)
+
+    batch = {
+        "pixel_values": pixel_values,
+        "pixel_mask": pixel_mask,
+        "input_ids": torch.stack([pad_text(sample["input_ids"].long(), pad_token_id) for sample in samples]),
+        "attention_mask": torch.stack(
+            [
+                pad_text(sample.get("attention_mask", torch.ones_like(sample["input_ids"])).long(), 0)
+                for sample in samples
+            ]
+        ),
+    }
+    if all(with_labels):
+        batch["labels"] = [
+            {**sample["labels"], "masks": pad_frames(sample["labels"]["masks"].bool())} for sample in samples
+        ]
+    if annotated_frames[0] is not None:
+        batch["valid_frame_indices"] = torch.tensor(annotated_frames, dtype=torch.long)
+    return batch
+
+
+def _check_clip_labels(labels: dict, frame_size: tuple[int, int], num_frames: int, index: int):
+    for key in ("masks", "boxes", "valid", "class_labels"):
+        if key in labels and (labels[key].dim() == 0 or labels[key].shape[0] != num_frames):
+            raise ValueError(
+                f"Sample {index}: labels[{key!r}] has shape {tuple(labels[key].shape)} but the clip has {num_frames} "
+                "frames."
+            )
+    if "masks" not in labels:
+        raise ValueError(f"Sample {index}: labels must contain `masks`.")
+    if tuple(labels["masks"].shape[-2:]) != frame_size or labels["masks"].dim() != 3:
+        raise ValueError(
+            f"Sample {index}: label masks {tuple(labels['masks'].shape)} must be (frames, height, width) at the "
+            f"clip's unpadded frame size {frame_size}."
+        )

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -38,6 +39,7 @@ from .data import (
     load_ref_davis17,
     load_ref_youtube_vos,
 )
+from .data_transforms import collate_clips
 from .evaluation import (
     A2DEvaluator,
     RefDavisEvaluator,
@@ -46,12 +48,11 @@ from .evaluation import (
     ref_davis_label_maps,
     region_similarity,
 )
-from .inference import CompressedArray, process_state, run_sharded
-from .training import collate_clips
 
 
 __all__ = [
     "A2D_GROUND_TRUTH",
+    "CompressedArray",
     "BENCHMARKS",
     "REF_DAVIS_WINDOW",
     "davis_sequence_names",
@@ -66,7 +67,9 @@ __all__ = [
     "evaluate_ref_davis",
     "evaluate_ytvos_folder",
     "predict_a2d",
+    "process_state",
     "read_davis_annotations",
+    "run_sharded",
     "write_ytvos_submission",
 ]
 
@@ -374,6 +377,47 @@ def post_process_a2d_masks(video_processor, mask_logits, resized_size, original_
 # ---------------------------------------------------------------------------------------------------
 # A model on a benchmark
 # ---------------------------------------------------------------------------------------------------
+
+# Splitting work across the processes of `accelerate launch` (evaluation and `run_rvos.py predict`).
+
+
+class CompressedArray:
+    """A numpy array held zlib-compressed (binary masks and label maps shrink by orders of magnitude), to send
+    results between processes."""
+
+    def __init__(self, array):
+        array = np.ascontiguousarray(array)
+        self.dtype, self.shape, self.data = array.dtype.str, array.shape, zlib.compress(array.tobytes(), 1)
+
+    def numpy(self) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(self.data), dtype=self.dtype).reshape(self.shape)
+
+
+def process_state():
+    """The Accelerate state of this process (`PartialState`): one of the processes of `accelerate launch`, on the CPU
+    when launched with `ACCELERATE_USE_CPU=1` (or `--cpu`), or the only process."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def run_sharded(function, items, description: str | None = None) -> list:
+    """`[function(item) for item in items]` with the items split across the processes of `accelerate launch` (item
+    `i` on process `i % num_processes`) and the results gathered, in item order, on every process. Without
+    `accelerate launch` this is one process doing everything. Results must be picklable (and small: see
+    `CompressedArray`)."""
+    from accelerate.utils import gather_object
+
+    state = process_state()
+    items = list(items)
+    mine = range(state.process_index, len(items), state.num_processes)
+    progress = tqdm(mine, desc=description, disable=description is None or not state.is_main_process)
+    results = [(index, function(items[index])) for index in progress]
+    if state.num_processes > 1:
+        results = sorted(gather_object(results), key=lambda pair: pair[0])
+    return [result for _, result in results]
+
 
 BENCHMARKS = ("synthetic", "ref-youtube-vos", "ref-davis17", "a2d-sentences", "jhmdb-sentences")
 A2D_GROUND_TRUTH = {

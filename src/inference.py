@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -33,25 +32,18 @@ from tqdm.auto import tqdm
 
 
 from .modeling_referformer import ReferFormerForReferringVideoObjectSegmentation
-from .processing_referformer import (
-    ReferFormerProcessor,
-    ReferFormerVideoProcessor,
-    iter_video_frames,
-)
+from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor
+from .video_io import iter_video_frames
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
 
 
 __all__ = [
-    "CompressedArray",
     "DTYPES",
     "ReferringVideoSegmenter",
     "VideoSegmentation",
-    "iter_frames",
     "prepare_inputs",
-    "process_state",
     "resolve_device",
     "resolve_dtype",
-    "run_sharded",
     "segmentation_from_output",
     "write_predictions",
 ]
@@ -82,10 +74,6 @@ def resolve_dtype(dtype) -> torch.dtype:
     if dtype not in DTYPES.values():
         raise ValueError(f"Unsupported dtype {dtype}; use torch.float32, torch.bfloat16 or torch.float16.")
     return dtype
-
-
-# The frame reader of `referformer.processing_referformer`, under the name inference code has always imported.
-iter_frames = iter_video_frames
 
 
 @dataclass
@@ -200,7 +188,7 @@ class ReferringVideoSegmenter:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
         results = [_Collected() for _ in sentences]
         original_size = None
-        windows = _windows(iter_frames(video, frame_stride, max_frames), window)
+        windows = _windows(iter_video_frames(video, frame_stride, max_frames), window)
         for window_frames in tqdm(windows, desc="windows", disable=not progress, leave=False):
             inputs, frame_indices = prepare_inputs(self.processor, window_frames, sentences)
             inputs = {key: value.to(self.device) for key, value in inputs.items()}
@@ -326,7 +314,7 @@ def write_predictions(
     sentence over the frame) and `predictions.json` (boxes, scores and selected queries; it names the video
     `video_name`, by default the folder's name).
 
-    `frames` yields `(index, RGB frame)` for the segmented frames again (e.g. a fresh `iter_frames`), so that masks
+    `frames` yields `(index, RGB frame)` for the segmented frames again (e.g. a fresh `iter_video_frames`), so that masks
     and overlays are written frame by frame and the video is never held in memory. Each mask folder and overlay
     appears complete or not at all.
     """
@@ -370,41 +358,3 @@ def write_predictions(
     predictions = {"video": video_name or video_dir.name, "frames": frame_names, "expressions": expressions}
     (video_dir / "predictions.json").write_text(json.dumps(predictions, indent=1), encoding="utf-8")
     return video_dir
-
-
-class CompressedArray:
-    """A numpy array held zlib-compressed (binary masks and label maps shrink by orders of magnitude), to send
-    results between processes."""
-
-    def __init__(self, array):
-        array = np.ascontiguousarray(array)
-        self.dtype, self.shape, self.data = array.dtype.str, array.shape, zlib.compress(array.tobytes(), 1)
-
-    def numpy(self) -> np.ndarray:
-        return np.frombuffer(zlib.decompress(self.data), dtype=self.dtype).reshape(self.shape)
-
-
-def process_state():
-    """The Accelerate state of this process (`PartialState`): one of the processes of `accelerate launch`, on the CPU
-    when launched with `ACCELERATE_USE_CPU=1` (or `--cpu`), or the only process."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def run_sharded(function, items, description: str | None = None) -> list:
-    """`[function(item) for item in items]` with the items split across the processes of `accelerate launch` (item
-    `i` on process `i % num_processes`) and the results gathered, in item order, on every process. Without
-    `accelerate launch` this is one process doing everything. Results must be picklable (and small: see
-    `CompressedArray`)."""
-    from accelerate.utils import gather_object
-
-    state = process_state()
-    items = list(items)
-    mine = range(state.process_index, len(items), state.num_processes)
-    progress = tqdm(mine, desc=description, disable=description is None or not state.is_main_process)
-    results = [(index, function(items[index])) for index in progress]
-    if state.num_processes > 1:
-        results = sorted(gather_object(results), key=lambda pair: pair[0])
-    return [result for _, result in results]

@@ -15,8 +15,10 @@ A folder written by the pipeline's `save_pretrained` carries this code, so that
 import torch
 from transformers import Pipeline
 
-from .inference import iter_frames, prepare_inputs, segmentation_from_output
+from .data_transforms import collate_clips
+from .inference import prepare_inputs, segmentation_from_output
 from .processing_referformer import _is_single_video
+from .video_io import iter_video_frames
 
 
 TASK = "referring-video-object-segmentation"
@@ -69,7 +71,7 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
         return super().__call__([{"video": videos, "text": sentence} for sentence in text], **kwargs)
 
     def preprocess(self, item, frame_stride=1, max_frames=None):
-        frames = iter_frames(item["video"], frame_stride, max_frames)
+        frames = iter_video_frames(item["video"], frame_stride, max_frames)
         inputs, frame_indices = prepare_inputs(self.processor, frames, [item["text"]])
         inputs["frame_indices"] = torch.tensor([frame_indices])
         # Under a non-tensor key, the pipeline's batching hands the items to `_forward` as a list, which batches them.
@@ -91,27 +93,29 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
         }
 
     def _collate(self, items: list[dict]) -> dict:
-        """One batch of videos with the same number of kept frames: frames zero-padded to the largest size (with
-        their pixel masks), sentences padded to the longest."""
+        """One batch of videos with the same number of kept frames, padded by [`collate_clips`] as the processor pads
+        a batch: frames zero-padded to the largest size (with their pixel masks), sentences to the longest."""
         num_frames = {item["pixel_values"].shape[1] for item in items}
         if len(num_frames) > 1:
             raise ValueError(
                 f"The videos of a batch must have the same number of kept frames, got {sorted(num_frames)}; use "
                 "batch_size=1 or max_frames."
             )
-        clips = [item["pixel_values"][0] for item in items]
-        pixel_values, pixel_mask = self.processor.video_processor.pad(clips)
-        for index, item in enumerate(items):  # keep each video's own padding (e.g. from size_divisor)
-            height, width = item["pixel_mask"].shape[-2:]
-            pixel_mask[index, :, :height, :width] = item["pixel_mask"][0]
-        length = max(item["input_ids"].shape[1] for item in items)
-        input_ids = torch.full((len(items), length), self.processor.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), length), dtype=torch.long)
-        for index, item in enumerate(items):
-            input_ids[index, : item["input_ids"].shape[1]] = item["input_ids"][0]
-            attention_mask[index, : item["attention_mask"].shape[1]] = item["attention_mask"][0]
-        batch = {"pixel_values": pixel_values.to(self.dtype), "pixel_mask": pixel_mask, "input_ids": input_ids,
-                 "attention_mask": attention_mask}
+        samples = [  # each video unpadded (its resized size), padded again together by the training collator
+            {
+                "pixel_values": item["pixel_values"][0, :, :, :height, :width],
+                "input_ids": item["input_ids"][0],
+                "attention_mask": item["attention_mask"][0],
+            }
+            for item in items
+            for height, width in [item["resized_sizes"][0].tolist()]
+        ]
+        batch = collate_clips(
+            samples,
+            pad_to_multiple_of=self.processor.video_processor.size_divisor,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+        )
+        batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
         for key in ("resized_sizes", "original_sizes", "frame_indices"):
             batch[key] = torch.cat([item[key] for item in items])
         return {key: value.to(self.device) for key, value in batch.items()}

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .data_synthetic import generate_referring_shapes
 from .evaluation_protocols import evaluate_ytvos_folder
-from .inference import iter_frames, write_predictions
+from .inference import write_predictions
+from .video_io import iter_video_frames
 from .visualization import write_palette_masks
 
 
@@ -49,7 +50,7 @@ def segment_meta_expressions(segmenter, meta_expressions: dict, frames_root: Pat
         texts = [video["expressions"][exp_id]["exp"] for exp_id in exp_ids]
         results = segmenter(frame_paths, texts)
         if overlays:
-            write_predictions(output_dir / video_id, iter_frames(frame_paths), results, video["frames"], "gif", 4.0, exp_ids)
+            write_predictions(output_dir / video_id, iter_video_frames(frame_paths), results, video["frames"], "gif", 4.0, exp_ids)
         else:
             for exp_id, result in zip(exp_ids, results):
                 write_palette_masks(result.masks, output_dir / video_id / exp_id, video["frames"], overwrite=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .data_synthetic import generate_referring_shapes
-from .inference import ReferringVideoSegmenter, iter_frames, write_predictions
+from .inference import ReferringVideoSegmenter, write_predictions
+from .video_io import iter_video_frames
 from .visualization import VideoWriter, overlay_masks, voc_palette
 
 
@@ -43,7 +44,7 @@ def example_clips(folder, num_clips: int = 2, seed: int = 1000, height: int = 96
         frames = [folder / "data" / "valid" / "JPEGImages" / video_id / f"{name}.jpg" for name in video["frames"]]
         path = folder / f"{video_id}.mp4"
         with VideoWriter(path, fps=4) as writer:
-            for _, frame in iter_frames(frames):
+            for _, frame in iter_video_frames(frames):
                 writer.write(frame)
         sentences = [expression["exp"] for expression in video["expressions"].values()][:2]
         examples.append([str(path), "\n".join(sentences)])
@@ -70,7 +71,7 @@ def segment_upload(segmenter: ReferringVideoSegmenter, video, text, output_dir, 
         raise ValueError("Upload a video (or pick an example clip) first.")
     sentences = _sentences(text)
     progress(0.05, desc="reading the video")
-    num_frames = sum(1 for _ in iter_frames(video, max_frames=max_frames + 1))  # decodes, one frame at a time
+    num_frames = sum(1 for _ in iter_video_frames(video, max_frames=max_frames + 1))  # decodes, one frame at a time
     if num_frames > max_frames:
         raise ValueError(f"The video is too long: this demo takes at most {max_frames} frames.")
     progress(0.2, desc="segmenting")
@@ -78,11 +79,11 @@ def segment_upload(segmenter: ReferringVideoSegmenter, video, text, output_dir, 
     progress(0.7, desc="writing masks and overlays")
     output_dir = Path(output_dir)
     names = [f"{index:05d}" for index in results[0].frame_indices]
-    write_predictions(output_dir / "predictions", iter_frames(video), results, names, overlay_format="mp4", fps=8)
+    write_predictions(output_dir / "predictions", iter_video_frames(video), results, names, overlay_format="mp4", fps=8)
     colors = [tuple(voc_palette()[3 * (index + 1) : 3 * (index + 2)]) for index in range(len(results))]
     masks = [result.iter_masks() for result in results]
     with VideoWriter(output_dir / "overlay.mp4", fps=8) as writer:
-        for position, (_, frame) in enumerate(iter_frames(video)):
+        for position, (_, frame) in enumerate(iter_video_frames(video)):
             for result, mask_iterator, color in zip(results, masks, colors):
                 frame = overlay_masks([frame], next(mask_iterator)[None], result.boxes[position : position + 1], color=color)[0]
             writer.write(frame)

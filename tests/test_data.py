@@ -249,7 +249,7 @@ def test_eval_transform_and_video_processor_give_the_same_pixels(ytvos_root):
     inputs = processor(os.path.dirname(row["frames"][0]))
     assert torch.equal(inputs["pixel_values"][0, :, :, :360, :480], sample["pixel_values"])
     sample["input_ids"] = torch.tensor([0, 2])
-    batch = training.collate_clips([sample])
+    batch = data_transforms.collate_clips([sample])
     assert torch.equal(batch["pixel_values"], inputs["pixel_values"])
     assert torch.equal(batch["pixel_mask"], inputs["pixel_mask"])
 
@@ -371,7 +371,7 @@ def test_samples_collate_into_a_padded_batch(ytvos_root):
 
     transform = ReferringVideoTrainTransform(4, seed=1, tokenizer=tokenizer)
     samples = [transform.transform_example(row) for row in load_ref_youtube_vos(ytvos_root, "train")]
-    batch = training.collate_clips(samples)
+    batch = data_transforms.collate_clips(samples)
     height, width = batch["pixel_values"].shape[-2:]
     assert batch["pixel_values"].shape[:3] == (3, 4, 3) and height % 32 == 0 and width % 32 == 0
     for sample, labels in zip(samples, batch["labels"], strict=True):

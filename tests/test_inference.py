@@ -12,7 +12,8 @@ from PIL import Image
 from helpers import FP32_ROUNDING, assert_masks_equal_up_to_rounding, randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 from referformer.cli_presets import build_shapes_tokenizer
-from referformer.inference import PREPROCESS_CHUNK, ReferringVideoSegmenter, iter_frames, write_predictions
+from referformer.inference import PREPROCESS_CHUNK, ReferringVideoSegmenter, write_predictions
+from referformer.video_io import iter_video_frames
 
 
 SENTENCES = ["the bright square", "the dark background"]
@@ -135,7 +136,7 @@ def test_frames_are_streamed_and_outputs_written_frame_by_frame(segmenter, tmp_p
     assert video.most_alive <= PREPROCESS_CHUNK + 1  # never the whole video at once
     video = CountedFrames(frames)
     names = [f"{index:05d}" for index in range(len(frames))]
-    write_predictions(tmp_path / "clip", iter_frames(video), results, names, overlay_format="mp4", fps=5)
+    write_predictions(tmp_path / "clip", iter_video_frames(video), results, names, overlay_format="mp4", fps=5)
     assert video.most_alive <= 2
     predictions = json.loads((tmp_path / "clip" / "predictions.json").read_text())
     assert [expression["text"] for expression in predictions["expressions"]] == SENTENCES
@@ -157,7 +158,7 @@ def test_bad_inputs_fail_before_anything_is_written(segmenter, tmp_path):
         segmenter(np.zeros((0, 48, 72, 3), dtype=np.uint8), SENTENCES)
     results = segmenter(frames[:3], SENTENCES)
     with pytest.raises(ValueError, match="Got 2 frames for 3"):
-        write_predictions(tmp_path / "clip", iter_frames(frames[:2]), results, ["a", "b", "c"])
+        write_predictions(tmp_path / "clip", iter_video_frames(frames[:2]), results, ["a", "b", "c"])
     assert not (tmp_path / "clip").exists() or not any((tmp_path / "clip").iterdir())
 
 

@@ -47,7 +47,8 @@ def test_bf16_autocast_uses_the_operator_and_keeps_heads_in_float32(cpu_op, mode
 
 
 def test_trainer_trains_in_bf16_with_the_operator(cpu_op, tmp_path, op_only):
-    from referformer.training import ReferFormerTrainer, collate_clips
+    from referformer.data_transforms import collate_clips
+    from referformer.training import ReferFormerTrainer
 
     model = tiny_training_model()
     before = {name: value.clone() for name, value in model.state_dict().items()}

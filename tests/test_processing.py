@@ -15,14 +15,8 @@ from helpers import assert_masks_equal_up_to_rounding, randomize_weights, real_v
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 from referformer.cli_presets import build_shapes_tokenizer
 from referformer.modeling_referformer import ReferFormerSegmentationOutput
-from referformer.processing_referformer import (
-    count_video_file_frames,
-    get_resize_output_size,
-    iter_video_frames,
-    list_frame_files,
-    load_video,
-    video_frame_names,
-)
+from referformer.processing_referformer import get_resize_output_size
+from referformer.video_io import count_video_file_frames, iter_video_frames, list_frame_files, load_video, video_frame_names
 from referformer.visualization import overlay_masks, write_palette_masks, write_video
 
 

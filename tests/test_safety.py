@@ -27,7 +27,7 @@ from helpers import (
 from referformer import ReferFormerForReferringVideoObjectSegmentation
 from referformer import conversion
 from referformer.output_folders import MANIFEST_NAME, OutputFolderError, staged_output
-from referformer.processing_referformer import load_video
+from referformer.video_io import load_video
 from referformer.training import (
     AccelerateTrainingArguments,
     CheckpointError,

@@ -10,7 +10,8 @@ from referformer import ReferFormerForReferringVideoObjectSegmentation
 from referformer.cli_presets import build_shapes_tokenizer
 from referformer.data import ReferringVideoEvalTransform, ReferringVideoTrainTransform, load_ref_youtube_vos
 from referformer.data_synthetic import generate_referring_shapes
-from referformer.training import ReferFormerTrainer, ReferringSegmentationMetrics, collate_clips
+from referformer.data_transforms import collate_clips
+from referformer.training import ReferFormerTrainer, ReferringSegmentationMetrics
 
 
 def test_trainer_finetunes_and_evaluates_on_a_datasets_dataset(tmp_path):

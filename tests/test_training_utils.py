@@ -12,7 +12,8 @@ from helpers import randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
 from referformer.cli_presets import build_shapes_tokenizer
 from referformer.loss_referformer import ReferFormerLoss
-from referformer.training import AccelerateTrainingArguments, ReferFormerTrainer, collate_clips, get_parameter_groups
+from referformer.data_transforms import collate_clips
+from referformer.training import AccelerateTrainingArguments, ReferFormerTrainer, get_parameter_groups
 from referformer.training_recipe import SCHEDULES, SeededClips, schedule_steps
 
 
