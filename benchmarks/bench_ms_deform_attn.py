@@ -8,6 +8,7 @@ forward / forward+backward) runs in its own subprocess so that its peak resident
 """
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -19,6 +20,7 @@ import time
 import torch
 
 from referformer import kernels
+from referformer.ms_deform_attn import ms_deform_attn
 
 
 SPATIAL_SHAPES = [(45, 80), (23, 40), (12, 20), (6, 10)]
@@ -59,9 +61,9 @@ def run_worker(implementation: str, mode: str, repeats: int) -> dict:
     if implementation == "op":
         if not kernels.is_available("cpu"):
             raise RuntimeError("the custom operator could not be built (see the warning above)")
-        function = kernels.ms_deform_attn
+        function = ms_deform_attn
     else:
-        function = kernels.ms_deform_attn_reference
+        function = functools.partial(ms_deform_attn, use_custom_kernel=False)
     backward = mode == "forward+backward"
     inputs, grad_output = make_inputs(requires_grad=backward)
     baseline_mib = peak_rss_mib()

@@ -6,7 +6,7 @@ import torch
 
 from helpers import FP32_ROUNDING, random_inputs, randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, kernels
-from referformer.kernels import _loader
+from referformer.ms_deform_attn import ms_deform_attn
 
 
 # Eager and compiled graphs run the same kernels; only fusion and summation order may differ.
@@ -44,9 +44,11 @@ def assert_predictions_close(outputs, expected, tolerances):
 
 
 @pytest.mark.parametrize("custom_kernels", [True, False], ids=["custom_op", "pytorch_fallback"])
-def test_compile_fullgraph_matches_eager(model, custom_kernels, monkeypatch):
+def test_compile_fullgraph_matches_eager(model, custom_kernels):
     if not custom_kernels:
-        monkeypatch.setenv(_loader.DISABLE_ENV_VAR, "1")
+        torch.manual_seed(0)
+        config = unit_test_config(disable_custom_kernels=True)
+        model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(config).eval())
     inputs = random_inputs(model.config)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
@@ -127,7 +129,7 @@ def test_onnx_export_runs_in_onnxruntime(model, tmp_path):
 
 class DeformableSampling(torch.nn.Module):
     def forward(self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        return kernels.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
 def test_ms_deform_attn_onnx_translation_matches_reference(cpu_op, tmp_path):
@@ -148,5 +150,5 @@ def test_ms_deform_attn_onnx_translation_matches_reference(cpu_op, tmp_path):
         DeformableSampling().eval(), (), kwargs=inputs, dynamo=True, custom_translation_table=kernels.onnx_translation_table()
     )
     (output,) = run_onnx(onnx_program, tmp_path / "ms_deform_attn.onnx", inputs)
-    expected = kernels.ms_deform_attn_reference(*inputs.values())
+    expected = ms_deform_attn(*inputs.values(), use_custom_kernel=False)
     np.testing.assert_allclose(output, expected.numpy(), atol=1e-5, rtol=1e-5)

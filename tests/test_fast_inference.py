@@ -31,9 +31,15 @@ def sentences_for_one_video(config, num_sentences, num_frames=3, seed=0):
 
 
 def count_backbone_frames(model):
-    """A list that receives the number of frames of every backbone call."""
+    """A list that receives the number of frames of every full backbone call (all four stages; the FPN pass of long
+    clips recomputes the first stage alone)."""
     frames = []
-    model.model.backbone.register_forward_hook(lambda module, args, output: frames.append(args[0].shape[0]))
+
+    def count(module, args, output):
+        if len(output) == len(module.channels):
+            frames.append(args[0].shape[0])
+
+    model.model.backbone.register_forward_hook(count)
     return frames
 
 
@@ -60,12 +66,9 @@ def test_several_sentences_share_one_visual_pass_and_equal_separate_calls():
 
 
 @pytest.mark.parametrize("stride4_maps", ["held", "recomputed"])
-def test_chunked_frames_equal_one_pass_at_64_frames(stride4_maps, monkeypatch):
-    from referformer import modeling_referformer
-
-    if stride4_maps == "recomputed":  # as for long clips
-        monkeypatch.setattr(modeling_referformer, "FINEST_FEATURES_HELD_BYTES", 0)
-    model = build_model()
+def test_chunked_frames_equal_one_pass_at_64_frames(stride4_maps):
+    # "recomputed": no budget to hold the stride-4 maps, as for long clips
+    model = build_model(stride4_features_hold_bytes=0 if stride4_maps == "recomputed" else 2**30)
     inputs = random_inputs(model.config, num_frames=64)
     with torch.no_grad():
         whole = model(**inputs, output_hidden_states=True)
@@ -98,29 +101,42 @@ def test_chunked_shared_video_equals_one_pass():
         torch.testing.assert_close(chunked[name], whole[name], **FP32_ROUNDING)
 
 
-def test_chunked_fpn_pass_recomputes_the_stride4_maps_of_long_clips_instead_of_holding_them(monkeypatch):
-    from referformer import modeling_referformer
+class ClipEncodingRecorder:
+    """A mask head that keeps the clip's encoding-pass state (`MaskHead.prepare`) and ignores the FPN's maps."""
 
+    def prepare(self, clip):
+        self.clip = clip
+
+    def __call__(self, frames, stride4_maps):
+        pass
+
+
+def encode(model, inputs):
+    recorder = ClipEncodingRecorder()
+    model.model(inputs["pixel_values"], inputs["input_ids"], mask_head=recorder)
+    return recorder.clip
+
+
+def test_chunked_fpn_pass_recomputes_the_stride4_maps_of_long_clips_instead_of_holding_them():
     model = build_model()
     inputs = random_inputs(model.config, num_frames=5)
     with torch.no_grad():
-        _, whole = model.model.encode(inputs["pixel_values"], inputs["input_ids"])
-        assert whole.finest_features.shape[:2] == (1, 5)  # one chunk: the encoder pass's maps are kept
+        whole = encode(model, inputs)
+        assert whole.stride4_features.shape[:2] == (1, 5)  # one chunk: the encoder pass's maps are kept
         model.config.frame_chunk_size = 2
-        _, held = model.model.encode(inputs["pixel_values"], inputs["input_ids"])
-        torch.testing.assert_close(held.finest_features, whole.finest_features, **FP32_ROUNDING)  # under the budget
-        clip_bytes = whole.finest_features.nbytes
-        monkeypatch.setattr(modeling_referformer, "FINEST_FEATURES_HELD_BYTES", clip_bytes - 1)
-        _, chunked = model.model.encode(inputs["pixel_values"], inputs["input_ids"])
-        assert chunked.finest_features is None
+        held = encode(model, inputs)
+        torch.testing.assert_close(held.stride4_features, whole.stride4_features, **FP32_ROUNDING)  # under the budget
+        model.config.stride4_features_hold_bytes = whole.stride4_features.nbytes - 1
+        chunked = encode(model, inputs)
+        assert chunked.stride4_features is None
         torch.testing.assert_close(chunked.memory, whole.memory, **FP32_ROUNDING)
-        for whole_stage, chunked_stage in zip(whole.clip_key_values, chunked.clip_key_values):
-            for whole_tensor, chunked_tensor in zip(whole_stage, chunked_stage):
-                torch.testing.assert_close(chunked_tensor, whole_tensor, **FP32_ROUNDING)
+        for whole_stage, chunked_stage in zip(whole.pixel_decoder_key_values(), chunked.pixel_decoder_key_values()):
+            for name in ("key_states", "value_states", "padding_mask"):
+                torch.testing.assert_close(getattr(chunked_stage, name), getattr(whole_stage, name), **FP32_ROUNDING)
 
 
 @pytest.mark.parametrize("backbone", ["timm", "swin"])
-def test_stride4_features_equal_the_backbones_first_map(backbone):
+def test_first_backbone_stage_alone_equals_the_backbones_first_map(backbone):
     from referformer import ReferFormerSwinBackboneConfig
 
     overrides = {}
@@ -130,7 +146,8 @@ def test_stride4_features_equal_the_backbones_first_map(backbone):
     pixel_values = random_inputs(model.config, num_frames=3)["pixel_values"].flatten(0, 1)
     with torch.no_grad():
         expected = model.model.backbone(pixel_values, num_frames=3)[0]
-        assert torch.equal(model.model.backbone.stride4_features(pixel_values, num_frames=3), expected)
+        first_stage = model.model.backbone(pixel_values, num_frames=3, num_stages=1)
+        assert len(first_stage) == 1 and torch.equal(first_stage[0], expected)
 
 
 def test_base_model_chunked_mask_features_equal_one_pass():
@@ -180,31 +197,29 @@ def test_selected_query_only_is_refused_for_training():
 def test_feed_forward_in_row_blocks_equals_one_product():
     from torch import nn
 
-    from referformer.modeling_referformer import FEED_FORWARD_BLOCK_ROWS, feed_forward
+    from referformer.modeling_referformer import feed_forward
 
     torch.manual_seed(0)
     fc1, fc2 = nn.Linear(16, 64), nn.Linear(64, 16)
-    tokens = torch.randn(2, FEED_FORWARD_BLOCK_ROWS + 300, 16)  # three blocks, the last one partial
+    chunk_size = 1024
+    tokens = torch.randn(2, chunk_size + 300, 16)  # three blocks, the last one partial
     expected = fc2(torch.relu(fc1(tokens))).detach()
     with torch.no_grad():
-        blocked = feed_forward(tokens, fc1, fc2, nn.ReLU(inplace=True), dropout=0.1, training=False)
+        blocked = feed_forward(tokens, fc1, fc2, nn.ReLU(inplace=True), dropout=0.1, training=False, chunk_size=chunk_size)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            blocked_bf16 = feed_forward(tokens, fc1, fc2, nn.ReLU(), dropout=0.1, training=False)
+            blocked_bf16 = feed_forward(tokens, fc1, fc2, nn.ReLU(), dropout=0.1, training=False, chunk_size=chunk_size)
     torch.testing.assert_close(blocked, expected, **FP32_ROUNDING)
     assert blocked.shape == tokens.shape
     assert blocked_bf16.dtype == torch.bfloat16  # the products' dtype, as without blocks
     torch.testing.assert_close(blocked_bf16.float(), expected, atol=0.1, rtol=0.05)
 
 
-def test_model_with_feed_forward_row_blocks_equals_one_product(monkeypatch):
-    from referformer import modeling_referformer
-
-    model = build_model()
+def test_model_with_feed_forward_row_blocks_equals_one_product():
+    model = build_model(chunk_size_feed_forward=0)
+    blocked_model = build_model(chunk_size_feed_forward=7)  # every layer's tokens in blocks; the same weights
     inputs = random_inputs(model.config, num_frames=3)
     with torch.no_grad():
-        monkeypatch.setattr(modeling_referformer, "FEED_FORWARD_BLOCK_ROWS", 10**9)
         expected = model(**inputs)
-        monkeypatch.setattr(modeling_referformer, "FEED_FORWARD_BLOCK_ROWS", 7)  # every layer's tokens in blocks
-        blocked = model(**inputs)
+        blocked = blocked_model(**inputs)
     for name in ("logits", "pred_boxes", "pred_masks"):
         torch.testing.assert_close(getattr(blocked, name), getattr(expected, name), **FP32_ROUNDING)

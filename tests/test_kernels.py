@@ -1,5 +1,6 @@
-"""Tests of `referformer.kernels`: the `referformer::ms_deform_attn` custom operator against the PyTorch reference,
-its autograd / torch.compile / torch.export integration, and the lazy loader with its fallbacks."""
+"""Tests of `referformer.kernels` and `referformer.ms_deform_attn`: the `referformer::ms_deform_attn` custom operator
+against the PyTorch implementation, its autograd / torch.compile / torch.export integration, and the lazy loader with
+its fallbacks."""
 
 import logging
 import os
@@ -11,7 +12,10 @@ import pytest
 import torch
 
 from referformer import kernels
-from referformer.kernels import _loader, _ms_deform_attn
+from referformer import ms_deform_attn as deformable_attention
+from referformer.configuration_referformer import DISABLE_CUSTOM_KERNELS_ENV_VAR
+from referformer.kernels import _loader
+from referformer.ms_deform_attn import ms_deform_attn
 
 
 LOADER_LOGGER = "referformer.kernels._loader"
@@ -19,6 +23,11 @@ LOADER_LOGGER = "referformer.kernels._loader"
 # representable for every location tested below.
 SPATIAL_SHAPES = [(7, 9), (4, 8), (3, 5), (1, 1)]
 TOLERANCES = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
+
+
+def reference(*operands, **options):
+    """The PyTorch implementation (`grid_sample` per level)."""
+    return ms_deform_attn(*operands, use_custom_kernel=False, **options)
 
 
 def level_tensors(spatial_shapes, device="cpu"):
@@ -86,7 +95,7 @@ def assert_op_matches_reference(op, inputs, tolerances):
     leaves = [tensor.clone().requires_grad_() for tensor in (value, locations, weights)]
     reference_leaves = [tensor.clone().requires_grad_() for tensor in (value, locations, weights)]
     output = op(leaves[0], shapes, starts, leaves[1], leaves[2])
-    expected = kernels.ms_deform_attn_reference(
+    expected = reference(
         reference_leaves[0], shapes, starts, reference_leaves[1], reference_leaves[2]
     )
     torch.testing.assert_close(output, expected, **tolerances)
@@ -178,14 +187,14 @@ def test_gradcheck(cpu_op):
 
 def test_ms_deform_attn_uses_the_op(cpu_op, monkeypatch):
     inputs = make_inputs(torch.float32)
-    monkeypatch.setattr(_ms_deform_attn, "ms_deform_attn_reference", pytest.fail)
-    assert torch.equal(kernels.ms_deform_attn(*inputs), cpu_op(*inputs))
+    monkeypatch.setattr(deformable_attention, "_grid_sample_attention", pytest.fail)
+    assert torch.equal(ms_deform_attn(*inputs), cpu_op(*inputs))
 
 
 def test_ms_deform_attn_falls_back_for_unsupported_dtypes(cpu_op):
     inputs = make_inputs(torch.float32)
     inputs = [tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor for tensor in inputs]
-    torch.testing.assert_close(kernels.ms_deform_attn(*inputs), kernels.ms_deform_attn_reference(*inputs))
+    torch.testing.assert_close(ms_deform_attn(*inputs), reference(*inputs))
 
 
 def test_op_under_autocast_runs_in_float32_with_mixed_operands(cpu_op, monkeypatch):
@@ -195,9 +204,9 @@ def test_op_under_autocast_runs_in_float32_with_mixed_operands(cpu_op, monkeypat
     expected = cpu_op(value, shapes, starts, locations, weights)
     half_value = value.to(torch.bfloat16).requires_grad_()
     locations = locations.clone().requires_grad_()
-    monkeypatch.setattr(_ms_deform_attn, "ms_deform_attn_reference", pytest.fail)
+    monkeypatch.setattr(deformable_attention, "_grid_sample_attention", pytest.fail)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = kernels.ms_deform_attn(half_value, shapes, starts, locations, weights.to(torch.bfloat16))
+        output = ms_deform_attn(half_value, shapes, starts, locations, weights.to(torch.bfloat16))
     assert output.dtype == torch.float32
     # Only the bf16 rounding of the values and weights separates the results.
     torch.testing.assert_close(output, expected, atol=0.05, rtol=0.02)
@@ -211,7 +220,7 @@ def test_reference_under_autocast_matches_the_op(cpu_op):
     value, shapes, starts, locations, weights = make_inputs(torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         operands = (value.to(torch.bfloat16), shapes, starts, locations, weights.to(torch.bfloat16))
-        torch.testing.assert_close(kernels.ms_deform_attn_reference(*operands), cpu_op(*operands))
+        torch.testing.assert_close(reference(*operands), cpu_op(*operands))
 
 
 def test_opcheck(cpu_op):
@@ -226,7 +235,7 @@ class DeformableSampling(torch.nn.Module):
         self.output_proj = torch.nn.Linear(channels, channels)
 
     def forward(self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        output = kernels.ms_deform_attn(
+        output = ms_deform_attn(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
         return self.output_proj(output)
@@ -251,8 +260,8 @@ def test_torch_compile_fullgraph(cpu_op):
 
 def test_torch_compile_inductor(cpu_op):
     inputs = make_inputs(torch.float32)
-    compiled = torch.compile(kernels.ms_deform_attn, fullgraph=True, dynamic=False)
-    expected = kernels.ms_deform_attn_reference(*inputs)
+    compiled = torch.compile(ms_deform_attn, fullgraph=True, dynamic=False)
+    expected = reference(*inputs)
     torch.testing.assert_close(compiled(*inputs), expected, **TOLERANCES[torch.float32])
 
 
@@ -270,25 +279,34 @@ def test_compiling_before_the_build_uses_the_reference(cpu_op, monkeypatch):
     monkeypatch.setattr(_loader, "_build_and_load", lambda: pytest.fail("must not build while compiling"))
     inputs = make_inputs(torch.float32)
     torch._dynamo.reset()
-    output = torch.compile(kernels.ms_deform_attn, backend="eager")(*inputs)
+    output = torch.compile(ms_deform_attn, backend="eager")(*inputs)
     torch._dynamo.reset()
-    torch.testing.assert_close(output, kernels.ms_deform_attn_reference(*inputs))
+    torch.testing.assert_close(output, reference(*inputs))
     assert _loader._state is None
 
 
-def test_env_var_forces_the_reference(cpu_op, monkeypatch):
+def test_the_off_switch_forces_the_reference_and_the_env_var_sets_its_default(cpu_op, monkeypatch):
+    from referformer import ReferFormerConfig
+    from referformer.ms_deform_attn import MultiScaleDeformableAttention
+
     calls = []
+    grid_sample_attention = deformable_attention._grid_sample_attention
 
-    def reference(*args):
+    def spy(*args):
         calls.append(args)
-        return kernels.ms_deform_attn_reference(*args)
+        return grid_sample_attention(*args)
 
-    monkeypatch.setenv(_loader.DISABLE_ENV_VAR, "1")
-    monkeypatch.setattr(_ms_deform_attn, "ms_deform_attn_reference", reference)
-    assert not kernels.is_available("cpu")
-    inputs = make_inputs(torch.float32)
-    kernels.ms_deform_attn(*inputs)
+    monkeypatch.setattr(deformable_attention, "_grid_sample_attention", spy)
+    value, shapes, starts, locations, weights = make_inputs(torch.float32)
+    MultiScaleDeformableAttention(use_custom_kernel=False)(value, shapes, SPATIAL_SHAPES, starts, locations, weights, 64)
     assert len(calls) == 1
+    MultiScaleDeformableAttention()(value, shapes, SPATIAL_SHAPES, starts, locations, weights, 64)
+    assert len(calls) == 1  # the compiled operator
+    monkeypatch.setenv(DISABLE_CUSTOM_KERNELS_ENV_VAR, "1")
+    assert ReferFormerConfig().disable_custom_kernels is True
+    assert ReferFormerConfig(disable_custom_kernels=False).disable_custom_kernels is False
+    monkeypatch.delenv(DISABLE_CUSTOM_KERNELS_ENV_VAR)
+    assert ReferFormerConfig().disable_custom_kernels is False
 
 
 def test_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
@@ -302,14 +320,14 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
     monkeypatch.setattr(_loader, "compile_extension", broken_build)
     inputs = make_inputs(torch.float32)
     with caplog.at_level(logging.WARNING, logger=LOADER_LOGGER):
-        first = kernels.ms_deform_attn(*inputs)
-        second = kernels.ms_deform_attn(*inputs)
+        first = ms_deform_attn(*inputs)
+        second = ms_deform_attn(*inputs)
         assert not kernels.is_available("cpu")
     warnings = [record for record in caplog.records if record.name == LOADER_LOGGER]
     assert len(attempts) == 1
     assert len(warnings) == 1 and "simulated compiler failure" in warnings[0].getMessage()
     assert _loader._state is False
-    expected = kernels.ms_deform_attn_reference(*inputs)
+    expected = reference(*inputs)
     assert torch.equal(first, expected) and torch.equal(second, expected)
 
 
@@ -337,6 +355,7 @@ def test_broken_sources_fall_back_in_a_fresh_process(tmp_path):
         from pathlib import Path
         from referformer import kernels
         from referformer.kernels import _loader
+        from referformer.ms_deform_attn import ms_deform_attn
         logging.basicConfig(level=logging.WARNING, format="WARNING-RECORD %(name)s %(message)s")
         _loader.CSRC_DIR = Path({str(csrc)!r})
         value = torch.randn(1, 6, 1, 2)
@@ -345,13 +364,13 @@ def test_broken_sources_fall_back_in_a_fresh_process(tmp_path):
         locations = torch.rand(1, 4, 1, 1, 2, 2)
         weights = torch.rand(1, 4, 1, 1, 2)
         for _ in range(2):
-            output = kernels.ms_deform_attn(value, shapes, starts, locations, weights)
-        assert torch.equal(output, kernels.ms_deform_attn_reference(value, shapes, starts, locations, weights))
+            output = ms_deform_attn(value, shapes, starts, locations, weights)
+        expected = ms_deform_attn(value, shapes, starts, locations, weights, use_custom_kernel=False)
+        assert torch.equal(output, expected)
         print("available", kernels.is_available("cpu"))
         """
     )
     environment = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "build")}
-    environment.pop(_loader.DISABLE_ENV_VAR, None)
     completed = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300
     )
@@ -399,7 +418,7 @@ def test_bad_inputs_raise_clear_errors(change, error, match):
     for index, replacement in change(inputs).items():
         inputs[index] = replacement
     with pytest.raises(error, match=match):
-        kernels.ms_deform_attn(*inputs)
+        ms_deform_attn(*inputs)
 
 
 def test_op_rejects_levels_outside_value(cpu_op):
@@ -407,7 +426,7 @@ def test_op_rejects_levels_outside_value(cpu_op):
     with pytest.raises(RuntimeError, match="does not fit"):
         cpu_op(value[:, :-1], shapes, starts, locations, weights)
     with pytest.raises(ValueError, match="do not tile"):
-        kernels.ms_deform_attn_reference(value[:, :-1], shapes, starts, locations, weights)
+        reference(value[:, :-1], shapes, starts, locations, weights)
 
 
 @pytest.mark.slow
@@ -458,18 +477,18 @@ def test_cuda_op_matches_reference(dtype):
 def test_cuda_op_low_precision(dtype):
     assert kernels.is_available("cuda")
     inputs = make_inputs(torch.float32, device="cuda")
-    expected = kernels.ms_deform_attn_reference(*inputs)
+    expected = reference(*inputs)
     low_precision = [tensor.to(dtype) if tensor.is_floating_point() else tensor for tensor in inputs]
-    output = kernels.ms_deform_attn(*low_precision)
+    output = ms_deform_attn(*low_precision)
     assert output.dtype == dtype
     torch.testing.assert_close(output.float(), expected, rtol=2e-2, atol=5e-2)
 
 
 def test_reference_with_spatial_shapes_list_reads_no_tensor(monkeypatch):
     inputs = make_inputs(torch.float32)
-    expected = kernels.ms_deform_attn_reference(*inputs)
+    expected = reference(*inputs)
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: pytest.fail("read a tensor on the host"))
-    output = kernels.ms_deform_attn_reference(*inputs, spatial_shapes_list=SPATIAL_SHAPES)
+    output = reference(*inputs, spatial_shapes_list=SPATIAL_SHAPES)
     assert torch.equal(output, expected)
 
 
@@ -483,18 +502,17 @@ def test_reference_with_spatial_shapes_list_reads_no_tensor(monkeypatch):
 )
 def test_bad_spatial_shapes_list_raises_clear_errors(spatial_shapes_list, match):
     with pytest.raises(ValueError, match=match):
-        kernels.ms_deform_attn(*make_inputs(torch.float32), spatial_shapes_list=spatial_shapes_list)
+        ms_deform_attn(*make_inputs(torch.float32), spatial_shapes_list=spatial_shapes_list)
 
 
-def test_fallback_with_spatial_shapes_list_compiles_without_graph_breaks(monkeypatch):
-    monkeypatch.setenv(_loader.DISABLE_ENV_VAR, "1")
+def test_fallback_with_spatial_shapes_list_compiles_without_graph_breaks():
     inputs = make_inputs(torch.float32)
     torch._dynamo.reset()
     compiled = torch.compile(
-        lambda *operands: kernels.ms_deform_attn(*operands, spatial_shapes_list=SPATIAL_SHAPES),
+        lambda *operands: reference(*operands, spatial_shapes_list=SPATIAL_SHAPES),
         fullgraph=True,
         backend="eager",
     )
     output = compiled(*inputs)
     torch._dynamo.reset()
-    torch.testing.assert_close(output, kernels.ms_deform_attn_reference(*inputs), **TOLERANCES[torch.float32])
+    torch.testing.assert_close(output, reference(*inputs), **TOLERANCES[torch.float32])

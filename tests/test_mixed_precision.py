@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 
 from helpers import FP32_ROUNDING, random_inputs, randomize_weights, synthetic_training_clips, unit_test_config, tiny_training_model
 from referformer import ReferFormerForReferringVideoObjectSegmentation, kernels
-from referformer.kernels import _ms_deform_attn
+from referformer import ms_deform_attn as deformable_attention
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def model():
 @pytest.fixture
 def op_only(monkeypatch):
     """Fails the test if the deformable attention falls back to the PyTorch implementation."""
-    monkeypatch.setattr(_ms_deform_attn, "ms_deform_attn_reference", pytest.fail)
+    monkeypatch.setattr(deformable_attention, "_grid_sample_attention", pytest.fail)
 
 
 def test_bf16_autocast_uses_the_operator_and_keeps_heads_in_float32(cpu_op, model, op_only):

@@ -19,9 +19,11 @@ DEMO_MODEL = REPO_ROOT / "checkpoints" / "referformer-tiny-shapes"
 REMOTE_CODE_FILES = (
     "configuration_referformer.py",
     "modeling_referformer.py",
-    "ms_deform_attn_pytorch.py",
+    "frame_chunking.py",
+    "ms_deform_attn.py",
     "swin_backbones.py",
     "processing_referformer.py",
+    "video_io.py",
     "loss_referformer.py",
 )
 # Remote code must run with torch, transformers, timm and safetensors (and their own dependencies) only.

@@ -1,26 +1,34 @@
-"""Custom C++/CUDA kernels of ReferFormer, built lazily on first use with a pure-PyTorch fallback.
+"""The compiled C++/CUDA operator `torch.ops.referformer.ms_deform_attn`, built lazily on first use.
 
-`ms_deform_attn` runs the `torch.ops.referformer.ms_deform_attn` operator when it is available for the inputs and
-`ms_deform_attn_reference` otherwise. Set `REFERFORMER_DISABLE_CUSTOM_KERNELS=1` to always use PyTorch.
-`onnx_translation_table()` lets `torch.onnx.export(..., dynamo=True)` translate the operator to standard ONNX.
+This package builds, loads and registers the operator; `referformer.ms_deform_attn.ms_deform_attn` is the function that
+runs it (or the PyTorch implementation). `onnx_translation_table()` lets `torch.onnx.export(..., dynamo=True)`
+translate the operator to standard ONNX.
 """
 
 import torch
 
-from ._ms_deform_attn import is_available, ms_deform_attn, ms_deform_attn_reference
+from ._loader import load_ms_deform_attn, loaded_device_types
+
+
+def is_available(device: str | torch.device = "cpu") -> bool:
+    """Whether the compiled operator can run on `device` ("cpu", "cuda" or a `torch.device`); builds it on first use."""
+    device_type = torch.device(device).type
+    if device_type not in ("cpu", "cuda") or (device_type == "cuda" and not torch.cuda.is_available()):
+        return False
+    return device_type in load_ms_deform_attn()
 
 
 def onnx_translation_table() -> dict:
     """`custom_translation_table` for `torch.onnx.export(..., dynamo=True)`: `referformer::ms_deform_attn` as one ONNX
-    `GridSample` per level. Needs `onnxscript` (the `export` extra).
-
-    Empty when the compiled operator is not loaded: the model then runs, and exports, the pure-PyTorch path.
+    `GridSample` per level. Needs `onnxscript` (the `export` extra). Builds the operator first, so that a fresh
+    process exports what the model runs; empty when it cannot be built (the model then runs, and exports, the
+    PyTorch implementation).
     """
     from ._onnx_translation import ms_deform_attn_onnx
 
-    if not hasattr(torch.ops.referformer, "ms_deform_attn"):
+    if not is_available("cpu") and not is_available("cuda"):
         return {}
     return {torch.ops.referformer.ms_deform_attn.default: ms_deform_attn_onnx}
 
 
-__all__ = ["is_available", "ms_deform_attn", "ms_deform_attn_reference", "onnx_translation_table"]
+__all__ = ["is_available", "loaded_device_types", "onnx_translation_table"]

@@ -24,7 +24,6 @@ from ._registrations import register_python_implementations
 
 logger = logging.get_logger(__name__)
 
-DISABLE_ENV_VAR = "REFERFORMER_DISABLE_CUSTOM_KERNELS"
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("ops/ms_deform_attn.cpp", "ops/cpu/ms_deform_attn_kernel.cpp")
 CUDA_SOURCES = ("ops/cuda/ms_deform_attn_kernel.cu",)
@@ -34,11 +33,6 @@ EXTENSION_NAME = "referformer_ms_deform_attn"
 # ("cpu", "cuda") the operators have kernels for.
 _state: frozenset[str] | bool | None = None
 _lock = threading.Lock()
-
-
-def custom_kernels_disabled() -> bool:
-    """Whether `REFERFORMER_DISABLE_CUSTOM_KERNELS` asks for the PyTorch implementation."""
-    return os.environ.get(DISABLE_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def find_cuda_home() -> str | None:
@@ -184,12 +178,10 @@ def _build_and_load() -> frozenset[str] | bool:
 def load_ms_deform_attn() -> frozenset[str]:
     """Builds and loads the operators on first use; returns the device types they have kernels for.
 
-    Returns an empty set when the custom kernels are disabled, failed to build, or have not been built yet while
-    `torch.compile` is tracing (building is never started from inside a compiled region).
+    Returns an empty set when the operators failed to build, or have not been built yet while `torch.compile` is
+    tracing (building is never started from inside a compiled region).
     """
     global _state
-    if custom_kernels_disabled():
-        return frozenset()
     if _state is None and not torch.compiler.is_compiling():
         with _lock:
             if _state is None:

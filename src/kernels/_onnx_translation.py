@@ -12,7 +12,7 @@ def _ints(*values: int):
 
 
 def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """Builds the ONNX graph of `ms_deform_attn` (same operands and semantics as `ms_deform_attn_reference`).
+    """Builds the ONNX graph of `ms_deform_attn` (same operands and semantics as `referformer.ms_deform_attn.ms_deform_attn`).
 
     The numbers of heads, levels and points and the head size are read from the static operand shapes; the level
     sizes and offsets come from the `spatial_shapes` / `level_start_index` tensors, so they may be graph values.
