@@ -195,6 +195,14 @@ class ClipEncoding:
             for keys, values, masks in zip(self.key_states, self.value_states, self.key_padding_masks)
         ]
 
+    def stride4_features_of(self, frames: slice, backbone) -> torch.Tensor:
+        """The stride-4 backbone maps `[B_video * t, C, h, w]` of `frames`: held from the encoding pass, or recomputed
+        (the `backbone`'s first stage alone)."""
+        if self.holds_stride4_features:
+            return self.stride4_features[:, frames].flatten(0, 1)
+        pixel_values = self.pixel_values[:, frames].flatten(0, 1)
+        return backbone(pixel_values, num_frames=frames.stop - frames.start, num_stages=1)[0]
+
     def write_mask_features(self, frames: slice, mask_features: torch.Tensor) -> None:
         """Stores the mask pass's mask features `[B, t, mask_dim, h, w]` of `frames`."""
         self.mask_features = _write_frames(self.mask_features, mask_features, frames, self.num_frames, 1)

@@ -839,11 +839,17 @@ class ReferFormerVisionLanguageFusion(nn.Module):
         super().__init__()
         self.attention = ReferFormerAttention(config, config.d_model, config.fusion_attention_heads, dropout=0.0)
 
-    def forward(self, vision_tokens, text_features, text_position_embeddings, text_padding_mask) -> torch.Tensor:
+    def forward(self, maps: torch.Tensor, num_frames: int, text: TextFeatures) -> torch.Tensor:
+        """Maps `[B_video * t, C, h, w]` of `num_frames` frames of each clip -> fused maps `[B * t, C, h, w]` (a single
+        video is shared by the B sentences)."""
+        vision_tokens = frames_to_clip_tokens(maps, num_frames)
         attended, _ = self.attention(
-            vision_tokens, text_features + text_position_embeddings, text_features, key_padding_mask=text_padding_mask
+            vision_tokens,
+            text.word_features + text.position_embeddings,
+            text.word_features,
+            key_padding_mask=text.padding_mask,
         )
-        return vision_tokens * attended
+        return clip_tokens_to_frames(vision_tokens * attended, num_frames, *maps.shape[-2:])
 
 
 class ReferFormerConvNorm(nn.Module):
@@ -947,82 +953,6 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         return clip_tokens_to_frames(hidden_states, num_frames, height, width)
 
 
-class ReferFormerPixelDecoder(nn.Module):
-    """Cross-modal FPN: top-down from the stride-32 encoder map to the stride-4 backbone map, each level fused with
-    the words by a [`ReferFormerPixelDecoderBlock`]; its final convolution `mask_features` makes the stride-4 mask
-    features.
-
-    Stage `i` works at stride `4 * 2**i`: stage 0 reads the stride-4 backbone features, stages 1-3 the encoder output.
-    The blocks' self-attention spans all frames of a clip: `key_values` prepares its keys and values frame chunk by
-    frame chunk, then `forward` runs on any chunk of frames.
-    """
-
-    def __init__(self, config: ReferFormerConfig, finest_backbone_channels: int):
-        super().__init__()
-        hidden_size = config.d_model
-        input_channels = [finest_backbone_channels, hidden_size, hidden_size, hidden_size]
-        self.adapters = nn.ModuleList(
-            ReferFormerConvNorm(channels, hidden_size, kernel_size=1, activation=False) for channels in input_channels
-        )
-        self.layers = nn.ModuleList(
-            ReferFormerConvNorm(hidden_size, hidden_size, kernel_size=3, activation=True) for _ in input_channels
-        )
-        self.blocks = nn.ModuleList(ReferFormerPixelDecoderBlock(config, ratio) for ratio in config.pixel_decoder_sr_ratios)
-        self.mask_features = nn.Conv2d(hidden_size, config.mask_dim, kernel_size=3, padding=1)
-
-    def key_values(
-        self,
-        stage_features: list[torch.Tensor],
-        stage_padding_masks: list[torch.Tensor],
-        stage_position_embeddings: list[torch.Tensor],
-        num_frames: int,
-    ) -> list[PixelDecoderKeyValues]:
-        """Per stage, the projected self-attention keys and values of `num_frames` frames of each clip, from the
-        stage's features `[B*t, C_i, h, w]`, padding masks `[B*t, h, w]` and positions (see
-        [`ReferFormerPixelDecoderBlock.frame_key_value_tokens`])."""
-        key_values = []
-        for block, adapter, features, masks, positions in zip(
-            self.blocks, self.adapters, stage_features, stage_padding_masks, stage_position_embeddings
-        ):
-            keys, values, masks = block.frame_key_value_tokens(adapter(features), positions, masks)
-            clip_batch = keys.shape[0] // num_frames  # [B*t, n, C] -> [B, t*n, C], frame-major
-            key_states, value_states = block.self_attn.project_keys_values(
-                keys.reshape(clip_batch, -1, keys.shape[-1]), values.reshape(clip_batch, -1, values.shape[-1])
-            )
-            key_values.append(PixelDecoderKeyValues(key_states, value_states, masks.reshape(clip_batch, -1)))
-        return key_values
-
-    def forward(
-        self,
-        stage_features: list[torch.Tensor],
-        stage_position_embeddings: list[torch.Tensor],
-        num_frames: int,
-        clip_key_values: list[PixelDecoderKeyValues],
-        text: TextFeatures,
-    ) -> torch.Tensor:
-        """Inputs per stage (strides 4, 8, 16, 32): features `[B*t, C_i, h, w]` of `num_frames` frames per clip and
-        their positions; `clip_key_values` per stage over all frames of the clips. Returns the stride-4 maps
-        `[B*t, C, h, w]` before the final convolution `mask_features`."""
-        output = None
-        for stage in reversed(range(len(self.adapters))):
-            key_values = clip_key_values[stage]
-            fused = self.blocks[stage](
-                vision_features=self.adapters[stage](stage_features[stage]),
-                vision_position_embeddings=stage_position_embeddings[stage],
-                num_frames=num_frames,
-                clip_key_states=key_values.key_states,
-                clip_value_states=key_values.value_states,
-                clip_key_padding_mask=key_values.padding_mask,
-                text_features=text.word_features,
-                text_position_embeddings=text.position_embeddings,
-                text_padding_mask=text.padding_mask,
-            )
-            if output is not None:
-                fused = fused + F.interpolate(output, size=fused.shape[-2:], mode="nearest")
-            output = self.layers[stage](fused)
-        return output
-
-
 @dataclass
 class DeformableLevels:
     """The four feature levels of a frame chunk as the deformable transformer reads them, N frames (one per sentence
@@ -1068,6 +998,105 @@ def memory_maps(memory: torch.Tensor, spatial_shapes_list, hidden_size: int) -> 
     return maps
 
 
+class ReferFormerPixelDecoder(nn.Module):
+    """Cross-modal FPN: top-down from the stride-32 encoder map to the stride-4 backbone map, each level fused with
+    the words by a [`ReferFormerPixelDecoderBlock`]; its final convolution `mask_features` makes the stride-4 mask
+    features.
+
+    Stage `i` works at stride `4 * 2**i`: stage 0 reads the stride-4 backbone features, stages 1-3 the encoder output.
+    The blocks' self-attention spans all frames of a clip: `key_values` prepares its keys and values frame chunk by
+    frame chunk, then `forward` runs on any chunk of frames.
+    """
+
+    def __init__(self, config: ReferFormerConfig, finest_backbone_channels: int):
+        super().__init__()
+        hidden_size = self.hidden_size = config.d_model
+        input_channels = [finest_backbone_channels, hidden_size, hidden_size, hidden_size]
+        self.adapters = nn.ModuleList(
+            ReferFormerConvNorm(channels, hidden_size, kernel_size=1, activation=False) for channels in input_channels
+        )
+        self.layers = nn.ModuleList(
+            ReferFormerConvNorm(hidden_size, hidden_size, kernel_size=3, activation=True) for _ in input_channels
+        )
+        self.blocks = nn.ModuleList(ReferFormerPixelDecoderBlock(config, ratio) for ratio in config.pixel_decoder_sr_ratios)
+        self.mask_features = nn.Conv2d(hidden_size, config.mask_dim, kernel_size=3, padding=1)
+
+    def key_values(
+        self,
+        stride4_features: torch.Tensor,
+        padding_mask: torch.Tensor,
+        memory: torch.Tensor,
+        levels: DeformableLevels,
+        num_frames: int,
+    ) -> list[PixelDecoderKeyValues]:
+        """Per stage, the projected self-attention keys and values of `num_frames` frames of each clip: stage 0 from
+        the stride-4 backbone maps `[B_video * t, C, h, w]` (video batch, frames' `padding_mask` `[B_video * t, H,
+        W]`), stages 1-3 from the encoder output `memory` `[B * t, S, C]` with the levels' padding masks and positions
+        (see [`ReferFormerPixelDecoderBlock.frame_key_value_tokens`])."""
+        batch_size = memory.shape[0] // num_frames
+        finest_mask = resize_padding_mask(padding_mask, stride4_features.shape[-2:])
+        stage_masks = [finest_mask] + [per_sentence(mask, batch_size, num_frames) for mask in levels.level_padding_masks[:3]]
+        stage_positions = [sine_position_embedding_2d(finest_mask, self.hidden_size // 2).to(stride4_features.dtype)]
+        stage_positions += [
+            per_sentence(position, batch_size, num_frames) for position in levels.level_position_embeddings[:3]
+        ]
+        stage_maps = [stride4_features] + memory_maps(memory, levels.spatial_shapes_list, self.hidden_size)
+        key_values = []
+        for block, adapter, features, masks, positions in zip(
+            self.blocks, self.adapters, stage_maps, stage_masks, stage_positions
+        ):
+            keys, values, masks = block.frame_key_value_tokens(adapter(features), positions, masks)
+            clip_batch = keys.shape[0] // num_frames  # [B*t, n, C] -> [B, t*n, C], frame-major
+            key_states, value_states = block.self_attn.project_keys_values(
+                keys.reshape(clip_batch, -1, keys.shape[-1]), values.reshape(clip_batch, -1, values.shape[-1])
+            )
+            key_values.append(PixelDecoderKeyValues(key_states, value_states, masks.reshape(clip_batch, -1)))
+        return key_values
+
+    def forward(
+        self,
+        stride4_features: torch.Tensor,
+        padding_mask: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes_list: list[tuple[int, int]],
+        num_frames: int,
+        clip_key_values: list[PixelDecoderKeyValues],
+        text: TextFeatures,
+    ) -> torch.Tensor:
+        """The FPN on `num_frames` frames of each clip: the stride-4 backbone maps `[B_video * t, C, h, w]` (frames'
+        `padding_mask` `[B_video * t, H, W]`) and the encoder output `memory` `[B * t, S, C]` (levels
+        `spatial_shapes_list`) fused top-down, the self-attention over `clip_key_values` (every frame of the clips).
+        Returns the stride-4 maps `[B * t, C, h, w]` before the final convolution `mask_features`."""
+        batch_size = memory.shape[0] // num_frames
+        stage_features = [stride4_features] + memory_maps(memory, spatial_shapes_list, self.hidden_size)
+        stage_position_embeddings = [
+            sine_position_embedding_2d(resize_padding_mask(padding_mask, maps.shape[-2:]), self.hidden_size // 2)
+            .to(stride4_features.dtype)
+            for maps in stage_features
+        ]
+        stage_position_embeddings[1:] = [
+            per_sentence(position, batch_size, num_frames) for position in stage_position_embeddings[1:]
+        ]
+        output = None
+        for stage in reversed(range(len(self.adapters))):
+            key_values = clip_key_values[stage]
+            fused = self.blocks[stage](
+                vision_features=self.adapters[stage](stage_features[stage]),
+                vision_position_embeddings=stage_position_embeddings[stage],
+                num_frames=num_frames,
+                clip_key_states=key_values.key_states,
+                clip_value_states=key_values.value_states,
+                clip_key_padding_mask=key_values.padding_mask,
+                text_features=text.word_features,
+                text_position_embeddings=text.position_embeddings,
+                text_padding_mask=text.padding_mask,
+            )
+            if output is not None:
+                fused = fused + F.interpolate(output, size=fused.shape[-2:], mode="nearest")
+            output = self.layers[stage](fused)
+        return output
+
+
 def check_model_inputs(model, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices) -> None:
     """Named errors for inputs whose shapes or values do not fit together, before anything is computed."""
     if pixel_values.dim() != 5:
@@ -1091,6 +1120,11 @@ def check_model_inputs(model, pixel_values, input_ids, pixel_mask, attention_mas
         raise ValueError(
             f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}."
         )
+    if not torch.compiler.is_compiling():  # value checks (a compiled graph cannot branch on values)
+        if pixel_mask is not None and ((pixel_mask != 0) & (pixel_mask != 1)).any():
+            raise ValueError(f"pixel_mask must hold 0 (padding) and 1 (pixels) only, got {pixel_mask.unique()[:5].tolist()}.")
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values has NaN or infinite values.")
     positions = getattr(getattr(model.text_encoder, "embeddings", None), "position_embeddings", None)
     if isinstance(positions, nn.Embedding):  # RoBERTa-style position ids start after the padding index
         limit = positions.num_embeddings - (positions.padding_idx + 1 if positions.padding_idx is not None else 0)
@@ -1194,10 +1228,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         padding_mask = ~pixel_mask.bool()
         batch_size = input_ids.shape[0]
 
+        recorded = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         # Text: word and sentence features, once for every frame chunk.
-        text = self.encode_text(
-            input_ids, attention_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-        )
+        text = self.encode_text(input_ids, attention_mask, **recorded)
         # Backbones that mix frames (Video Swin) and the annotated-frame selection see the whole clip at once.
         clip_features = None
         if valid_frame_indices is not None or isinstance(self.backbone, ReferFormerVideoSwinBackbone):
@@ -1217,86 +1250,35 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             holds_stride4_features=True if clip_features is not None else None,
         )
 
-        # Encoding pass, frame chunk by frame chunk.
-        recorded = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        # Encoding pass, frame chunk by frame chunk: backbone, then fusion, deformable encoder and decoder.
         for frames in frame_chunks(clip.num_frames, self.config.frame_chunk_size):
             chunk_frames = frames.stop - frames.start
-            chunk_padding_mask = clip.padding_mask[:, frames].flatten(0, 1)
-            # 1. Backbone: four maps per frame (strides 4, 8, 16, 32).
             if clip_features is None:
                 stage_features = self.backbone(pixel_values[:, frames].flatten(0, 1), num_frames=chunk_frames)
             else:
                 stage_features = [per_clip(feature, video_batch_size)[:, frames].flatten(0, 1) for feature in clip_features]
-            # 2. Input projections and early vision-language fusion of the four levels.
-            levels = self.fused_levels(stage_features, chunk_padding_mask, chunk_frames, text)
-            # 3. Deformable encoder, every frame on its own.
-            encoder_outputs = self.encoder(
-                hidden_states=levels.sources,
-                position_embeddings=levels.position_embeddings,
-                spatial_shapes=levels.spatial_shapes,
-                spatial_shapes_list=levels.spatial_shapes_list,
-                level_start_index=levels.level_start_index,
-                valid_ratios=levels.valid_ratios,
-                padding_mask=levels.padding_mask,
-                return_dict=True,
-                **recorded,
-            )
-            memory = encoder_outputs.last_hidden_state
-            # 4. Decoder with box refinement: conditional queries (the sentence as content, a learned position shared
-            # by all frames).
-            query_positions = self.query_position_embeddings.weight[None].expand(batch_size * chunk_frames, -1, -1)
-            with autocast_disabled(query_positions):
-                initial_reference = self.reference_points(query_positions).sigmoid()
-            decoder_outputs = self.decoder(
-                hidden_states=text.sentence_features[:, None, None]
-                .expand(-1, chunk_frames, self.config.num_queries, -1)
-                .flatten(0, 1),
-                query_position_embeddings=query_positions,
-                reference_points=initial_reference,
-                encoder_hidden_states=memory,
-                spatial_shapes=levels.spatial_shapes,
-                spatial_shapes_list=levels.spatial_shapes_list,
-                level_start_index=levels.level_start_index,
-                valid_ratios=levels.valid_ratios,
-                encoder_padding_mask=levels.padding_mask,
-                return_dict=True,
-                **recorded,
-            )
-            clip.write(
-                frames,
-                FrameChunkEncoding(
-                    memory=memory,
-                    spatial_shapes_list=levels.spatial_shapes_list,
-                    hidden_states=decoder_outputs.intermediate_hidden_states,
-                    boxes=decoder_outputs.intermediate_pred_boxes,
-                    references=decoder_outputs.intermediate_reference_points,
-                    key_values=self.pixel_decoder_key_values(
-                        stage_features[0], chunk_padding_mask, memory, levels, chunk_frames
-                    ),
-                    stride4_features=stage_features[0],
-                    recorded=RecordedChunk(
-                        backbone_hidden_states=tuple(stage_features) if output_hidden_states else None,
-                        encoder_hidden_states=encoder_outputs.hidden_states,
-                        encoder_attentions=encoder_outputs.attentions,
-                        decoder_hidden_states=decoder_outputs.hidden_states,
-                        decoder_attentions=decoder_outputs.attentions,
-                        cross_attentions=decoder_outputs.cross_attentions,
-                    ),
-                ),
-            )
-            del stage_features, levels, encoder_outputs, memory, decoder_outputs
+            chunk_padding_mask = clip.padding_mask[:, frames].flatten(0, 1)
+            clip.write(frames, self.encode_frames(stage_features, chunk_padding_mask, chunk_frames, text, **recorded))
+            del stage_features
 
-        # 5. Cross-modal FPN, frame chunk by frame chunk, its self-attention over every frame of the clip.
+        # Mask pass: the cross-modal FPN frame chunk by frame chunk, its self-attention over every frame of the clip.
         if mask_head is not None:
             mask_head.prepare(clip)
         key_values = clip.pixel_decoder_key_values()
         for frames in frame_chunks(clip.num_frames, self.config.frame_chunk_size):
-            maps = self.pixel_decoder_maps(clip, frames, key_values)
+            maps = self.pixel_decoder(
+                stride4_features=clip.stride4_features_of(frames, self.backbone),
+                padding_mask=clip.padding_mask[:, frames].flatten(0, 1),
+                memory=clip.memory[:, frames].flatten(0, 1),
+                spatial_shapes_list=clip.spatial_shapes_list,
+                num_frames=frames.stop - frames.start,
+                clip_key_values=key_values,
+                text=text,
+            )
             if mask_head is not None:
-                mask_head(frames, maps)
+                mask_head(frames, per_clip(maps, batch_size))
             else:
-                mask_features = self.pixel_decoder.mask_features(maps.flatten(0, 1))
-                clip.write_mask_features(frames, mask_features.view(*maps.shape[:2], *mask_features.shape[1:]))
+                clip.write_mask_features(frames, per_clip(self.pixel_decoder.mask_features(maps), batch_size))
             del maps
 
         recorded_outputs = clip.recorded_over_clip()
@@ -1342,6 +1324,67 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             attentions=text_outputs.attentions,
         )
 
+    def encode_frames(
+        self,
+        stage_features: list[torch.Tensor],
+        padding_mask: torch.Tensor,
+        num_frames: int,
+        text: TextFeatures,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> FrameChunkEncoding:
+        """Fusion, deformable encoder, decoder with box refinement and the FPN's self-attention keys and values of
+        `num_frames` consecutive frames of each clip: `stage_features` (four backbone maps) and `padding_mask`
+        `[B_video * t, H, W]` of the video batch, `text` of the B sentences."""
+        batch_size = text.word_features.shape[0]
+        levels = self.fused_levels(stage_features, padding_mask, num_frames, text)
+        encoder_outputs = self.encoder(
+            hidden_states=levels.sources,
+            position_embeddings=levels.position_embeddings,
+            spatial_shapes=levels.spatial_shapes,
+            spatial_shapes_list=levels.spatial_shapes_list,
+            level_start_index=levels.level_start_index,
+            valid_ratios=levels.valid_ratios,
+            padding_mask=levels.padding_mask,
+            return_dict=True,
+            **kwargs,
+        )
+        memory = encoder_outputs.last_hidden_state
+        # Conditional queries: the sentence feature as content, a learned position shared by all frames.
+        query_positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
+        with autocast_disabled(query_positions):
+            initial_reference = self.reference_points(query_positions).sigmoid()
+        queries = text.sentence_features[:, None, None].expand(-1, num_frames, self.config.num_queries, -1)
+        decoder_outputs = self.decoder(
+            hidden_states=queries.flatten(0, 1),
+            query_position_embeddings=query_positions,
+            reference_points=initial_reference,
+            encoder_hidden_states=memory,
+            spatial_shapes=levels.spatial_shapes,
+            spatial_shapes_list=levels.spatial_shapes_list,
+            level_start_index=levels.level_start_index,
+            valid_ratios=levels.valid_ratios,
+            encoder_padding_mask=levels.padding_mask,
+            return_dict=True,
+            **kwargs,
+        )
+        return FrameChunkEncoding(
+            memory=memory,
+            spatial_shapes_list=levels.spatial_shapes_list,
+            hidden_states=decoder_outputs.intermediate_hidden_states,
+            boxes=decoder_outputs.intermediate_pred_boxes,
+            references=decoder_outputs.intermediate_reference_points,
+            key_values=self.pixel_decoder.key_values(stage_features[0], padding_mask, memory, levels, num_frames),
+            stride4_features=stage_features[0],
+            recorded=RecordedChunk(
+                backbone_hidden_states=tuple(stage_features) if kwargs.get("output_hidden_states") else None,
+                encoder_hidden_states=encoder_outputs.hidden_states,
+                encoder_attentions=encoder_outputs.attentions,
+                decoder_hidden_states=decoder_outputs.hidden_states,
+                decoder_attentions=decoder_outputs.attentions,
+                cross_attentions=decoder_outputs.cross_attentions,
+            ),
+        )
+
     def fused_levels(
         self, stage_features: list[torch.Tensor], padding_mask: torch.Tensor, num_frames: int, text: TextFeatures
     ) -> DeformableLevels:
@@ -1356,17 +1399,7 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             sine_position_embedding_2d(mask, hidden_size // 2).to(features.dtype)
             for mask, features in zip(level_masks, stage_features[1:] + sources[-1:])
         ]
-        sources = [
-            clip_tokens_to_frames(
-                self.vision_language_fusion(
-                    frames_to_clip_tokens(source, num_frames), text.word_features, text.position_embeddings,
-                    text.padding_mask,
-                ),
-                num_frames,
-                *source.shape[-2:],
-            )
-            for source in sources
-        ]
+        sources = [self.vision_language_fusion(source, num_frames, text) for source in sources]
         spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
         spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=padding_mask.device)
         valid_ratios = torch.stack([valid_ratio(mask) for mask in level_masks], 1).to(sources[0].dtype)
@@ -1389,52 +1422,6 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             level_padding_masks=level_masks,
             level_position_embeddings=level_positions,
         )
-
-    def pixel_decoder_key_values(
-        self,
-        stride4_features: torch.Tensor,
-        padding_mask: torch.Tensor,
-        memory: torch.Tensor,
-        levels: DeformableLevels,
-        num_frames: int,
-    ) -> list[PixelDecoderKeyValues]:
-        """The FPN self-attention's keys and values of `num_frames` frames of each clip: stage 0 from the stride-4
-        backbone maps `[B_video * t, C, h, w]` (video batch, frames' `padding_mask` `[B_video * t, H, W]`), stages 1-3
-        from the encoder output `memory` `[B * t, S, C]` with the levels' padding masks and positions."""
-        batch_size = memory.shape[0] // num_frames
-        finest_mask = resize_padding_mask(padding_mask, stride4_features.shape[-2:])
-        stage_masks = [finest_mask] + [
-            per_sentence(mask, batch_size, num_frames) for mask in levels.level_padding_masks[:3]
-        ]
-        stage_positions = [sine_position_embedding_2d(finest_mask, self.config.d_model // 2).to(stride4_features.dtype)]
-        stage_positions += [
-            per_sentence(position, batch_size, num_frames) for position in levels.level_position_embeddings[:3]
-        ]
-        stage_maps = [stride4_features] + memory_maps(memory, levels.spatial_shapes_list, self.config.d_model)
-        return self.pixel_decoder.key_values(stage_maps, stage_masks, stage_positions, num_frames)
-
-    def pixel_decoder_maps(
-        self, clip: ClipEncoding, frames: slice, key_values: list[PixelDecoderKeyValues]
-    ) -> torch.Tensor:
-        """The cross-modal FPN on `frames` of the clip: stride-4 maps `[B, t, C, h/4, w/4]` before its final
-        convolution. The stride-4 backbone maps are the encoding pass's, or recomputed (first stage only)."""
-        num_frames, batch_size = frames.stop - frames.start, clip.batch_size
-        if clip.holds_stride4_features:
-            finest = clip.stride4_features[:, frames].flatten(0, 1)
-        else:
-            finest = self.backbone(clip.pixel_values[:, frames].flatten(0, 1), num_frames=num_frames, num_stages=1)[0]
-        padding_mask = clip.padding_mask[:, frames].flatten(0, 1)
-        stage_maps = [finest] + memory_maps(
-            clip.memory[:, frames].flatten(0, 1), clip.spatial_shapes_list, self.config.d_model
-        )
-        positions = [
-            sine_position_embedding_2d(resize_padding_mask(padding_mask, maps.shape[-2:]), self.config.d_model // 2)
-            .to(finest.dtype)
-            for maps in stage_maps
-        ]
-        positions[1:] = [per_sentence(position, batch_size, num_frames) for position in positions[1:]]
-        maps = self.pixel_decoder(stage_maps, positions, num_frames, key_values, clip.text)
-        return maps.view(batch_size, num_frames, *maps.shape[1:])
 
 
 class ReferFormerDynamicMaskHead:

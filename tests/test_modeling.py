@@ -281,6 +281,16 @@ def test_bad_inputs_raise_clear_errors():
         model(**dict(two_clips, input_ids=inputs["input_ids"].repeat(3, 1), attention_mask=None))
     with pytest.raises(ValueError, match="at least 32x32"):
         model(**random_inputs(model.config, height=24, width=64))
+    for value in (0.5, 2):
+        pixel_mask = inputs["pixel_mask"].float()
+        pixel_mask[0, 0, 0, 0] = value
+        with pytest.raises(ValueError, match="pixel_mask must hold 0 .* and 1"):
+            model(**dict(inputs, pixel_mask=pixel_mask))
+    for value in (float("nan"), float("inf")):
+        pixel_values = inputs["pixel_values"].clone()
+        pixel_values[0, -1, 1, 5, 7] = value
+        with pytest.raises(ValueError, match="pixel_values has NaN or infinite values"):
+            model(**dict(inputs, pixel_values=pixel_values))
 
 
 def test_without_box_refinement_heads_are_shared():
