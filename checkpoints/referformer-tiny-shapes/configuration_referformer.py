@@ -1,5 +1,7 @@
 """Configuration classes of ReferFormer and of the backbones it can use."""
 
+import os
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
@@ -7,6 +9,9 @@ from transformers.configuration_utils import SubConfigSpec
 
 
 # RoBERTa-base, the text encoder of every released ReferFormer checkpoint.
+# Sets the default of `ReferFormerConfig.disable_custom_kernels`.
+DISABLE_CUSTOM_KERNELS_ENV_VAR = "REFERFORMER_DISABLE_CUSTOM_KERNELS"
+
 ROBERTA_BASE_KWARGS = {
     "vocab_size": 50265,
     "hidden_size": 768,
@@ -211,13 +216,25 @@ class ReferFormerConfig(PreTrainedConfig):
         only a few cells wide (small inputs); the released models use `False`.
     init_std (`float`, defaults to 0.02):
         Standard deviation of the generic weight initialisation.
-    disable_custom_kernels (`bool`, defaults to `False`):
-        Always use the pure-PyTorch multi-scale deformable attention (no compiled kernel).
+    disable_custom_kernels (`bool`, *optional*):
+        Always use the PyTorch multi-scale deformable attention, never the compiled operator: the one off-switch of
+        the compiled kernel. Defaults to the environment variable `REFERFORMER_DISABLE_CUSTOM_KERNELS` (`1`, `true`,
+        `yes` or `on`), `False` without it. A Hub kernel is chosen separately (`from_pretrained(..., use_kernels=True)`).
+
+    Speed and memory knobs (they change how the forward pass is scheduled, never its results beyond float rounding):
+
     frame_chunk_size (`int`, *optional*):
         Run the per-frame stages (backbone, fusion, deformable encoder and decoder, FPN convolutions, mask head) over
         chunks of this many frames, so that peak memory grows linearly with the clip length; the cross-frame
         attention of the FPN still sees every frame, and results equal an unchunked pass up to fp32 rounding. `None`
         processes all frames at once.
+    stride4_features_hold_bytes (`int`, defaults to `2**30`):
+        With several frame chunks, the stride-4 backbone maps of the clip (14.7 MB per 360x640 ResNet frame) are held
+        from the encoding pass for the FPN pass while they take at most this many bytes; beyond it the FPN pass
+        recomputes them chunk by chunk (the backbone's first stage only).
+    chunk_size_feed_forward (`int`, defaults to 1024):
+        Rows (tokens) per chunk of the feed-forward blocks of the encoder, decoder and FPN (transformers' name), so
+        that the wide hidden layer never exists for all tokens at once; `0` runs each block as one product.
     """
 
     model_type = "referformer"
@@ -283,11 +300,16 @@ class ReferFormerConfig(PreTrainedConfig):
     dice_loss_coefficient: float | int = 5.0
     mask_loss_at_input_resolution: bool = False
     init_std: float = 0.02
-    disable_custom_kernels: bool = False
+    disable_custom_kernels: bool | None = None
     frame_chunk_size: int | None = None
+    stride4_features_hold_bytes: int = 2**30
+    chunk_size_feed_forward: int = 1024
 
     def __post_init__(self, **kwargs):
         self.pixel_decoder_sr_ratios = list(self.pixel_decoder_sr_ratios)
+        if self.disable_custom_kernels is None:
+            environment = os.environ.get(DISABLE_CUSTOM_KERNELS_ENV_VAR, "").strip().lower()
+            self.disable_custom_kernels = environment in ("1", "true", "yes", "on")
         # A deformable encoder and a query decoder, as Deformable DETR's config says.
         kwargs.setdefault("is_encoder_decoder", True)
         # `num_labels`, the generic name of the number of classes, sets `num_classes`.
@@ -360,6 +382,11 @@ class ReferFormerConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.frame_chunk_size is not None and self.frame_chunk_size < 1:
             raise ValueError(f"frame_chunk_size must be at least 1 (or None), got {self.frame_chunk_size}.")
+        if self.stride4_features_hold_bytes < 0 or self.chunk_size_feed_forward < 0:
+            raise ValueError(
+                "stride4_features_hold_bytes and chunk_size_feed_forward must be >= 0, got "
+                f"{self.stride4_features_hold_bytes} and {self.chunk_size_feed_forward}."
+            )
         if self.activation_function not in ACT2FN:
             raise ValueError(f"Unknown activation_function {self.activation_function!r}.")
 

@@ -7,7 +7,7 @@ Labels
 
 - `masks` (`torch.BoolTensor` of shape `(T, H, W)`): the object mask at the **padded** input resolution, i.e. the
   `height, width` of the `pixel_values` given to the model (zero outside the clip's unpadded frame). All False where
-  the object is absent. [`referformer.training.collate_clips`] produces them from unpadded masks.
+  the object is absent. [`referformer.data_transforms.collate_clips`] produces them from unpadded masks.
 - `boxes` (`torch.FloatTensor` of shape `(T, 4)`): (center_x, center_y, width, height) divided by the **unpadded**
   frame width/height, all in [0, 1]; zeros where the object is absent.
 - `valid` (`torch.Tensor` of shape `(T,)`, bool or int): nonzero where the object is visible in the frame.

@@ -12,9 +12,9 @@ Layout of the computation (shapes for B clips of T frames, Q queries, hidden siz
 6. per decoder layer: class logits, boxes, and masks from a dynamic 1x1-convolution head generated per query.
 
 Everything but the FPN's spatio-temporal self-attention is per frame and runs over chunks of
-`config.frame_chunk_size` frames; that attention gets the keys and values of every frame first
-(`ReferFormerModel.encode`), then the FPN and the mask head run chunk by chunk (`ReferFormerModel.iter_mask_features`).
-A single video with several sentences has its visual features computed once.
+`config.frame_chunk_size` frames (`frame_chunking`: the schedule and the whole-clip state); that attention gets the
+keys and values of every frame in the encoding pass, then the FPN and the mask head run chunk by chunk. A single video
+with several sentences has its visual features computed once.
 """
 
 import math
@@ -28,7 +28,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.integrations import use_kernel_forward_from_hub
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -43,15 +42,19 @@ from .configuration_referformer import (
     ReferFormerTimmBackboneConfig,
     ReferFormerVideoSwinBackboneConfig,
 )
+from .frame_chunking import (
+    ClipEncoding,
+    FrameChunkEncoding,
+    MaskHead,
+    PixelDecoderKeyValues,
+    RecordedChunk,
+    TextFeatures,
+    frame_chunks,
+    per_clip,
+)
 from .loss_referformer import ReferFormerLoss
-from .ms_deform_attn_pytorch import ms_deform_attn_pytorch
+from .ms_deform_attn import MultiScaleDeformableAttention
 from .swin_backbones import ReferFormerSwinBackbone, ReferFormerVideoSwinBackbone, init_swin_weights
-
-
-try:  # compiled kernels ship with the installed package only, never with remote code
-    from referformer import kernels as referformer_kernels
-except ImportError:
-    referformer_kernels = None
 
 logger = logging.get_logger(__name__)
 
@@ -228,68 +231,6 @@ def autocast_disabled(tensor: torch.Tensor):
     return torch.autocast(tensor.device.type, enabled=False)
 
 
-def per_clip(values: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Per-frame values `[B*t, ...]` -> `[B, t, ...]`."""
-    return values.view(batch_size, -1, *values.shape[1:])
-
-
-def frame_range(features: torch.Tensor, batch_size: int, start: int, stop: int) -> torch.Tensor:
-    """Frames `start:stop` of every clip of per-frame values `[B*T, ...]` -> `[B*(stop-start), ...]`."""
-    return per_clip(features, batch_size)[:, start:stop].flatten(0, 1)
-
-
-# The fields of the encoder's, decoder's and backbone's recorded outputs that `ReferFormerModelOutput` returns.
-RECORDED_FIELDS = ("hidden_states", "attentions", "cross_attentions")
-
-
-# The largest stride-4 backbone maps of a clip that `ReferFormerModel.encode` holds for the FPN pass; beyond it (long
-# clips: 14.7 MB per 360x640 ResNet frame), the FPN pass recomputes them chunk by chunk.
-FINEST_FEATURES_HELD_BYTES = 2**30
-
-
-class ClipBuffers:
-    """Whole-clip tensors of `num_frames` frames, written frame chunk by frame chunk into buffers allocated at the
-    first chunk (frames along dimension `frame_dim`); a chunk that spans the whole clip is kept as it is."""
-
-    def __init__(self, num_frames: int):
-        self.num_frames = num_frames
-        self.tensors = {}
-
-    def write(self, name: str, start: int, values: torch.Tensor, frame_dim: int = 1) -> None:
-        if values.shape[frame_dim] == self.num_frames:
-            self.tensors[name] = values
-            return
-        if name not in self.tensors:
-            shape = list(values.shape)
-            shape[frame_dim] = self.num_frames
-            self.tensors[name] = values.new_empty(shape)
-        self.tensors[name].narrow(frame_dim, start, values.shape[frame_dim]).copy_(values)
-
-    def pop(self, name: str) -> torch.Tensor:
-        return self.tensors.pop(name)
-
-
-@dataclass
-class ReferFormerPixelDecoderInputs:
-    """What [`ReferFormerModel.iter_mask_features`] needs from [`ReferFormerModel.encode`].
-
-    `finest_features` `[B_video, T, C, h, w]` stride-4 backbone maps, or None when the clip ran in several frame
-    chunks: then the FPN pass recomputes each chunk's maps from `pixel_values` `[B_video, T, 3, H, W]` (the
-    backbone's first stage only) rather than holding the whole clip's; `padding_mask` `[B_video, T, H, W]` (True on
-    padding), `memory` `[B, T, S, C]` encoder output, `spatial_shapes_list` its levels, `clip_key_values` per FPN
-    stage the projected self-attention keys, values and padding mask of whole clips, `text` the word features,
-    sentence features, word positions and text padding mask.
-    """
-
-    finest_features: torch.Tensor | None
-    pixel_values: torch.Tensor
-    padding_mask: torch.Tensor
-    memory: torch.Tensor
-    spatial_shapes_list: list[tuple[int, int]]
-    clip_key_values: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-    text: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-
 # The frozen batch norms `timm.layers.freeze_batch_norm_2d` creates (statistics and affine transform in buffers).
 FROZEN_BATCH_NORMS = (FrozenBatchNorm2d, timm.layers.FrozenBatchNormAct2d)
 
@@ -324,22 +265,24 @@ class ReferFormerTimmBackbone(nn.Module):
                     break
                 parameter.requires_grad_(False)
 
-    def forward(self, pixel_values: torch.Tensor, num_frames: int) -> list[torch.Tensor]:
-        return self.body(pixel_values)
-
-    def stride4_features(self, pixel_values: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """The first of `forward`'s maps (stride 4), computed without the later stages when the feature extractor
-        runs its modules in sequence (timm's `FeatureDictNet`/`FeatureListNet`, e.g. ResNets)."""
-        if not isinstance(self.body, timm.models.FeatureDictNet):
-            return self.body(pixel_values)[0]
+    def forward(self, pixel_values: torch.Tensor, num_frames: int, num_stages: int = 4) -> list[torch.Tensor]:
+        """Frames `[N, 3, H, W]` -> the maps of the first `num_stages` output stages; the later stages are not
+        computed when the feature extractor runs its modules in sequence (timm's `FeatureDictNet`/`FeatureListNet`,
+        e.g. ResNets)."""
+        if num_stages == len(self.channels) or not isinstance(self.body, timm.models.FeatureDictNet):
+            return self.body(pixel_values)[:num_stages]
+        features = []
         for name, module in self.body.items():
             pixel_values = module(pixel_values)
             if name in self.body.return_layers:
-                return pixel_values
+                features.append(pixel_values)
+                if len(features) == num_stages:
+                    return features
 
 
 def build_backbone(config: ReferFormerConfig) -> nn.Module:
-    """The backbone module selected by `config.backbone_config`; it exposes `channels` of its four output stages."""
+    """The backbone module selected by `config.backbone_config`; it exposes `channels` of its four output stages and
+    `forward(pixel_values, num_frames, num_stages=4)`."""
     # Dispatch on `model_type`: with remote code the config classes may come from another copy of the config module.
     backbone_classes = {
         ReferFormerTimmBackboneConfig.model_type: ReferFormerTimmBackbone,
@@ -459,44 +402,12 @@ class ReferFormerAttention(nn.Module):
         return self.out_proj(attn_output.reshape(batch_size, query_length, hidden_size)), attn_weights
 
 
-@use_kernel_forward_from_hub("MultiScaleDeformableAttention")
-class MultiScaleDeformableAttention(nn.Module):
-    """Stateless multi-scale deformable attention core; the single place where compiled kernels plug in.
-
-    Uses the compiled `referformer::ms_deform_attn` op when `referformer.kernels` is installed and can build it, the
-    pure-PyTorch implementation otherwise. Keeps the forward signature of transformers' Deformable DETR so that a
-    compatible Hub kernel can replace it (`use_kernels=True`).
-    """
-
-    def forward(
-        self,
-        value: torch.Tensor,
-        value_spatial_shapes: torch.Tensor,
-        value_spatial_shapes_list: list[tuple[int, int]],
-        level_start_index: torch.Tensor,
-        sampling_locations: torch.Tensor,
-        attention_weights: torch.Tensor,
-        im2col_step: int,
-    ) -> torch.Tensor:
-        if referformer_kernels is not None:
-            return referformer_kernels.ms_deform_attn(
-                value,
-                value_spatial_shapes,
-                level_start_index,
-                sampling_locations,
-                attention_weights,
-                spatial_shapes_list=value_spatial_shapes_list,
-            )
-        return ms_deform_attn_pytorch(value, value_spatial_shapes_list, sampling_locations, attention_weights)
-
-
 class ReferFormerMultiscaleDeformableAttention(nn.Module):
     """Deformable attention over the multi-scale feature maps (the original's `MSDeformAttn`)."""
 
     def __init__(self, config: ReferFormerConfig, num_heads: int, n_points: int):
         super().__init__()
-        self.attn = MultiScaleDeformableAttention()
-        self.disable_custom_kernels = config.disable_custom_kernels
+        self.attn = MultiScaleDeformableAttention(use_custom_kernel=not config.disable_custom_kernels)
         self.d_model = config.d_model
         self.n_levels = config.num_feature_levels
         self.n_heads = num_heads
@@ -546,45 +457,39 @@ class ReferFormerMultiscaleDeformableAttention(nn.Module):
                 reference_points[:, :, None, :, None, :2]
                 + sampling_offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
             )
-        if self.disable_custom_kernels:
-            output = ms_deform_attn_pytorch(value, spatial_shapes_list, sampling_locations, attention_weights)
-        else:
-            output = self.attn(
-                value,
-                spatial_shapes,
-                spatial_shapes_list,
-                level_start_index,
-                sampling_locations,
-                attention_weights,
-                self.im2col_step,
-            )
+        output = self.attn(
+            value,
+            spatial_shapes,
+            spatial_shapes_list,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            self.im2col_step,
+        )
         return self.output_proj(output), attention_weights
 
 
-# Rows per block of the feed-forward layers at inference: a block's wide hidden layer (rows x ffn_dim) stays in cache.
-FEED_FORWARD_BLOCK_ROWS = 1024
-
-
 def feed_forward(
-    hidden_states: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, activation, dropout: float, training: bool
+    hidden_states: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, activation, dropout: float, training: bool, chunk_size: int
 ) -> torch.Tensor:
     """The post-norm layers' feed-forward block `dropout(fc2(dropout(activation(fc1(x)))))` (without the residual).
 
-    Without autograd (inference), the tokens go through in blocks of `FEED_FORWARD_BLOCK_ROWS` rows, so that the wide
-    hidden layer never exists for all tokens at once (the FPN's stride-4 stage has 14,400 tokens per frame): faster on
-    CPU and much smaller, with every row computed by the same two products.
+    With `chunk_size` > 0 (`config.chunk_size_feed_forward`), the tokens go through in chunks of `chunk_size` rows, so
+    that the wide hidden layer never exists for all tokens at once (the FPN's stride-4 stage has 14,400 tokens per
+    360x640 frame): faster on CPU and much smaller at inference, with every row computed by the same two products.
+    Compiled graphs (`torch.compile`, `torch.export`) run one product: the compiler plans their memory.
     """
     rows = hidden_states.reshape(-1, hidden_states.shape[-1])
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or rows.shape[0] <= FEED_FORWARD_BLOCK_ROWS:
+    if chunk_size <= 0 or torch.compiler.is_compiling() or rows.shape[0] <= chunk_size:
         hidden = F.dropout(activation(fc1(hidden_states)), p=dropout, training=training)
         return F.dropout(fc2(hidden), p=dropout, training=training)
     output = None
-    for start in range(0, rows.shape[0], FEED_FORWARD_BLOCK_ROWS):
-        block = F.dropout(activation(fc1(rows[start : start + FEED_FORWARD_BLOCK_ROWS])), p=dropout, training=training)
+    for start in range(0, rows.shape[0], chunk_size):
+        block = F.dropout(activation(fc1(rows[start : start + chunk_size])), p=dropout, training=training)
         block = F.dropout(fc2(block), p=dropout, training=training)
         if output is None:  # the dtype of the products (bf16 under autocast)
             output = block.new_empty(rows.shape[0], block.shape[-1])
-        output[start : start + FEED_FORWARD_BLOCK_ROWS] = block
+        output[start : start + chunk_size] = block
     return output.view(*hidden_states.shape[:-1], -1)
 
 
@@ -602,6 +507,7 @@ class ReferFormerEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.d_model)
         self.activation_fn = ACT2FN[config.activation_function]
         self.dropout = config.dropout
+        self.chunk_size_feed_forward = config.chunk_size_feed_forward
 
     def forward(
         self,
@@ -625,7 +531,9 @@ class ReferFormerEncoderLayer(GradientCheckpointingLayer):
         hidden_states = self.self_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        ffn_output = feed_forward(hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training)
+        ffn_output = feed_forward(
+            hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training, self.chunk_size_feed_forward
+        )
         return self.final_layer_norm(hidden_states + ffn_output)
 
 
@@ -645,6 +553,7 @@ class ReferFormerDecoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.d_model)
         self.activation_fn = ACT2FN[config.activation_function]
         self.dropout = config.dropout
+        self.chunk_size_feed_forward = config.chunk_size_feed_forward
 
     def forward(
         self,
@@ -674,7 +583,9 @@ class ReferFormerDecoderLayer(GradientCheckpointingLayer):
         hidden_states = self.encoder_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        ffn_output = feed_forward(hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training)
+        ffn_output = feed_forward(
+            hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training, self.chunk_size_feed_forward
+        )
         return self.final_layer_norm(hidden_states + ffn_output)
 
 
@@ -928,11 +839,17 @@ class ReferFormerVisionLanguageFusion(nn.Module):
         super().__init__()
         self.attention = ReferFormerAttention(config, config.d_model, config.fusion_attention_heads, dropout=0.0)
 
-    def forward(self, vision_tokens, text_features, text_position_embeddings, text_padding_mask) -> torch.Tensor:
+    def forward(self, maps: torch.Tensor, num_frames: int, text: TextFeatures) -> torch.Tensor:
+        """Maps `[B_video * t, C, h, w]` of `num_frames` frames of each clip -> fused maps `[B * t, C, h, w]` (a single
+        video is shared by the B sentences)."""
+        vision_tokens = frames_to_clip_tokens(maps, num_frames)
         attended, _ = self.attention(
-            vision_tokens, text_features + text_position_embeddings, text_features, key_padding_mask=text_padding_mask
+            vision_tokens,
+            text.word_features + text.position_embeddings,
+            text.word_features,
+            key_padding_mask=text.padding_mask,
         )
-        return vision_tokens * attended
+        return clip_tokens_to_frames(vision_tokens * attended, num_frames, *maps.shape[-2:])
 
 
 class ReferFormerConvNorm(nn.Module):
@@ -972,6 +889,7 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(hidden_size)
         # In place: during training the stride-4 stage's hidden activations are the largest tensor of the FPN.
         self.activation_fn = nn.ReLU(inplace=True)
+        self.chunk_size_feed_forward = config.chunk_size_feed_forward
 
     def _reduce(self, maps: torch.Tensor) -> torch.Tensor:
         """Nearest down-sampling of `[N, C, h, w]` maps by `sr_ratio` (sizes rounded down, as the original)."""
@@ -1028,23 +946,71 @@ class ReferFormerPixelDecoderBlock(GradientCheckpointingLayer):
         hidden_states = self.cross_attn_layer_norm(
             hidden_states + F.dropout(attn_output, p=self.dropout, training=self.training)
         )
-        ffn_output = feed_forward(hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training)
+        ffn_output = feed_forward(
+            hidden_states, self.fc1, self.fc2, self.activation_fn, self.dropout, self.training, self.chunk_size_feed_forward
+        )
         hidden_states = self.final_layer_norm(hidden_states + ffn_output)
         return clip_tokens_to_frames(hidden_states, num_frames, height, width)
 
 
+@dataclass
+class DeformableLevels:
+    """The four feature levels of a frame chunk as the deformable transformer reads them, N frames (one per sentence
+    and frame): `sources` `[N, S, C]` (levels flattened and concatenated, fused with the words), `position_embeddings`
+    `[N, S, C]` (sine plus level embedding), `padding_mask` `[N, S]`, `spatial_shapes` `[levels, 2]` (and as
+    `spatial_shapes_list`), `level_start_index` `[levels]`, `valid_ratios` `[N, levels, 2]`; and per level, of the
+    video batch, the padding masks `[B_video * t, h, w]` and sine positions `[B_video * t, C, h, w]` (the FPN's too).
+    """
+
+    sources: torch.Tensor
+    position_embeddings: torch.Tensor
+    padding_mask: torch.Tensor
+    spatial_shapes: torch.Tensor
+    spatial_shapes_list: list[tuple[int, int]]
+    level_start_index: torch.Tensor
+    valid_ratios: torch.Tensor
+    level_padding_masks: list[torch.Tensor]
+    level_position_embeddings: list[torch.Tensor]
+
+
+def valid_ratio(padding_mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of valid columns and rows of each frame: `[N, 2]` as (width, height)."""
+    _, height, width = padding_mask.shape
+    valid_height = torch.sum(~padding_mask[:, :, 0], 1)
+    valid_width = torch.sum(~padding_mask[:, 0, :], 1)
+    return torch.stack([valid_width.float() / width, valid_height.float() / height], -1)
+
+
+def per_sentence(tensor: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
+    """Per-frame values `[B_video * t, ...]` of a video shared by `batch_size` sentences -> `[batch_size * t, ...]`."""
+    if tensor.shape[0] == batch_size * num_frames:
+        return tensor
+    return tensor.repeat(batch_size, *[1] * (tensor.dim() - 1))
+
+
+def memory_maps(memory: torch.Tensor, spatial_shapes_list, hidden_size: int) -> list[torch.Tensor]:
+    """The encoder output `[N, S, C]` of strides 8/16/32 as maps `[N, C, h, w]`."""
+    maps, start = [], 0
+    for level_height, level_width in spatial_shapes_list[:3]:
+        level_memory = memory[:, start : start + level_height * level_width]
+        maps.append(level_memory.transpose(1, 2).reshape(-1, hidden_size, level_height, level_width))
+        start += level_height * level_width
+    return maps
+
+
 class ReferFormerPixelDecoder(nn.Module):
     """Cross-modal FPN: top-down from the stride-32 encoder map to the stride-4 backbone map, each level fused with
-    the words by a [`ReferFormerPixelDecoderBlock`]; produces the stride-4 mask features.
+    the words by a [`ReferFormerPixelDecoderBlock`]; its final convolution `mask_features` makes the stride-4 mask
+    features.
 
     Stage `i` works at stride `4 * 2**i`: stage 0 reads the stride-4 backbone features, stages 1-3 the encoder output.
-    The blocks' self-attention spans all frames of a clip: `frame_key_value_tokens` (per frame chunk) and
-    `clip_key_values` (once per clip) prepare its keys and values, then `forward` runs on any chunk of frames.
+    The blocks' self-attention spans all frames of a clip: `key_values` prepares its keys and values frame chunk by
+    frame chunk, then `forward` runs on any chunk of frames.
     """
 
     def __init__(self, config: ReferFormerConfig, finest_backbone_channels: int):
         super().__init__()
-        hidden_size = config.d_model
+        hidden_size = self.hidden_size = config.d_model
         input_channels = [finest_backbone_channels, hidden_size, hidden_size, hidden_size]
         self.adapters = nn.ModuleList(
             ReferFormerConvNorm(channels, hidden_size, kernel_size=1, activation=False) for channels in input_channels
@@ -1055,58 +1021,118 @@ class ReferFormerPixelDecoder(nn.Module):
         self.blocks = nn.ModuleList(ReferFormerPixelDecoderBlock(config, ratio) for ratio in config.pixel_decoder_sr_ratios)
         self.mask_features = nn.Conv2d(hidden_size, config.mask_dim, kernel_size=3, padding=1)
 
-    def frame_key_value_tokens(
+    def key_values(
         self,
-        stage_features: list[torch.Tensor],
-        stage_padding_masks: list[torch.Tensor],
-        stage_position_embeddings: list[torch.Tensor],
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per stage, the self-attention key inputs, values and padding mask of each frame (see
-        [`ReferFormerPixelDecoderBlock.frame_key_value_tokens`])."""
-        return [
-            block.frame_key_value_tokens(adapter(features), positions, masks)
-            for block, adapter, features, masks, positions in zip(
-                self.blocks, self.adapters, stage_features, stage_padding_masks, stage_position_embeddings
-            )
+        stride4_features: torch.Tensor,
+        padding_mask: torch.Tensor,
+        memory: torch.Tensor,
+        levels: DeformableLevels,
+        num_frames: int,
+    ) -> list[PixelDecoderKeyValues]:
+        """Per stage, the projected self-attention keys and values of `num_frames` frames of each clip: stage 0 from
+        the stride-4 backbone maps `[B_video * t, C, h, w]` (video batch, frames' `padding_mask` `[B_video * t, H,
+        W]`), stages 1-3 from the encoder output `memory` `[B * t, S, C]` with the levels' padding masks and positions
+        (see [`ReferFormerPixelDecoderBlock.frame_key_value_tokens`])."""
+        batch_size = memory.shape[0] // num_frames
+        finest_mask = resize_padding_mask(padding_mask, stride4_features.shape[-2:])
+        stage_masks = [finest_mask] + [per_sentence(mask, batch_size, num_frames) for mask in levels.level_padding_masks[:3]]
+        stage_positions = [sine_position_embedding_2d(finest_mask, self.hidden_size // 2).to(stride4_features.dtype)]
+        stage_positions += [
+            per_sentence(position, batch_size, num_frames) for position in levels.level_position_embeddings[:3]
         ]
-
-    def clip_key_values(
-        self, stage: int, keys: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projected keys and values `[B, heads, t*h'*w', head_dim]` and padding mask `[B, t*h'*w']` of stage `stage`
-        for `t` frames of each clip, from their tokens `[B, t, h'*w', C]` (mask `[B, t, h'*w']`)."""
-        key_states, value_states = self.blocks[stage].self_attn.project_keys_values(keys.flatten(1, 2), values.flatten(1, 2))
-        return key_states, value_states, padding_mask.flatten(1)
+        stage_maps = [stride4_features] + memory_maps(memory, levels.spatial_shapes_list, self.hidden_size)
+        key_values = []
+        for block, adapter, features, masks, positions in zip(
+            self.blocks, self.adapters, stage_maps, stage_masks, stage_positions
+        ):
+            keys, values, masks = block.frame_key_value_tokens(adapter(features), positions, masks)
+            clip_batch = keys.shape[0] // num_frames  # [B*t, n, C] -> [B, t*n, C], frame-major
+            key_states, value_states = block.self_attn.project_keys_values(
+                keys.reshape(clip_batch, -1, keys.shape[-1]), values.reshape(clip_batch, -1, values.shape[-1])
+            )
+            key_values.append(PixelDecoderKeyValues(key_states, value_states, masks.reshape(clip_batch, -1)))
+        return key_values
 
     def forward(
         self,
-        stage_features: list[torch.Tensor],
-        stage_position_embeddings: list[torch.Tensor],
+        stride4_features: torch.Tensor,
+        padding_mask: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes_list: list[tuple[int, int]],
         num_frames: int,
-        clip_key_values: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-        text_features: torch.Tensor,
-        text_position_embeddings: torch.Tensor,
-        text_padding_mask: torch.Tensor,
-        project: bool = True,
+        clip_key_values: list[PixelDecoderKeyValues],
+        text: TextFeatures,
     ) -> torch.Tensor:
-        """Inputs per stage (strides 4, 8, 16, 32): features `[B*t, C_i, h, w]` of `num_frames` frames per clip and
-        their positions; `clip_key_values` per stage from `clip_key_values`. Returns the mask features of the frames,
-        or with `project=False` the stride-4 maps before their final convolution `mask_features`."""
+        """The FPN on `num_frames` frames of each clip: the stride-4 backbone maps `[B_video * t, C, h, w]` (frames'
+        `padding_mask` `[B_video * t, H, W]`) and the encoder output `memory` `[B * t, S, C]` (levels
+        `spatial_shapes_list`) fused top-down, the self-attention over `clip_key_values` (every frame of the clips).
+        Returns the stride-4 maps `[B * t, C, h, w]` before the final convolution `mask_features`."""
+        batch_size = memory.shape[0] // num_frames
+        stage_features = [stride4_features] + memory_maps(memory, spatial_shapes_list, self.hidden_size)
+        stage_position_embeddings = [
+            sine_position_embedding_2d(resize_padding_mask(padding_mask, maps.shape[-2:]), self.hidden_size // 2)
+            .to(stride4_features.dtype)
+            for maps in stage_features
+        ]
+        stage_position_embeddings[1:] = [
+            per_sentence(position, batch_size, num_frames) for position in stage_position_embeddings[1:]
+        ]
         output = None
         for stage in reversed(range(len(self.adapters))):
+            key_values = clip_key_values[stage]
             fused = self.blocks[stage](
-                self.adapters[stage](stage_features[stage]),
-                stage_position_embeddings[stage],
-                num_frames,
-                *clip_key_values[stage],
-                text_features,
-                text_position_embeddings,
-                text_padding_mask,
+                vision_features=self.adapters[stage](stage_features[stage]),
+                vision_position_embeddings=stage_position_embeddings[stage],
+                num_frames=num_frames,
+                clip_key_states=key_values.key_states,
+                clip_value_states=key_values.value_states,
+                clip_key_padding_mask=key_values.padding_mask,
+                text_features=text.word_features,
+                text_position_embeddings=text.position_embeddings,
+                text_padding_mask=text.padding_mask,
             )
             if output is not None:
                 fused = fused + F.interpolate(output, size=fused.shape[-2:], mode="nearest")
             output = self.layers[stage](fused)
-        return self.mask_features(output) if project else output
+        return output
+
+
+def check_model_inputs(model, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices) -> None:
+    """Named errors for inputs whose shapes or values do not fit together, before anything is computed."""
+    if pixel_values.dim() != 5:
+        raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}.")
+    batch_size, num_frames, _, height, width = pixel_values.shape
+    if input_ids.dim() != 2 or (input_ids.shape[0] != batch_size and batch_size != 1):
+        raise ValueError(
+            f"input_ids must be [batch, length] with one expression per clip ({batch_size}), or any number of "
+            f"expressions for a single video, got {tuple(input_ids.shape)}."
+        )
+    if valid_frame_indices is not None and input_ids.shape[0] != batch_size:
+        raise ValueError("valid_frame_indices needs one clip per expression (pixel_values of the input_ids batch).")
+    if min(height, width) < 32:
+        raise ValueError(f"Frames must be at least 32x32 pixels, got {height}x{width}.")
+    if pixel_mask is not None and tuple(pixel_mask.shape) != (batch_size, num_frames, height, width):
+        raise ValueError(
+            f"pixel_mask must be [batch, frames, height, width] = {(batch_size, num_frames, height, width)} like "
+            f"pixel_values, got {tuple(pixel_mask.shape)}."
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}."
+        )
+    if not torch.compiler.is_compiling():  # value checks (a compiled graph cannot branch on values)
+        if pixel_mask is not None and ((pixel_mask != 0) & (pixel_mask != 1)).any():
+            raise ValueError(f"pixel_mask must hold 0 (padding) and 1 (pixels) only, got {pixel_mask.unique()[:5].tolist()}.")
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values has NaN or infinite values.")
+    positions = getattr(getattr(model.text_encoder, "embeddings", None), "position_embeddings", None)
+    if isinstance(positions, nn.Embedding):  # RoBERTa-style position ids start after the padding index
+        limit = positions.num_embeddings - (positions.padding_idx + 1 if positions.padding_idx is not None else 0)
+        if input_ids.shape[1] > limit:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens, more than the text encoder's {limit} positions; "
+                "truncate the expressions (the processor does)."
+            )
 
 
 class ReferFormerModel(ReferFormerPreTrainedModel):
@@ -1130,6 +1156,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             so every output has a single frame (with a Video Swin backbone the other frames still shape it).
         original_sizes, frame_indices (*optional*):
             Returned by the processor for post-processing; accepted so that `model(**inputs)` works, not used.
+        mask_head ([`~referformer.frame_chunking.MaskHead`], *optional*):
+            Takes the FPN's stride-4 maps chunk by chunk instead of the output's `mask_features` (the task model's
+            dynamic mask head, which may fold the FPN's final convolution into its first layer).
     """
 
     def __init__(self, config: ReferFormerConfig):
@@ -1166,51 +1195,6 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         self.pixel_decoder = ReferFormerPixelDecoder(config, self.backbone.channels[0])
         self.post_init()
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Unpack[TransformersKwargs]):
-        """Word features `[B, L, C]`, sentence feature `[B, C]`, the text padding mask `[B, L]` (True = padding) and
-        the text encoder's output (with its hidden states and attentions when `kwargs` ask for them)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
-            text_outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        word_features = text_outputs.last_hidden_state
-        # The sentence feature is the pooler output (tanh dense on the first token); encoders without a pooler use
-        # their first token's hidden state.
-        pooled = getattr(text_outputs, "pooler_output", None)
-        sentence_features = pooled if pooled is not None else word_features[:, 0]
-        text_features = (self.text_projection(word_features), self.text_projection(sentence_features))
-        return *text_features, attention_mask.ne(1), text_outputs
-
-    def _check_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices=None) -> None:
-        """Named errors for inputs whose shapes do not fit together, before anything is computed."""
-        if pixel_values.dim() != 5:
-            raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}.")
-        batch_size, num_frames, _, height, width = pixel_values.shape
-        if input_ids.dim() != 2 or (input_ids.shape[0] != batch_size and batch_size != 1):
-            raise ValueError(
-                f"input_ids must be [batch, length] with one expression per clip ({batch_size}), or any number of "
-                f"expressions for a single video, got {tuple(input_ids.shape)}."
-            )
-        if valid_frame_indices is not None and input_ids.shape[0] != batch_size:
-            raise ValueError("valid_frame_indices needs one clip per expression (pixel_values of the input_ids batch).")
-        if min(height, width) < 32:
-            raise ValueError(f"Frames must be at least 32x32 pixels, got {height}x{width}.")
-        if pixel_mask is not None and tuple(pixel_mask.shape) != (batch_size, num_frames, height, width):
-            raise ValueError(
-                f"pixel_mask must be [batch, frames, height, width] = {(batch_size, num_frames, height, width)} like "
-                f"pixel_values, got {tuple(pixel_mask.shape)}."
-            )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}."
-            )
-        positions = getattr(getattr(self.text_encoder, "embeddings", None), "position_embeddings", None)
-        if isinstance(positions, nn.Embedding):  # RoBERTa-style position ids start after the padding index
-            limit = positions.num_embeddings - (positions.padding_idx + 1 if positions.padding_idx is not None else 0)
-            if input_ids.shape[1] > limit:
-                raise ValueError(
-                    f"input_ids has {input_ids.shape[1]} tokens, more than the text encoder's {limit} positions; "
-                    "truncate the expressions (the processor does)."
-                )
-
     def get_input_embeddings(self) -> nn.Module:
         """The word embeddings of the text encoder."""
         return self.text_encoder.get_input_embeddings()
@@ -1229,67 +1213,24 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         valid_frame_indices: torch.LongTensor | None = None,
         original_sizes: torch.LongTensor | None = None,
         frame_indices: torch.LongTensor | None = None,
+        mask_head: MaskHead | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> ReferFormerModelOutput | tuple:
-        output, pixel_decoder_inputs = self.encode(
-            pixel_values,
-            input_ids,
-            pixel_mask=pixel_mask,
-            attention_mask=attention_mask,
-            resized_sizes=resized_sizes,
-            valid_frame_indices=valid_frame_indices,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        clip = ClipBuffers(output.encoder_last_hidden_state.shape[1])
-        for frames, mask_features in self.iter_mask_features(pixel_decoder_inputs):
-            clip.write("mask_features", frames.start, mask_features)
-        output.mask_features = clip.pop("mask_features")
-        return output
-
-    def encode(
-        self,
-        pixel_values: torch.FloatTensor,
-        input_ids: torch.LongTensor,
-        pixel_mask: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        resized_sizes: torch.LongTensor | None = None,
-        valid_frame_indices: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-    ) -> tuple[ReferFormerModelOutput, ReferFormerPixelDecoderInputs]:
-        """Everything but the FPN's mask features, over chunks of `config.frame_chunk_size` frames: the output without
-        `mask_features`, and the inputs of `iter_mask_features`.
-
-        A video of batch 1 with `input_ids` of batch N is shared by the N sentences: its backbone features, input
-        projections and position encodings are computed once.
-        """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        recorded = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
-        self._check_inputs(pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices)
+        check_model_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices)
         video_batch_size, num_frames, _, height, width = pixel_values.shape
-        batch_size = input_ids.shape[0]
         if pixel_mask is None:
-            pixel_mask = torch.ones(
-                (video_batch_size, num_frames, height, width), dtype=torch.long, device=pixel_values.device
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            pixel_mask = pixel_values.new_ones((video_batch_size, num_frames, height, width), dtype=torch.long)
         if resized_sizes is None:
             resized_sizes = torch.stack([pixel_mask[:, 0].any(-1).sum(-1), pixel_mask[:, 0].any(-2).sum(-1)], -1)
-        frame_sizes = torch.as_tensor(resized_sizes, device=pixel_values.device).view(-1, 2).expand(batch_size, 2)
         padding_mask = ~pixel_mask.bool()
+        batch_size = input_ids.shape[0]
 
-        word_features, sentence_features, text_padding_mask, text_outputs = self.encode_text(
-            input_ids, attention_mask, **recorded
-        )
-        text_positions = sine_position_embedding_1d(text_padding_mask, self.config.d_model).to(word_features.dtype)
-        text = (word_features, sentence_features, text_positions, text_padding_mask)
-
+        recorded = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        # Text: word and sentence features, once for every frame chunk.
+        text = self.encode_text(input_ids, attention_mask, **recorded)
         # Backbones that mix frames (Video Swin) and the annotated-frame selection see the whole clip at once.
         clip_features = None
         if valid_frame_indices is not None or isinstance(self.backbone, ReferFormerVideoSwinBackbone):
@@ -1298,165 +1239,170 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
                 keep = torch.arange(video_batch_size, device=pixel_values.device) * num_frames
                 keep = keep + valid_frame_indices.to(pixel_values.device)
                 clip_features = [feature[keep] for feature in clip_features]
-                padding_mask, num_frames = padding_mask.flatten(0, 1)[keep][:, None], 1
-        # Every chunk's results go straight into whole-clip buffers, so that no chunk outlives its own step and no
-        # whole-clip value exists twice (a concatenation would hold the chunks and their copy together).
-        clip = ClipBuffers(num_frames)
-        # With several chunks of a long clip, the FPN pass recomputes each chunk's stride-4 maps (decided at the first
-        # chunk, from their size) instead of holding the whole clip's.
-        recompute_finest_features = None
-        recorded_chunks = []
-        for start, stop in self._frame_chunks(num_frames):
-            if clip_features is None:
-                stage_features = self.backbone(pixel_values[:, start:stop].flatten(0, 1), num_frames=stop - start)
-            else:
-                stage_features = [frame_range(feature, video_batch_size, start, stop) for feature in clip_features]
-            chunk_mask = padding_mask[:, start:stop].flatten(0, 1)
-            chunk = self._encode_frames(stage_features, chunk_mask, stop - start, text, **recorded)
-            del stage_features
-            finest_features = chunk.pop("finest_features")
-            if recompute_finest_features is None:  # (a single chunk, as with a symbolic frame count, holds them)
-                recompute_finest_features = (
-                    clip_features is None
-                    and stop - start < num_frames
-                    and finest_features.nbytes * num_frames // (stop - start) > FINEST_FEATURES_HELD_BYTES
-                )
-            if not recompute_finest_features:
-                clip.write("finest_features", start, per_clip(finest_features, video_batch_size))
-            del finest_features
-            clip.write("memory", start, per_clip(chunk.pop("memory"), batch_size))
-            for name in ("hidden_states", "boxes", "references"):  # [L, B * t, ...] -> [B, L, t, ...]
-                clip.write(name, start, per_clip(chunk.pop(name).transpose(0, 1), batch_size).transpose(1, 2), 2)
-            for stage, tokens in enumerate(chunk.pop("key_value_tokens")):
-                stage_batch = video_batch_size if stage == 0 else batch_size
-                keys, values, masks = (per_clip(value, stage_batch) for value in tokens)
-                key_states, value_states, key_mask = self.pixel_decoder.clip_key_values(stage, keys, values, masks)
-                frames_apart = (stage_batch, key_states.shape[1], stop - start, -1, key_states.shape[-1])
-                clip.write(f"keys{stage}", start, key_states.reshape(frames_apart), 2)
-                clip.write(f"values{stage}", start, value_states.reshape(frames_apart), 2)
-                clip.write(f"key_mask{stage}", start, key_mask.view(stage_batch, stop - start, -1))
-            spatial_shapes_list = chunk.pop("spatial_shapes_list")
-            # What is left are the recorded outputs: keep their hidden states and attentions (None unless asked for).
-            recorded_chunks.append(
-                {
-                    name: {field: getattr(outputs, field, None) for field in RECORDED_FIELDS}
-                    for name, outputs in chunk.items()
-                }
-            )
-            del chunk
-
-        def recorded_per_frame(name, field, batch=batch_size):  # chunks' tuples of [batch * t, ...] -> [batch * T, ...]
-            per_chunk = [chunk[name][field] for chunk in recorded_chunks]
-            if per_chunk[0] is None or len(per_chunk) == 1:  # a single chunk: the tensors the model computed with
-                return per_chunk[0]
-            return tuple(
-                torch.cat([per_clip(value, batch) for value in values], 1).flatten(0, 1) for values in zip(*per_chunk)
-            )
-
-        clip_key_values = [
-            (clip.pop(f"keys{stage}").flatten(2, 3), clip.pop(f"values{stage}").flatten(2, 3))
-            + (clip.pop(f"key_mask{stage}").flatten(1),)
-            for stage in range(len(self.pixel_decoder.blocks))
-        ]
-        hidden_states, memory = clip.pop("hidden_states"), clip.pop("memory")
-        output = ReferFormerModelOutput(
-            last_hidden_state=hidden_states[:, -1],
-            intermediate_hidden_states=hidden_states,
-            intermediate_pred_boxes=clip.pop("boxes"),
-            intermediate_reference_points=clip.pop("references"),
-            frame_sizes=frame_sizes,
-            encoder_last_hidden_state=memory,
-            encoder_hidden_states=recorded_per_frame("encoder_outputs", "hidden_states"),
-            decoder_hidden_states=recorded_per_frame("decoder_outputs", "hidden_states"),
-            backbone_hidden_states=recorded_per_frame("backbone_outputs", "hidden_states", video_batch_size),
-            text_encoder_hidden_states=text_outputs.hidden_states,
-            encoder_attentions=recorded_per_frame("encoder_outputs", "attentions"),
-            decoder_attentions=recorded_per_frame("decoder_outputs", "attentions"),
-            cross_attentions=recorded_per_frame("decoder_outputs", "cross_attentions"),
-            text_encoder_attentions=text_outputs.attentions,
-        )
-        pixel_decoder_inputs = ReferFormerPixelDecoderInputs(
-            finest_features=None if recompute_finest_features else clip.pop("finest_features"),
+                padding_mask = padding_mask.flatten(0, 1)[keep][:, None]
+        clip = ClipEncoding(
             pixel_values=pixel_values,
             padding_mask=padding_mask,
-            memory=memory,
-            spatial_shapes_list=spatial_shapes_list,
-            clip_key_values=clip_key_values,
+            frame_sizes=torch.as_tensor(resized_sizes, device=pixel_values.device).view(-1, 2).expand(batch_size, 2),
             text=text,
+            batch_size=batch_size,
+            stride4_features_hold_bytes=self.config.stride4_features_hold_bytes,
+            holds_stride4_features=True if clip_features is not None else None,
         )
-        return output, pixel_decoder_inputs
 
-    def _frame_chunks(self, num_frames: int) -> list[tuple[int, int]]:
-        """`(start, stop)` of each chunk of `config.frame_chunk_size` frames; one chunk when it is None, which keeps
-        a symbolic frame count symbolic (torch.export with a dynamic number of frames)."""
-        chunk_size = self.config.frame_chunk_size
-        if chunk_size is None:
-            return [(0, num_frames)]
-        return [(start, min(start + chunk_size, num_frames)) for start in range(0, num_frames, chunk_size)]
-
-    def iter_mask_features(self, inputs: ReferFormerPixelDecoderInputs, project: bool = True):
-        """Runs the cross-modal FPN over chunks of `config.frame_chunk_size` frames; yields `(frames, mask features)`
-        with `frames` a `slice` of the clip's frames and the features `[B, t, mask_dim, h/4, w/4]` (with
-        `project=False`, the maps `[B, t, d_model, h/4, w/4]` before the FPN's final convolution)."""
-        hidden_size = self.config.d_model
-        batch_size = inputs.memory.shape[0]
-        num_frames = inputs.memory.shape[1]
-        word_features, _, text_positions, text_padding_mask = inputs.text
-        for start, stop in self._frame_chunks(num_frames):
-            if inputs.finest_features is None:
-                frames = inputs.pixel_values[:, start:stop].flatten(0, 1)
-                finest = self.backbone.stride4_features(frames, num_frames=stop - start)
+        # Encoding pass, frame chunk by frame chunk: backbone, then fusion, deformable encoder and decoder.
+        for frames in frame_chunks(clip.num_frames, self.config.frame_chunk_size):
+            chunk_frames = frames.stop - frames.start
+            if clip_features is None:
+                stage_features = self.backbone(pixel_values[:, frames].flatten(0, 1), num_frames=chunk_frames)
             else:
-                finest = inputs.finest_features[:, start:stop].flatten(0, 1)
-            padding_mask = inputs.padding_mask[:, start:stop].flatten(0, 1)
-            memory_maps = self._memory_maps(inputs.memory[:, start:stop].flatten(0, 1), inputs.spatial_shapes_list)
-            positions = [
-                sine_position_embedding_2d(resize_padding_mask(padding_mask, maps.shape[-2:]), hidden_size // 2)
-                .to(finest.dtype)
-                for maps in [finest] + memory_maps
-            ]
-            positions[1:] = [self._per_sentence(position, batch_size, stop - start) for position in positions[1:]]
-            mask_features = self.pixel_decoder(
-                [finest] + memory_maps,
-                positions,
-                stop - start,
-                inputs.clip_key_values,
-                word_features,
-                text_positions,
-                text_padding_mask,
-                project=project,
+                stage_features = [per_clip(feature, video_batch_size)[:, frames].flatten(0, 1) for feature in clip_features]
+            chunk_padding_mask = clip.padding_mask[:, frames].flatten(0, 1)
+            clip.write(frames, self.encode_frames(stage_features, chunk_padding_mask, chunk_frames, text, **recorded))
+            del stage_features
+
+        # Mask pass: the cross-modal FPN frame chunk by frame chunk, its self-attention over every frame of the clip.
+        if mask_head is not None:
+            mask_head.prepare(clip)
+        key_values = clip.pixel_decoder_key_values()
+        for frames in frame_chunks(clip.num_frames, self.config.frame_chunk_size):
+            maps = self.pixel_decoder(
+                stride4_features=clip.stride4_features_of(frames, self.backbone),
+                padding_mask=clip.padding_mask[:, frames].flatten(0, 1),
+                memory=clip.memory[:, frames].flatten(0, 1),
+                spatial_shapes_list=clip.spatial_shapes_list,
+                num_frames=frames.stop - frames.start,
+                clip_key_values=key_values,
+                text=text,
             )
-            yield slice(start, stop), mask_features.view(batch_size, stop - start, *mask_features.shape[1:])
+            if mask_head is not None:
+                mask_head(frames, per_clip(maps, batch_size))
+            else:
+                clip.write_mask_features(frames, per_clip(self.pixel_decoder.mask_features(maps), batch_size))
+            del maps
 
-    def _encode_frames(self, stage_features, padding_mask, num_frames, text, **recorded) -> dict:
-        """Fusion, deformable encoder and decoder, and the FPN's self-attention key/value tokens of `num_frames`
-        consecutive frames of each clip (`stage_features` and `padding_mask` of `B_video * num_frames` frames)."""
-        word_features, sentence_features, text_positions, text_padding_mask = text
-        batch_size = word_features.shape[0]
-        hidden_size = self.config.d_model
-        stage_masks = [resize_padding_mask(padding_mask, feature.shape[-2:]) for feature in stage_features]
-        stage_positions = [
-            sine_position_embedding_2d(mask, hidden_size // 2).to(feature.dtype)
-            for mask, feature in zip(stage_masks, stage_features)
-        ]
+        recorded_outputs = clip.recorded_over_clip()
+        return ReferFormerModelOutput(
+            last_hidden_state=clip.hidden_states[:, -1],
+            intermediate_hidden_states=clip.hidden_states,
+            intermediate_pred_boxes=clip.boxes,
+            intermediate_reference_points=clip.references,
+            mask_features=clip.mask_features,
+            frame_sizes=clip.frame_sizes,
+            encoder_last_hidden_state=clip.memory,
+            encoder_hidden_states=recorded_outputs.encoder_hidden_states,
+            decoder_hidden_states=recorded_outputs.decoder_hidden_states,
+            backbone_hidden_states=recorded_outputs.backbone_hidden_states,
+            text_encoder_hidden_states=text.hidden_states,
+            encoder_attentions=recorded_outputs.encoder_attentions,
+            decoder_attentions=recorded_outputs.decoder_attentions,
+            cross_attentions=recorded_outputs.cross_attentions,
+            text_encoder_attentions=text.attentions,
+        )
 
-        # Input projections of strides 8/16/32 and the extra stride-64 level (from the raw last stage), each fused
-        # with the words.
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Unpack[TransformersKwargs]
+    ) -> TextFeatures:
+        """The expressions' word and sentence features, positions and padding mask (see [`TextFeatures`]), with the
+        text encoder's hidden states and attentions when `kwargs` ask for them."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
+            text_outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        word_features = self.text_projection(text_outputs.last_hidden_state)
+        # The sentence feature is the pooler output (tanh dense on the first token); encoders without a pooler use
+        # their first token's hidden state.
+        pooled = getattr(text_outputs, "pooler_output", None)
+        sentence_features = pooled if pooled is not None else text_outputs.last_hidden_state[:, 0]
+        padding_mask = attention_mask.ne(1)
+        return TextFeatures(
+            word_features=word_features,
+            sentence_features=self.text_projection(sentence_features),
+            position_embeddings=sine_position_embedding_1d(padding_mask, self.config.d_model).to(word_features.dtype),
+            padding_mask=padding_mask,
+            hidden_states=text_outputs.hidden_states,
+            attentions=text_outputs.attentions,
+        )
+
+    def encode_frames(
+        self,
+        stage_features: list[torch.Tensor],
+        padding_mask: torch.Tensor,
+        num_frames: int,
+        text: TextFeatures,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> FrameChunkEncoding:
+        """Fusion, deformable encoder, decoder with box refinement and the FPN's self-attention keys and values of
+        `num_frames` consecutive frames of each clip: `stage_features` (four backbone maps) and `padding_mask`
+        `[B_video * t, H, W]` of the video batch, `text` of the B sentences."""
+        batch_size = text.word_features.shape[0]
+        levels = self.fused_levels(stage_features, padding_mask, num_frames, text)
+        encoder_outputs = self.encoder(
+            hidden_states=levels.sources,
+            position_embeddings=levels.position_embeddings,
+            spatial_shapes=levels.spatial_shapes,
+            spatial_shapes_list=levels.spatial_shapes_list,
+            level_start_index=levels.level_start_index,
+            valid_ratios=levels.valid_ratios,
+            padding_mask=levels.padding_mask,
+            return_dict=True,
+            **kwargs,
+        )
+        memory = encoder_outputs.last_hidden_state
+        # Conditional queries: the sentence feature as content, a learned position shared by all frames.
+        query_positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
+        with autocast_disabled(query_positions):
+            initial_reference = self.reference_points(query_positions).sigmoid()
+        queries = text.sentence_features[:, None, None].expand(-1, num_frames, self.config.num_queries, -1)
+        decoder_outputs = self.decoder(
+            hidden_states=queries.flatten(0, 1),
+            query_position_embeddings=query_positions,
+            reference_points=initial_reference,
+            encoder_hidden_states=memory,
+            spatial_shapes=levels.spatial_shapes,
+            spatial_shapes_list=levels.spatial_shapes_list,
+            level_start_index=levels.level_start_index,
+            valid_ratios=levels.valid_ratios,
+            encoder_padding_mask=levels.padding_mask,
+            return_dict=True,
+            **kwargs,
+        )
+        return FrameChunkEncoding(
+            memory=memory,
+            spatial_shapes_list=levels.spatial_shapes_list,
+            hidden_states=decoder_outputs.intermediate_hidden_states,
+            boxes=decoder_outputs.intermediate_pred_boxes,
+            references=decoder_outputs.intermediate_reference_points,
+            key_values=self.pixel_decoder.key_values(stage_features[0], padding_mask, memory, levels, num_frames),
+            stride4_features=stage_features[0],
+            recorded=RecordedChunk(
+                backbone_hidden_states=tuple(stage_features) if kwargs.get("output_hidden_states") else None,
+                encoder_hidden_states=encoder_outputs.hidden_states,
+                encoder_attentions=encoder_outputs.attentions,
+                decoder_hidden_states=decoder_outputs.hidden_states,
+                decoder_attentions=decoder_outputs.attentions,
+                cross_attentions=decoder_outputs.cross_attentions,
+            ),
+        )
+
+    def fused_levels(
+        self, stage_features: list[torch.Tensor], padding_mask: torch.Tensor, num_frames: int, text: TextFeatures
+    ) -> DeformableLevels:
+        """The deformable transformer's levels of `num_frames` frames of each clip (`stage_features` and
+        `padding_mask` `[B_video * t, H, W]`): input projections of strides 8/16/32 and an extra stride-64 level (from
+        the raw last stage), each multiplied by its cross-attention to the words, flattened per sentence."""
+        hidden_size, batch_size = self.config.d_model, text.word_features.shape[0]
         sources = [projection(feature) for projection, feature in zip(self.input_projection, stage_features[1:])]
         sources.append(self.input_projection[-1](stage_features[-1]))
-        level_masks = stage_masks[1:] + [resize_padding_mask(padding_mask, sources[-1].shape[-2:])]
-        level_positions = stage_positions[1:] + [
-            sine_position_embedding_2d(level_masks[-1], hidden_size // 2).to(sources[-1].dtype)
+        level_masks = [resize_padding_mask(padding_mask, source.shape[-2:]) for source in sources]
+        level_positions = [  # in the dtype of the backbone maps, and of the projection for the extra level
+            sine_position_embedding_2d(mask, hidden_size // 2).to(features.dtype)
+            for mask, features in zip(level_masks, stage_features[1:] + sources[-1:])
         ]
-        sources = [self._fuse(source, word_features, text_positions, text_padding_mask, num_frames) for source in sources]
-
-        # Flatten the levels for the deformable transformer.
+        sources = [self.vision_language_fusion(source, num_frames, text) for source in sources]
         spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
         spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=padding_mask.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self._valid_ratio(mask) for mask in level_masks], 1).to(sources[0].dtype)
-        flat_sources = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
-        flat_masks = torch.cat([mask.flatten(1) for mask in level_masks], 1)
+        valid_ratios = torch.stack([valid_ratio(mask) for mask in level_masks], 1).to(sources[0].dtype)
         flat_positions = torch.cat(
             [
                 position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
@@ -1464,96 +1410,87 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             ],
             1,
         )
-        valid_ratios, flat_masks, flat_positions = (
-            self._per_sentence(tensor, batch_size, num_frames) for tensor in (valid_ratios, flat_masks, flat_positions)
-        )
-        encoder_outputs = self.encoder(
-            flat_sources,
-            flat_positions,
-            spatial_shapes,
-            spatial_shapes_list,
-            level_start_index,
-            valid_ratios,
-            flat_masks,
-            return_dict=True,
-            **recorded,
-        )
-        memory = encoder_outputs.last_hidden_state
-
-        # Conditional queries: the sentence feature as content, a learned position shared by all frames.
-        num_queries = self.config.num_queries
-        query_positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
-        target = sentence_features[:, None, None].expand(-1, num_frames, num_queries, -1).flatten(0, 1)
-        with autocast_disabled(query_positions):
-            initial_reference = self.reference_points(query_positions).sigmoid()
-        decoder_outputs = self.decoder(
-            target,
-            query_positions,
-            initial_reference,
-            memory,
-            spatial_shapes,
-            spatial_shapes_list,
-            level_start_index,
-            valid_ratios,
-            flat_masks,
-            return_dict=True,
-            **recorded,
+        flat_masks = torch.cat([mask.flatten(1) for mask in level_masks], 1)
+        return DeformableLevels(
+            sources=torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1),
+            position_embeddings=per_sentence(flat_positions, batch_size, num_frames),
+            padding_mask=per_sentence(flat_masks, batch_size, num_frames),
+            spatial_shapes=spatial_shapes,
+            spatial_shapes_list=spatial_shapes_list,
+            level_start_index=torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])),
+            valid_ratios=per_sentence(valid_ratios, batch_size, num_frames),
+            level_padding_masks=level_masks,
+            level_position_embeddings=level_positions,
         )
 
-        # The FPN reads the backbone stride-4 map and the encoder output at strides 8/16/32.
-        memory_maps = self._memory_maps(memory, spatial_shapes_list)
-        fpn_masks, fpn_positions = (
-            [values[0]] + [self._per_sentence(value, batch_size, num_frames) for value in values[1:]]
-            for values in (stage_masks, stage_positions)
-        )
-        key_value_tokens = self.pixel_decoder.frame_key_value_tokens(
-            [stage_features[0]] + memory_maps, fpn_masks, fpn_positions
-        )
-        return {
-            "memory": memory,
-            "hidden_states": decoder_outputs.intermediate_hidden_states,
-            "boxes": decoder_outputs.intermediate_pred_boxes,
-            "references": decoder_outputs.intermediate_reference_points,
-            "encoder_outputs": encoder_outputs,
-            "decoder_outputs": decoder_outputs,
-            "backbone_outputs": BaseModelOutput(
-                hidden_states=tuple(stage_features) if recorded["output_hidden_states"] else None
-            ),
-            "finest_features": stage_features[0],
-            "key_value_tokens": key_value_tokens,
-            "spatial_shapes_list": spatial_shapes_list,
-        }
 
-    def _memory_maps(self, memory: torch.Tensor, spatial_shapes_list) -> list[torch.Tensor]:
-        """The encoder output `[N, S, C]` of strides 8/16/32 as maps `[N, C, h, w]`."""
-        maps, start = [], 0
-        for level_height, level_width in spatial_shapes_list[:3]:
-            level_memory = memory[:, start : start + level_height * level_width]
-            maps.append(level_memory.transpose(1, 2).reshape(-1, self.config.d_model, level_height, level_width))
-            start += level_height * level_width
-        return maps
+class ReferFormerDynamicMaskHead:
+    """The task model's [`~referformer.frame_chunking.MaskHead`]: per decoder layer, class logits and boxes of every
+    query; then, chunk by chunk of the FPN's maps, the masks of the dynamic 1x1-convolution head generated per query:
+    of every query and layer (`output_all_queries=True`, training), or of the referred query of the last layer alone,
+    whose first dynamic layer then absorbs the FPN's final convolution (`select_referred_query`)."""
 
-    @staticmethod
-    def _per_sentence(tensor: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
-        """Per-frame values `[B_video * t, ...]` of a video shared by `batch_size` sentences -> `[batch_size * t, ...]`."""
-        if tensor.shape[0] == batch_size * num_frames:
-            return tensor
-        return tensor.repeat(batch_size, *[1] * (tensor.dim() - 1))
+    def __init__(self, model: "ReferFormerForReferringVideoObjectSegmentation", output_all_queries: bool):
+        self.model, self.config, self.output_all_queries = model, model.config, output_all_queries
+        num_layers = self.config.decoder_layers
+        self.layers = list(range(num_layers)) if self.config.auxiliary_loss else [num_layers - 1]
+        self.logits, self.boxes, self.mask_chunks = [], [], []
+        self.selected_query_indices, self.frame_sizes, self.mask_heads = None, None, []
 
-    def _fuse(self, source, word_features, text_positions, text_padding_mask, num_frames) -> torch.Tensor:
-        height, width = source.shape[-2:]
-        tokens = self.vision_language_fusion(
-            frames_to_clip_tokens(source, num_frames), word_features, text_positions, text_padding_mask
-        )
-        return clip_tokens_to_frames(tokens, num_frames, height, width)
+    def prepare(self, clip: ClipEncoding) -> None:
+        for layer in self.layers:
+            class_head = self.model.class_embed[layer if self.config.with_box_refine else 0]
+            with autocast_disabled(clip.hidden_states):  # scores in float32 under autocast
+                self.logits.append(class_head(clip.hidden_states[:, layer].to(class_head.weight.dtype)))
+            self.boxes.append(clip.boxes[:, layer])
+        if self.output_all_queries:
+            self.mask_heads = [self.dynamic_parameters(clip, layer) for layer in self.layers]
+        else:
+            self.selected_query_indices = select_referred_query(self.logits[-1])
+            self.mask_heads = [self.dynamic_parameters(clip, self.layers[-1], self.selected_query_indices)]
+        self.mask_chunks = [[] for _ in self.mask_heads]
+        self.frame_sizes = clip.frame_sizes
 
-    @staticmethod
-    def _valid_ratio(padding_mask: torch.Tensor) -> torch.Tensor:
-        """Fraction of valid columns and rows of each frame: `[N, 2]` as (width, height)."""
-        _, height, width = padding_mask.shape
-        valid_height = torch.sum(~padding_mask[:, :, 0], 1)
-        valid_width = torch.sum(~padding_mask[:, 0, :], 1)
-        return torch.stack([valid_width.float() / width, valid_height.float() / height], -1)
+    def dynamic_parameters(self, clip: ClipEncoding, layer: int, query_indices: torch.Tensor | None = None):
+        """Dynamic parameters `[B, T, Q, P]` and reference points `[B, T, Q, 2]` of the mask head of decoder layer
+        `layer`, for all queries or (`query_indices` `[B]`) one query per clip (then `Q = 1`)."""
+        hidden_states = clip.hidden_states[:, layer]
+        # The mask of layer l is positioned at the box centre after layer l's refinement (the initial reference
+        # without refinement), as the original does.
+        if self.config.with_box_refine:
+            mask_reference = clip.boxes[:, layer, ..., :2].detach()
+        else:
+            mask_reference = clip.references[:, 0]
+        if query_indices is not None:
+            hidden_states, mask_reference = (
+                tensor.gather(2, query_indices.view(-1, 1, 1, 1).expand(-1, tensor.shape[1], 1, tensor.shape[-1]))
+                for tensor in (hidden_states, mask_reference)
+            )
+        controller = self.model.controller
+        with autocast_disabled(hidden_states):
+            return controller(hidden_states.to(controller.layers[0].weight.dtype)), mask_reference
+
+    def __call__(self, frames: slice, stride4_maps: torch.Tensor) -> None:
+        projection = self.model.model.pixel_decoder.mask_features
+        if self.output_all_queries:
+            maps = projection(stride4_maps.flatten(0, 1))
+            stride4_maps, projection = maps.view(*stride4_maps.shape[:2], *maps.shape[1:]), None
+        for chunks, (dynamic_params, mask_reference) in zip(self.mask_chunks, self.mask_heads):
+            with autocast_disabled(stride4_maps):  # mask logits in float32 under autocast
+                chunks.append(
+                    dynamic_mask_logits(
+                        stride4_maps.to(dynamic_params.dtype),
+                        dynamic_params[:, frames],
+                        mask_reference[:, frames].to(dynamic_params.dtype),
+                        self.frame_sizes,
+                        self.config,
+                        mask_projection=projection,
+                    )
+                )
+
+    def masks(self) -> list[torch.Tensor]:
+        """Mask logits `[B, T, Q, h, w]` per mask head (per layer, or the selected query's)."""
+        return [torch.cat(chunks, 1) for chunks in self.mask_chunks]
 
 
 # Hidden states and attentions the segmentation output takes over from the model output.
@@ -1611,54 +1548,27 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             - `valid`: `[T]` 1 where the object is visible;
             - `class_labels`: `[T]` category ids (only used when `config.num_classes > 1`).
         output_all_queries (`bool`, *optional*, defaults to `True`):
-            `False` (inference only) runs the dynamic mask head for the referred query of each clip alone
-            (`select_referred_query`): `pred_masks` is then `[B, T, 1, h, w]`, `selected_query_indices` says which
-            query it is, and `auxiliary_outputs` are left out.
+            Which queries get masks, as `logits_to_keep` says which positions get logits in transformers' language
+            models: `True` computes every query's masks for every decoder layer; `False` (inference only) runs the
+            dynamic mask head for the referred query of each clip alone (`select_referred_query`), which is what
+            post-processing keeps: `pred_masks` is then `[B, T, 1, h, w]`, `selected_query_indices` says which query
+            it is, and `auxiliary_outputs` are left out.
         """
         if not output_all_queries and (labels is not None or self.training):
             raise ValueError("Training needs the masks of all queries: output_all_queries=False is for inference.")
-        outputs, pixel_decoder_inputs = self.model.encode(
+        heads = ReferFormerDynamicMaskHead(self, output_all_queries)
+        outputs = self.model(
             pixel_values,
             input_ids,
             pixel_mask=pixel_mask,
             attention_mask=attention_mask,
             resized_sizes=resized_sizes,
             valid_frame_indices=valid_frame_indices,
+            mask_head=heads,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        num_layers = self.config.decoder_layers
-        layers = list(range(num_layers)) if self.config.auxiliary_loss else [num_layers - 1]
-        logits = []
-        for layer in layers:
-            class_head = self.class_embed[layer if self.config.with_box_refine else 0]
-            with autocast_disabled(outputs.intermediate_hidden_states):  # scores in float32 under autocast
-                logits.append(class_head(outputs.intermediate_hidden_states[:, layer].to(class_head.weight.dtype)))
-        boxes = [outputs.intermediate_pred_boxes[:, layer] for layer in layers]
-        selected_query_indices = None
-        if output_all_queries:
-            mask_heads = [self._mask_head_inputs(outputs, layer) for layer in layers]
-        else:
-            selected_query_indices = select_referred_query(logits[-1])
-            mask_heads = [self._mask_head_inputs(outputs, layers[-1], selected_query_indices)]
-        # The FPN and the dynamic mask head run frame chunk by frame chunk. For the selected query alone, the FPN's
-        # final convolution is folded into the query's first dynamic layer.
-        mask_projection = None if output_all_queries else self.model.pixel_decoder.mask_features
-        mask_chunks = [[] for _ in mask_heads]
-        for frames, mask_features in self.model.iter_mask_features(pixel_decoder_inputs, project=output_all_queries):
-            for chunks, (dynamic_params, mask_reference) in zip(mask_chunks, mask_heads):
-                with autocast_disabled(mask_features):  # mask logits in float32 under autocast
-                    chunks.append(
-                        dynamic_mask_logits(
-                            mask_features.to(dynamic_params.dtype),
-                            dynamic_params[:, frames],
-                            mask_reference[:, frames].to(dynamic_params.dtype),
-                            outputs.frame_sizes,
-                            self.config,
-                            mask_projection=mask_projection,
-                        )
-                    )
-        masks = [torch.cat(chunks, 1) for chunks in mask_chunks]
+        logits, boxes, masks = heads.logits, heads.boxes, heads.masks()
         auxiliary_outputs = None
         if self.config.auxiliary_loss and output_all_queries:
             auxiliary_outputs = [
@@ -1678,31 +1588,13 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             logits=logits[-1],
             pred_boxes=boxes[-1],
             pred_masks=masks[-1],
-            selected_query_indices=selected_query_indices,
+            selected_query_indices=heads.selected_query_indices,
             reference_points=outputs.intermediate_reference_points[:, -1],
             auxiliary_outputs=auxiliary_outputs,
             last_hidden_state=outputs.last_hidden_state,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             **recorded,
         )
-
-    def _mask_head_inputs(self, outputs: ReferFormerModelOutput, layer: int, query_indices: torch.Tensor | None = None):
-        """Dynamic parameters `[B, T, Q, P]` and reference points `[B, T, Q, 2]` of the mask head of decoder layer
-        `layer`, for all queries or (`query_indices` `[B]`) one query per clip (then `Q = 1`)."""
-        hidden_states = outputs.intermediate_hidden_states[:, layer]
-        # The mask of layer l is positioned at the box centre after layer l's refinement (the initial reference
-        # without refinement), as the original does.
-        if self.config.with_box_refine:
-            mask_reference = outputs.intermediate_pred_boxes[:, layer, ..., :2].detach()
-        else:
-            mask_reference = outputs.intermediate_reference_points[:, 0]
-        if query_indices is not None:
-            hidden_states, mask_reference = (
-                tensor.gather(2, query_indices.view(-1, 1, 1, 1).expand(-1, tensor.shape[1], 1, tensor.shape[-1]))
-                for tensor in (hidden_states, mask_reference)
-            )
-        with autocast_disabled(hidden_states):
-            return self.controller(hidden_states.to(self.controller.layers[0].weight.dtype)), mask_reference
 
 
 def select_referred_query(logits: torch.Tensor) -> torch.Tensor:

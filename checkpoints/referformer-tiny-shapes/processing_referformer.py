@@ -1,7 +1,6 @@
-"""Processors of ReferFormer: video loading and preprocessing, tokenization of the referring expressions, and
-post-processing of the model outputs into per-frame masks, boxes and scores."""
+"""Processors of ReferFormer: video preprocessing, tokenization of the referring expressions, and post-processing of
+the model outputs into per-frame masks, boxes and scores. Reading videos and frames is `video_io`'s job."""
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,219 +15,12 @@ from transformers.utils import logging
 from transformers.video_processing_utils import BaseVideoProcessor
 
 from .modeling_referformer import select_referred_query
+from .video_io import load_video
 
 
 logger = logging.get_logger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MIN_FRAME_SIZE = 32  # the pixel decoder reduces the stride-4 map by 8 in its self-attention
-
-
-def natural_sort_key(name: str) -> list:
-    """Sort key that orders embedded numbers numerically (`frame2` before `frame10`)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def list_frame_files(folder) -> list[Path]:
-    """The frame images of a folder (`IMAGE_EXTENSIONS`, any case) in natural order (`frame2` before `frame10`): the
-    one rule every reader of frame folders (processor, inference, datasets, command line) follows."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Frames folder not found: {folder} is not a directory.")
-    files = [child for child in folder.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files, key=lambda child: natural_sort_key(child.name))
-
-
-def _is_frame_path_list(video) -> bool:
-    """Whether `video` is a list of frame image paths (one video, a frame a path)."""
-    return isinstance(video, (list, tuple)) and bool(video) and all(isinstance(item, (str, Path)) for item in video)
-
-
-def video_frame_names(video, indices) -> list[str]:
-    """Names of the frames `indices` of `video`: the file names (without extension) of a frame folder or a list of
-    frame image paths, `00000`-style indices for anything else (a video file, frames in memory)."""
-    if _is_frame_path_list(video):
-        return [Path(video[index]).stem for index in indices]
-    if isinstance(video, (str, Path)) and Path(video).is_dir():
-        files = list_frame_files(video)
-        return [files[index].stem for index in indices]
-    return [f"{index:05d}" for index in indices]
-
-
-# PIL modes whose pixels are wider than 8 bits: converted through their numpy values (`convert("RGB")` clips them).
-_WIDE_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def _pixels_to_uint8(frame: np.ndarray) -> np.ndarray:
-    """The one place pixel values become uint8: uint8 as is, bool as 0/255, uint16 (16-bit images) scaled by 255/65535,
-    floats must be finite and in [0, 1] (scaled by 255), other integers must already be in 0..255."""
-    if frame.dtype == np.uint8:
-        return frame
-    if frame.dtype == np.bool_:
-        return frame.astype(np.uint8) * 255
-    if frame.dtype == np.uint16:
-        return np.round(frame.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
-    if np.issubdtype(frame.dtype, np.floating):
-        if not np.isfinite(frame).all():
-            raise ValueError("A float frame has NaN or infinite values.")
-        if frame.size and (frame.min() < 0 or frame.max() > 1):
-            raise ValueError(
-                f"Float frames must be in [0, 1], got values in [{frame.min():g}, {frame.max():g}]; divide 0..255 "
-                "values by 255 (or pass them as uint8)."
-            )
-        return np.round(frame * 255.0).astype(np.uint8)
-    if np.issubdtype(frame.dtype, np.integer):
-        if frame.size and (frame.min() < 0 or frame.max() > 255):
-            raise ValueError(
-                f"{frame.dtype} frames must hold 8-bit values (0..255), got [{frame.min()}, {frame.max()}]; pass "
-                "16-bit images as uint16 (they are scaled) or convert them to uint8."
-            )
-        return frame.astype(np.uint8)
-    raise TypeError(f"Unsupported pixel type {frame.dtype} (use uint8, uint16, bool or float in [0, 1]).")
-
-
-def _frame_to_rgb(frame) -> np.ndarray:
-    """A PIL image, or a numpy array / torch tensor (HWC or CHW, gray, RGB or RGBA), as an RGB uint8 array [H, W, 3];
-    pixel values are converted by [`_pixels_to_uint8`]."""
-    if isinstance(frame, Image.Image):
-        if frame.mode not in _WIDE_PIL_MODES:
-            return np.asarray(frame.convert("RGB"))
-        frame = np.asarray(frame)
-        if frame.dtype.kind in "iu" and frame.dtype != np.uint8:
-            if frame.min() < 0 or frame.max() > 65535:
-                raise ValueError(f"A 32-bit integer image must hold 16-bit values, got [{frame.min()}, {frame.max()}].")
-            frame = frame.astype(np.uint16)  # 16-bit grayscale images (PNG) decode as mode "I;16" or "I"
-    if isinstance(frame, torch.Tensor):
-        frame = frame.detach().cpu()
-        frame = (frame.float() if frame.dtype in (torch.bfloat16, torch.float16) else frame).numpy()
-    if not isinstance(frame, np.ndarray):
-        raise TypeError(f"A frame must be a PIL image, a numpy array or a torch tensor, got {type(frame).__name__}.")
-    if frame.ndim == 3 and frame.shape[-1] not in (1, 3, 4) and frame.shape[0] in (1, 3, 4):
-        frame = frame.transpose(1, 2, 0)  # CHW -> HWC
-    if frame.ndim == 2:
-        frame = frame[:, :, None]
-    if frame.ndim != 3 or frame.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"A frame must be [H, W], [H, W, C] or [C, H, W] with 1, 3 or 4 channels, got {frame.shape}.")
-    frame = _pixels_to_uint8(frame)
-    if frame.shape[-1] == 1:
-        frame = np.repeat(frame, 3, axis=-1)
-    return np.ascontiguousarray(frame[:, :, :3])
-
-
-def read_frame_image(path) -> np.ndarray:
-    """One frame image file as an RGB uint8 array `[H, W, 3]` (16-bit images scaled, see [`_frame_to_rgb`])."""
-    try:
-        with Image.open(path) as image:
-            return _frame_to_rgb(image)
-    except OSError as error:
-        raise ValueError(f"Cannot read frame image {path}: {error}") from error
-
-
-def count_video_file_frames(path) -> int:
-    """Number of frames of a video file: its container header's count, or the decoded frames when the header has
-    none."""
-    av = _import_av(path)
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"The file {path} has no video stream.")
-            count = container.streams.video[0].frames
-    except (av.error.FFmpegError, UnicodeDecodeError) as error:
-        raise ValueError(f"Cannot decode video file {path}: {error}") from error
-    return count if count > 0 else sum(1 for _ in decode_video_file(path, lambda index: False))
-
-
-def _import_av(path):
-    """PyAV, imported only when a video file is decoded, so that array inputs (and remote code loaded with
-    `trust_remote_code=True`) never need it."""
-    try:
-        import av
-    except ImportError as error:
-        raise ImportError(f"Decoding the video file {path} needs PyAV: `pip install av`.") from error
-    return av
-
-
-def decode_video_file(path, keep):
-    """Yields `(index, frame)` for the frames of a video file whose index satisfies `keep(index)`; decoding stops at
-    the first index for which `keep` returns None (past the last frame wanted)."""
-    av = _import_av(path)
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"The file {path} has no video stream.")
-            for index, frame in enumerate(container.decode(video=0)):
-                decision = keep(index)
-                if decision is None:
-                    break
-                if decision:
-                    yield index, frame.to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, UnicodeDecodeError, IndexError) as error:
-        raise ValueError(f"Cannot decode video file {path}: {error}") from error
-
-
-def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = None):
-    """Yields `(index, frame)` for one video, one RGB uint8 frame at a time, keeping every `frame_stride`-th frame (at
-    most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes, and a
-    list of frame image paths; frames are decoded only when asked for, so a long video never has to fit in memory."""
-    if frame_stride < 1:
-        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}.")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}.")
-
-    def keep(index: int):
-        if max_frames is not None and index >= max_frames * frame_stride:
-            return None
-        return index % frame_stride == 0
-
-    first = None
-
-    def checked(index: int, frame: np.ndarray):
-        nonlocal first
-        if first is None:
-            first = (index, frame.shape)
-        elif frame.shape != first[1]:
-            raise ValueError(
-                f"The frames of a video must all have one size: frame {first[0]} is {first[1][1]}x{first[1][0]}, "
-                f"frame {index} is {frame.shape[1]}x{frame.shape[0]} (width x height)."
-            )
-        return index, frame
-
-    if isinstance(video, (str, Path)):
-        path = Path(video)
-        if not path.exists():
-            raise FileNotFoundError(f"Video not found: {path}")
-        if not (path.is_file() or path.is_dir()):
-            raise ValueError(f"The video {path} is neither a regular file nor a folder (a pipe or device is not read).")
-        if path.is_dir():
-            files = list_frame_files(path)
-            if not files:
-                raise ValueError(f"No frame images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}.")
-            for index in (index for index in range(len(files)) if keep(index)):
-                yield checked(index, read_frame_image(files[index]))
-        else:
-            for index, frame in decode_video_file(path, keep):
-                yield checked(index, frame)
-    elif _is_frame_path_list(video):
-        for index in (index for index in range(len(video)) if keep(index)):
-            yield checked(index, read_frame_image(video[index]))
-    else:
-        if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
-            raise ValueError(f"A video array must be 4-D ([T, H, W, C] or [T, C, H, W]), got shape {tuple(video.shape)}.")
-        for index in (index for index in range(len(video)) if keep(index)):
-            yield checked(index, _frame_to_rgb(video[index]))
-    if first is None:
-        raise ValueError(f"The video has no frames: {video if isinstance(video, (str, Path)) else 'empty input'}.")
-
-
-def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> tuple[list[np.ndarray], list[int]]:
-    """Loads one video as RGB uint8 frames, keeping every `frame_stride`-th frame (at most `max_frames`).
-
-    `video` is a video file (decoded with PyAV), a folder of frame images (sorted naturally), a list of frames
-    (PIL images, numpy arrays or tensors) or a 4-D array / tensor `[T, H, W, C]` or `[T, C, H, W]`. Returns the
-    frames and their indices in the original video.
-    """
-    pairs = list(iter_video_frames(video, frame_stride, max_frames))
-    return [frame for _, frame in pairs], [index for index, _ in pairs]
 
 
 def get_resize_output_size(height: int, width: int, shortest_edge: int, longest_edge: int | None = None) -> tuple[int, int]:
@@ -625,13 +417,6 @@ class ReferFormerProcessor(ProcessorMixin):
 __all__ = [
     "ReferFormerProcessor",
     "ReferFormerVideoProcessor",
-    "count_video_file_frames",
-    "decode_video_file",
     "get_resize_output_size",
-    "iter_video_frames",
-    "list_frame_files",
-    "load_video",
     "normalize_frames",
-    "read_frame_image",
-    "video_frame_names",
 ]

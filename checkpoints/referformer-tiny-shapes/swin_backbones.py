@@ -404,24 +404,20 @@ class ReferFormerSwinBackbone(_SwinBackboneBase):
         for stage, channels in enumerate(self.channels):
             self.add_module(f"norm{stage}", nn.LayerNorm(channels))
 
-    def forward(self, pixel_values: torch.Tensor, num_frames: int) -> list[torch.Tensor]:
-        """`pixel_values` `[batch_size * num_frames, 3, height, width]` -> four maps `[batch_size * num_frames, C_i,
-        h_i, w_i]`. Frames do not interact; `num_frames` is only checked against the batch."""
+    def forward(self, pixel_values: torch.Tensor, num_frames: int, num_stages: int = 4) -> list[torch.Tensor]:
+        """`pixel_values` `[batch_size * num_frames, 3, height, width]` -> the maps `[batch_size * num_frames, C_i,
+        h_i, w_i]` of the first `num_stages` stages (the later ones are not computed). Frames do not interact;
+        `num_frames` is only checked against the batch."""
         _check_pixel_values(pixel_values, num_frames, self.in_channels)
         checkpoint_function = self._checkpoint_function()
         hidden_states = self.patch_embed(pixel_values)
         features = []
-        for stage, layer in enumerate(self.layers):
+        for stage, layer in enumerate(self.layers[:num_stages]):
             stage_output = layer(hidden_states, checkpoint_function)
             features.append(self._stage_map(stage, stage_output))
-            if layer.downsample is not None:
+            if layer.downsample is not None and stage + 1 < num_stages:
                 hidden_states = layer.downsample(stage_output)
         return features
-
-    def stride4_features(self, pixel_values: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """The first of `forward`'s maps (stride 4), without the later stages."""
-        _check_pixel_values(pixel_values, num_frames, self.in_channels)
-        return self._stage_map(0, self.layers[0](self.patch_embed(pixel_values), self._checkpoint_function()))
 
     def _stage_map(self, stage: int, stage_output: torch.Tensor) -> torch.Tensor:
         """Stage output `[frames, h, w, C]` -> its normalised map `[frames, C, h, w]`."""
@@ -484,9 +480,9 @@ class ReferFormerVideoSwinBackbone(_SwinBackboneBase):
         )
         self.downsamples = nn.ModuleList([SwinPatchMerging(channels) for channels in self.channels[:-1]])
 
-    def forward(self, pixel_values: torch.Tensor, num_frames: int) -> list[torch.Tensor]:
-        """`pixel_values` `[batch_size * num_frames, 3, height, width]` (frames of a clip consecutive) -> four maps
-        `[batch_size * num_frames, C_i, h_i, w_i]`."""
+    def forward(self, pixel_values: torch.Tensor, num_frames: int, num_stages: int = 4) -> list[torch.Tensor]:
+        """`pixel_values` `[batch_size * num_frames, 3, height, width]` (frames of a clip consecutive) -> the maps
+        `[batch_size * num_frames, C_i, h_i, w_i]` of the first `num_stages` stages."""
         _check_pixel_values(pixel_values, num_frames, self.in_channels)
         checkpoint_function = self._checkpoint_function()
         num_images, channels, height, width = pixel_values.shape
@@ -494,10 +490,10 @@ class ReferFormerVideoSwinBackbone(_SwinBackboneBase):
         videos = pixel_values.reshape(batch_size, num_frames, channels, height, width).transpose(1, 2)
         hidden_states = self.patch_embed(videos)
         features = []
-        for stage, layer in enumerate(self.layers):
+        for stage, layer in enumerate(self.layers[:num_stages]):
             hidden_states = layer(hidden_states, checkpoint_function)
             features.append(hidden_states.permute(0, 1, 4, 2, 3).flatten(0, 1).contiguous())
-            if stage < len(self.downsamples):
+            if stage + 1 < num_stages:
                 hidden_states = self.downsamples[stage](hidden_states)
         return features
 
