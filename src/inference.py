@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -31,7 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 
-from .modeling_referformer import ReferFormerForReferringVideoObjectSegmentation
+from .inference_session import (
+    FrameSegmentation,
+    ReferFormerInferenceSession,
+    SessionFrame,
+    WindowLink,
+    select_linked_queries,
+)
+from .modeling_referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerSegmentationOutput
 from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor
 from .video_io import iter_video_frames
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
@@ -173,7 +181,7 @@ class ReferringVideoSegmenter:
 
         Args:
             video: a video file, a folder of frame images, a list of frame image paths, a list of frames (PIL images,
-                arrays, tensors) or a 4-D array `[T, H, W, C]` / `[T, C, H, W]`.
+                arrays, tensors), a 4-D array `[T, H, W, C]` / `[T, C, H, W]` or an iterable of frames.
             sentences: one referring expression or a list of them (one result each, in order).
             window: `None` selects one query over the whole video (one forward pass, the Ref-YouTube-VOS protocol);
                 `N` cuts the video into independent windows of `N` frames (the Ref-DAVIS17 protocol uses 36).
@@ -181,40 +189,162 @@ class ReferringVideoSegmenter:
             threshold: mask probability threshold.
             progress: show a progress bar over the windows.
         """
-        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
         if window is not None and window < 1:
             raise ValueError(f"window must be at least 1 (or None for the whole video), got {window}.")
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
-        results = [_Collected() for _ in sentences]
-        original_size = None
-        windows = _windows(iter_video_frames(video, frame_stride, max_frames), window)
-        for window_frames in tqdm(windows, desc="windows", disable=not progress, leave=False):
-            inputs, frame_indices = prepare_inputs(self.processor, window_frames, sentences)
-            inputs = {key: value.to(self.device) for key, value in inputs.items()}
-            size = tuple(inputs["original_sizes"][0].tolist())
-            if original_size is not None and size != original_size:
-                raise ValueError(f"The frames of a video must all have one size, got {original_size} and {size}.")
-            original_size = size
-            with self.autocast():
-                outputs = self.model(**inputs, output_all_queries=False)
-            outputs.logits, outputs.pred_boxes, outputs.pred_masks = (
-                getattr(outputs, name).float().cpu() for name in ("logits", "pred_boxes", "pred_masks")
-            )
-            outputs.selected_query_indices = outputs.selected_query_indices.cpu()
-            window_results = self.processor.post_process_referring_video_segmentation(
-                outputs,
-                inputs["original_sizes"].cpu(),
-                inputs["resized_sizes"].cpu(),
-                threshold=threshold,
-                return_mask_logits=True,
-            )
-            for result, collected in zip(window_results, results):
-                collected.add(result, frame_indices)
+        check_threshold(threshold)
+        session = self.init_video_session(sentences, video, frame_stride=frame_stride, max_frames=max_frames)
+        results = [_Collected() for _ in session.sentences]
+        with tqdm(desc="windows", disable=not progress, leave=False) as bar:
+            while True:
+                session.read_frames(window)
+                if not session.frames:
+                    break
+                frames, session.frames = session.frames, []
+                window_results = self._segment_window(session, frames, link_weight=None, threshold=threshold)
+                for result, collected in zip(window_results, results):
+                    collected.add(result, [frame.frame_index for frame in frames])
+                bar.update()
         return [
-            collected.finish(sentence, original_size, threshold, self.processor.video_processor)
-            for sentence, collected in zip(sentences, results)
+            collected.finish(sentence, session.original_size, threshold, self.processor.video_processor)
+            for sentence, collected in zip(session.sentences, results)
         ]
+
+    def init_video_session(
+        self,
+        text,
+        video=None,
+        frame_stride: int = 1,
+        max_frames: int | None = None,
+        video_storage_device=None,
+        keep_frames: bool = False,
+    ) -> ReferFormerInferenceSession:
+        """A session for the sentences `text` (one or a list), reading frames lazily from `video` (anything
+        `iter_video_frames` reads, generators included, every `frame_stride`-th frame, at most `max_frames`) or, with
+        `video=None`, from `session.add_frame`. Frames are stored on `video_storage_device` (default: the CPU);
+        `keep_frames` keeps the decoded frames for overlays (`FrameSegmentation.frame`)."""
+        tokens = self.processor(text=text, return_tensors="pt")
+        return ReferFormerInferenceSession(
+            sentences=[text] if isinstance(text, str) else list(text),
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            video_storage_device=torch.device(video_storage_device or "cpu"),
+            video_processor=self.processor.video_processor,
+            frame_source=None if video is None else iter_video_frames(video, frame_stride, max_frames),
+            keep_frames=keep_frames,
+        )
+
+    @torch.no_grad()
+    def propagate_in_video_iterator(
+        self,
+        session: ReferFormerInferenceSession,
+        window: int | None = None,
+        overlap: int = 0,
+        agreement_weight: float = 0.5,
+        threshold: float = 0.5,
+    ) -> Iterator[FrameSegmentation]:
+        """Segments the session's frames and yields one [`FrameSegmentation`] per frame, in order, as soon as it is
+        final: with `window=None` after one pass over all frames (the whole-video protocol), otherwise after the
+        first window of `window` frames that contains it, consecutive windows sharing `overlap` frames and keeping
+        the referred object by the streaming rule of `referformer.inference_session`. Memory stays bounded by the
+        window, whatever the video's length."""
+        if window is not None and not 0 <= overlap < window:
+            raise ValueError(f"overlap must be in [0, window) = [0, {window}), got {overlap}.")
+        if window is None and overlap:
+            raise ValueError("overlap needs a window (the whole-video protocol has a single window).")
+        check_threshold(threshold)
+        while True:
+            session.read_frames(None if window is None else window - len(session.frames))
+            if all(frame.final for frame in session.frames):
+                return
+            frames, session.frames = session.frames[:window], session.frames[len(session.frames[:window]) :]
+            link_weight = agreement_weight if session.link is not None else None
+            results = self._segment_window(session, frames, link_weight=link_weight, threshold=threshold)
+            yield from self._final_frames(session, frames, results, threshold)
+            more_to_come = session.frame_source is not None or bool(session.frames)
+            if overlap and more_to_come:  # the next window starts with this one's last `overlap` frames
+                logit_threshold = math.log(threshold / (1 - threshold))
+                session.link = WindowLink(
+                    query_indices=torch.tensor([result["query_index"] for result in results]),
+                    shared_masks=torch.stack([result["mask_logits"][-overlap:] > logit_threshold for result in results]),
+                )
+                for frame in frames[-overlap:]:
+                    frame.final = True
+                session.frames = frames[-overlap:] + session.frames
+
+    def stream(self, video, text, window: int = 36, overlap: int = 8, **options) -> Iterator[FrameSegmentation]:
+        """Streams `video` (any frame source, of any length) in windows of `window` frames sharing `overlap`: yields
+        one [`FrameSegmentation`] per kept frame, in order, at most one window after the frame was read. `options`:
+        those of `init_video_session` (`frame_stride`, `max_frames`, `video_storage_device`, `keep_frames`) and of
+        `propagate_in_video_iterator` (`agreement_weight`, `threshold`)."""
+        session_options = {key: options.pop(key) for key in list(options) if key in SESSION_OPTIONS}
+        session = self.init_video_session(text, video, **session_options)
+        return self.propagate_in_video_iterator(session, window=window, overlap=overlap, **options)
+
+    def _segment_window(
+        self, session: ReferFormerInferenceSession, frames: list[SessionFrame], link_weight: float | None, threshold: float
+    ) -> list[dict]:
+        """One forward pass over `frames` of the session: per sentence the post-processed result of the window's query
+        (`mask_logits` `[T, h, w]`, `boxes`, `scores`, `query_index`). Without a link (`link_weight=None`) the query
+        is ReferFormer's and only its masks are computed; with one, every query's masks, for the streaming rule."""
+        pixel_values = torch.stack([frame.pixel_values for frame in frames])[None].to(self.device)
+        resized_sizes = torch.tensor([session.resized_size])
+        with self.autocast():
+            outputs = self.model(
+                pixel_values=pixel_values,
+                input_ids=session.input_ids.to(self.device),
+                attention_mask=session.attention_mask.to(self.device),
+                resized_sizes=resized_sizes.to(self.device),
+                output_all_queries=link_weight is not None,
+            )
+        del pixel_values
+        logits, boxes, masks = (getattr(outputs, name).float().cpu() for name in ("logits", "pred_boxes", "pred_masks"))
+        selected = outputs.selected_query_indices
+        if link_weight is not None:
+            height, width = (-(-size // 4) for size in session.resized_size)
+            masks = masks[..., :height, :width]
+            logit_threshold = math.log(threshold / (1 - threshold))
+            selected = select_linked_queries(logits.sigmoid().max(-1).values, masks, session.link, link_weight, logit_threshold)
+            masks = masks.gather(2, selected.view(-1, 1, 1, 1, 1).expand(-1, masks.shape[1], 1, *masks.shape[-2:]))
+        window_outputs = ReferFormerSegmentationOutput(
+            logits=logits, pred_boxes=boxes, pred_masks=masks, selected_query_indices=selected.cpu()
+        )
+        original_sizes = torch.tensor([session.original_size] * session.num_sentences)
+        return self.processor.post_process_referring_video_segmentation(
+            window_outputs, original_sizes, resized_sizes.expand(session.num_sentences, 2), threshold, return_mask_logits=True
+        )
+
+    def _final_frames(
+        self, session: ReferFormerInferenceSession, frames: list[SessionFrame], results: list[dict], threshold: float
+    ) -> Iterator[FrameSegmentation]:
+        """Yields the window's `frames` that no earlier window yielded, one [`FrameSegmentation`] each."""
+        video_processor = self.processor.video_processor
+        for position, frame in enumerate(frames):
+            if frame.final:
+                continue
+            masks = [
+                video_processor.mask_probabilities(result["mask_logits"][position : position + 1], *session.original_size)[0]
+                > threshold
+                for result in results
+            ]
+            yield FrameSegmentation(
+                frame_index=frame.frame_index,
+                masks=torch.stack(masks).numpy(),
+                boxes=torch.stack([result["boxes"][position] for result in results]).numpy(),
+                scores=torch.stack([result["scores"][position] for result in results]).numpy(),
+                query_indices=[int(result["query_index"]) for result in results],
+                frame=frame.rgb,
+            )
+
+
+# The options of `ReferringVideoSegmenter.stream` that go to `init_video_session`.
+SESSION_OPTIONS = ("frame_stride", "max_frames", "video_storage_device", "keep_frames")
+
+
+def check_threshold(threshold: float) -> None:
+    """Mask probability thresholds are in (0, 1)."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+
 
 def prepare_inputs(processor: ReferFormerProcessor, frames, sentences: list[str]) -> tuple[dict, list[int]]:
     """Model inputs (CPU tensors: the video once, `pixel_values` of batch 1, and one `input_ids` row per sentence, so
@@ -257,16 +387,6 @@ def segmentation_from_output(
     collected = _Collected()
     collected.add(result, list(frame_indices))
     return collected.finish(sentence, tuple(original_size), threshold, video_processor)
-
-
-def _windows(frames: Iterator, window: int | None) -> Iterator[Iterator]:
-    """The whole frame iterator (`window=None`), or consecutive iterators of `window` frames (each must be consumed
-    before the next is taken)."""
-    if window is None:
-        yield frames
-        return
-    while (first := next(frames, None)) is not None:
-        yield itertools.chain([first], itertools.islice(frames, window - 1))
 
 
 class _Collected:

@@ -362,11 +362,11 @@ class ReferFormerProcessor(ProcessorMixin):
 
     def __call__(self, videos=None, text=None, return_tensors="pt", **kwargs) -> BatchFeature:
         """Video kwargs go to the video processor, tokenizer kwargs (`padding`, `max_length`, `truncation`, ...) to
-        the tokenizer."""
+        the tokenizer. Without `videos`, the sentences' tokens alone (for an inference session)."""
         text_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in TextKwargs.__annotations__}
         video_kwargs = kwargs
-        if videos is None or text is None:
-            raise ValueError("ReferFormerProcessor needs both videos and text (one referring expression per video).")
+        if text is None:
+            raise ValueError("ReferFormerProcessor needs text (one referring expression per video).")
         sentences = [text] if isinstance(text, str) else text
         if not isinstance(sentences, (list, tuple)) or not sentences:
             raise ValueError("text must be a sentence or a non-empty list of sentences.")
@@ -374,6 +374,8 @@ class ReferFormerProcessor(ProcessorMixin):
             if not isinstance(sentence, str) or not sentence.strip():
                 raise ValueError(f"Every referring expression must be a non-empty string, got {sentence!r}.")
         sentences = [" ".join(sentence.lower().split()) for sentence in sentences]
+        if videos is None:
+            return BatchFeature(data=self._tokenize(sentences, **text_kwargs), tensor_type=return_tensors)
         videos = _as_list_of_videos(videos)
         if len(videos) != len(sentences) and len(videos) != 1:
             raise ValueError(f"Got {len(videos)} videos and {len(sentences)} sentences: give one sentence per video, or one video.")

@@ -2,6 +2,7 @@
 any frame (PIL image, array, tensor) into an RGB uint8 array. Everything that reads a video goes through here."""
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,13 @@ def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = Non
     elif is_frame_path_list(video):
         for index in (index for index in range(len(video)) if keep(index)):
             yield checked(index, read_frame_image(video[index]))
+    elif isinstance(video, Iterator):  # a generator of frames: read lazily, never beyond the last kept frame
+        for index, frame in enumerate(video):
+            decision = keep(index)
+            if decision is None:
+                break
+            if decision:
+                yield checked(index, frame_to_rgb(frame))
     else:
         if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
             raise ValueError(f"A video array must be 4-D ([T, H, W, C] or [T, C, H, W]), got shape {tuple(video.shape)}.")
