@@ -23,8 +23,28 @@ def list_frame_files(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Frames folder not found: {folder} is not a directory.")
-    files = [child for child in folder.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files, key=lambda child: natural_sort_key(child.name))
+    files = sorted(
+        (child for child in folder.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS),
+        key=lambda child: natural_sort_key(child.name),
+    )
+    frame_file_names(files)
+    return files
+
+
+def frame_file_names(paths) -> list[str]:
+    """The names of frame image files: the file name minus its last suffix only (`img.000.jpg` -> `img.000`),
+    computed here once and used as given by every writer (`<name>.png` masks). Two frames of one video sharing a name
+    (`00000.jpg` and `00000.png`) are refused: their outputs would overwrite each other."""
+    names = [Path(path).stem for path in paths]
+    first_with = {}
+    for path, name in zip(paths, names):
+        if name in first_with:
+            raise ValueError(
+                f"The frames {first_with[name]} and {path} share the name {name!r} (the file name without its "
+                "extension): rename or remove one."
+            )
+        first_with[name] = path
+    return names
 
 
 def is_frame_path_list(video) -> bool:
@@ -33,14 +53,15 @@ def is_frame_path_list(video) -> bool:
 
 
 def video_frame_names(video, indices) -> list[str]:
-    """Names of the frames `indices` of `video`: the file names (without extension) of a frame folder or a list of
-    frame image paths, `00000`-style indices for anything else (a video file, frames in memory)."""
+    """Names of the frames `indices` of `video`: the [`frame_file_names`] of a frame folder or a list of frame image
+    paths, `00000`-style indices for anything else (a video file, frames in memory)."""
     if is_frame_path_list(video):
-        return [Path(video[index]).stem for index in indices]
-    if isinstance(video, (str, Path)) and Path(video).is_dir():
-        files = list_frame_files(video)
-        return [files[index].stem for index in indices]
-    return [f"{index:05d}" for index in indices]
+        names = frame_file_names(video)
+    elif isinstance(video, (str, Path)) and Path(video).is_dir():
+        names = frame_file_names(list_frame_files(video))
+    else:
+        return [f"{index:05d}" for index in indices]
+    return [names[index] for index in indices]
 
 
 # PIL modes whose pixels are wider than 8 bits: converted through their numpy values (`convert("RGB")` clips them).
@@ -223,6 +244,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "count_video_file_frames",
     "decode_video_file",
+    "frame_file_names",
     "frame_to_rgb",
     "is_frame_path_list",
     "iter_video_frames",

@@ -147,12 +147,18 @@ class PaletteMaskWriter:
     def __enter__(self):
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         self._staging = make_sibling_dir(self.output_dir, "staging")
+        self._written = set()
         return self
 
     def write(self, frame_name: str, mask) -> None:
+        """Writes `<frame_name>.png` (the name as given: `video_io.frame_file_names` computes it); a name written
+        before is refused."""
+        if frame_name in self._written:
+            raise ValueError(f"The frame name {frame_name!r} is written twice into {self.output_dir}.")
+        self._written.add(frame_name)
         image = Image.fromarray(_to_numpy(mask).astype(bool).astype(np.uint8) * self.object_id)
         image.putpalette(self._palette)  # turns the 8-bit image into a palette image
-        image.save(self._staging / f"{Path(frame_name).stem}.png")
+        image.save(self._staging / f"{frame_name}.png")
 
     def __exit__(self, error_type, error, traceback):
         try:

@@ -1,6 +1,7 @@
 """Video loading, preprocessing, the processor, post-processing and the export helpers."""
 
 import logging
+import re
 import sys
 
 import av
@@ -129,6 +130,34 @@ def test_one_frame_listing_for_folders_paths_and_datasets(tmp_path):
     assert [(index, int(frame[0, 0, 0])) for index, frame in from_paths] == [(0, 2), (2, 3)]
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         list_frame_files(tmp_path / "missing")
+
+
+def test_frame_names_keep_inner_dots_and_clashing_names_are_refused(tmp_path):
+    """A frame's name is its file name minus the last suffix, computed once: writers never strip it again. Frames
+    sharing a name are refused where frames are listed; a writer refuses to write one name twice."""
+    dotted = tmp_path / "dotted"
+    dotted.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((8, 8, 3), index, np.uint8)).save(dotted / f"img.{index:03d}.jpg")
+    names = video_frame_names(dotted, [0, 1, 2])
+    assert names == ["img.000", "img.001", "img.002"]
+    folder = write_palette_masks(np.zeros((3, 8, 8), bool), tmp_path / "masks", names)
+    assert sorted(path.name for path in folder.iterdir()) == ["img.000.png", "img.001.png", "img.002.png"]
+
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    for name in ("00000.jpg", "00000.png", "00001.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(clash / name)
+    message = f"The frames {clash / '00000.jpg'} and {clash / '00000.png'} share the name '00000'"
+    for call in (lambda: list_frame_files(clash), lambda: video_frame_names(clash, [0]), lambda: load_video(clash)):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+    with pytest.raises(ValueError, match="share the name 'x'"):
+        video_frame_names([str(dotted / "img.000.jpg"), "a/x.png", "b/x.jpg"], [0])
+
+    with pytest.raises(ValueError, match="The frame name '00000' is written twice into"):
+        write_palette_masks(np.zeros((2, 8, 8), bool), tmp_path / "twice", ["00000", "00000"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clash", "dotted", "masks"]
 
 
 def test_video_file_frame_count_and_a_clear_error_on_a_broken_file(tmp_path):
@@ -388,7 +417,7 @@ def test_overlay_gif_and_mp4_exports(tmp_path):
 def test_palette_masks_are_written_completely_or_not_at_all(tmp_path):
     masks = np.zeros((2, 16, 16), bool)
     masks[1, 4:8, 4:8] = True
-    folder = write_palette_masks(masks, tmp_path / "video" / "0", ["00000.jpg", "00005.jpg"])
+    folder = write_palette_masks(masks, tmp_path / "video" / "0", ["00000", "00005"])
     with Image.open(folder / "00005.png") as image:
         assert image.mode == "P" and np.asarray(image)[5, 5] == 1 and np.asarray(image).sum() == 16
     assert image.getpalette()[3:6] == [128, 0, 0]
