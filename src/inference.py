@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 
 from .modeling_referformer import ReferFormerForReferringVideoObjectSegmentation
-from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor
+from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor, check_threshold, sentence_list
 from .video_io import iter_video_frames
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
 
@@ -181,11 +181,10 @@ class ReferringVideoSegmenter:
             threshold: mask probability threshold.
             progress: show a progress bar over the windows.
         """
-        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
+        sentences = sentence_list(sentences)
         if window is not None and window < 1:
             raise ValueError(f"window must be at least 1 (or None for the whole video), got {window}.")
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+        check_threshold(threshold)
         results = [_Collected() for _ in sentences]
         original_size = None
         windows = _windows(iter_video_frames(video, frame_stride, max_frames), window)

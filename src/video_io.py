@@ -1,6 +1,7 @@
 """Video and frame I/O: listing frame folders, reading frame images, decoding and counting video files, and turning
 any frame (PIL image, array, tensor) into an RGB uint8 array. Everything that reads a video goes through here."""
 
+import numbers
 import re
 from pathlib import Path
 
@@ -179,10 +180,9 @@ def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = Non
     """Yields `(index, frame)` for one video, one RGB uint8 frame at a time, keeping every `frame_stride`-th frame (at
     most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes, and a
     list of frame image paths; frames are decoded only when asked for, so a long video never has to fit in memory."""
-    if frame_stride < 1:
-        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}.")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}.")
+    for name, value in (("frame_stride", frame_stride), ("max_frames", 1 if max_frames is None else max_frames)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
     def keep(index: int):
         if max_frames is not None and index >= max_frames * frame_stride:

@@ -278,6 +278,7 @@ def test_processor_save_and_load_round_trip(tmp_path, processor):
         ("VIDEO", "", ValueError, "non-empty string"),
         ("VIDEO", ["ok", 3], ValueError, "non-empty string"),
         ("VIDEO", [], ValueError, "non-empty list"),
+        (["VIDEO", "VIDEO"], [], ValueError, "non-empty list"),
         (["VIDEO", "VIDEO"], ["a", "b", "c"], ValueError, "2 videos and 3 sentences"),
         ([], "x", ValueError, "No video given"),
         ("MISSING", "x", FileNotFoundError, "Video not found"),
@@ -307,6 +308,37 @@ def test_frames_too_small_for_the_model_are_refused(processor):
         processor(videos=[np.zeros((20, 400, 3), np.uint8)], text="x", do_resize=False)
     with pytest.raises(ValueError, match="too small"):
         processor(videos=[np.zeros((100, 100, 3), np.uint8)], text="x", size={"shortest_edge": 24})
+    # A 1-pixel-high frame: refused by its size before any resize (360x3600000, or 0 high with a longest edge).
+    thin = [np.zeros((1, 10000, 3), np.uint8)]
+    for size, resized in (({"shortest_edge": 360}, "3600000x360"), ({"shortest_edge": 360, "longest_edge": 640}, "0x0")):
+        message = (
+            f"The frames are 10000x1 pixels (width x height), resized to {resized}: too small or too thin for "
+            "ReferFormer, which needs at least 32 pixels on each side, as given and after the resize."
+        )
+        with pytest.raises(ValueError, match=re.escape(message)):
+            processor(videos=thin, text="x", size=size)
+
+
+@pytest.mark.parametrize("option, value", [("frame_stride", 2.5), ("frame_stride", 0), ("frame_stride", True),
+                                           ("max_frames", 1.0), ("max_frames", -1)])
+def test_frame_stride_and_max_frames_must_be_positive_integers(processor, option, value):
+    message = f"{option} must be a positive integer, got {value!r}."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        next(iter_video_frames(synthetic_frames(3), **{option: value}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        processor(videos=synthetic_frames(3), text="x", **{option: value})
+    assert [index for index, _ in iter_video_frames(synthetic_frames(5), np.int64(2), np.int64(2))] == [0, 2]
+
+
+@pytest.mark.parametrize("threshold", [1.5, -1, 0, 1, float("nan")])
+def test_post_processing_thresholds_must_be_in_the_open_unit_interval(threshold):
+    processor = ReferFormerVideoProcessor()
+    outputs = _outputs_for_mask(torch.zeros(1, 1, 8, 8))
+    message = f"threshold must be in (0, 1), got {threshold}."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        processor.post_process_referring_video_segmentation(outputs, [(32, 32)], threshold=threshold)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        processor.post_process_referring_image_segmentation(outputs, [(32, 32)], threshold=threshold)
 
 
 # ----------------------------------------------------------------------------- post-processing

@@ -279,6 +279,16 @@ def test_predict_writes_a_mask_per_frame_name_and_refuses_frames_sharing_a_name(
     assert not (tmp_path / "clash").exists()
 
 
+@pytest.mark.parametrize("option, value", [("frame_stride", 2.5), ("max_frames", 3.0), ("window", True)])
+def test_frame_counts_from_an_option_file_must_be_integers(tmp_path, option, value):
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"model": str(run_rvos.DEMO_MODEL), "video": str(tmp_path), "text": ["a square"],
+                                   "output_dir": str(tmp_path / "out"), option: value}))
+    with pytest.raises(SystemExit, match=re.escape(f"predict: error: --{option} must be an integer, got {value!r}.")):
+        run_rvos.main(["predict", str(options)])
+    assert not (tmp_path / "out").exists()
+
+
 def test_two_processes_evaluate_and_predict_exactly_as_one(tmp_path, model_dir):
     root = tmp_path / "shapes"
     generate_referring_shapes(root, num_videos=3, num_frames=3, height=64, width=96, seed=2, split="valid", max_objects=2)
