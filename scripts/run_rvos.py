@@ -454,10 +454,18 @@ def list_videos(path: Path) -> list[Path]:
     return sorted(videos, key=lambda video: natural_sort_key(video.name))
 
 
+def video_output_name(video: Path) -> str:
+    """The name of a video's result folder: the file name without its extension, or the frame folder's name."""
+    name = video.stem if video.is_file() else video.resolve().name
+    if name in ("", ".", ".."):
+        raise UsageError(f"The video {video} gives no usable name for its result folder ({name!r}): rename it.")
+    return name
+
+
 def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path] | None:
     check_referformer_source(model_args.model)
     videos = list_videos(Path(args.video))
-    video_dirs = [Path(args.output_dir) / (video.stem if video.is_file() else video.resolve().name) for video in videos]
+    video_dirs = [Path(args.output_dir) / video_output_name(video) for video in videos]
     if len(set(video_dirs)) != len(video_dirs):
         raise UsageError(f"Two videos of {args.video} have the same name (without extension).")
     for video, video_dir in zip(videos, video_dirs):

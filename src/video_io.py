@@ -67,11 +67,17 @@ def video_frame_names(video, indices) -> list[str]:
 
 # PIL modes whose pixels are wider than 8 bits: converted through their numpy values (`convert("RGB")` clips them).
 _WIDE_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# File formats whose 32-bit integer ("I") images hold 16-bit samples: 16-bit grayscale PNGs (as older Pillow versions
+# open them; current ones give "I;16") and PGM/PPM files with a maximum value above 255.
+_SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 
 
 def _pixels_to_uint8(frame: np.ndarray) -> np.ndarray:
     """The one place pixel values become uint8: uint8 as is, bool as 0/255, uint16 (16-bit images) scaled by 255/65535,
-    floats must be finite and in [0, 1] (scaled by 255), other integers must already be in 0..255."""
+    floats must be finite and in [0, 1] (scaled by 255), other integers must already be in 0..255. Arrays of any byte
+    order (e.g. big-endian `>u2`) convert as their native-order equivalents."""
+    if not frame.dtype.isnative:
+        frame = frame.astype(frame.dtype.newbyteorder("="))
     if frame.dtype == np.uint8:
         return frame
     if frame.dtype == np.bool_:
@@ -99,15 +105,18 @@ def _pixels_to_uint8(frame: np.ndarray) -> np.ndarray:
 
 def frame_to_rgb(frame) -> np.ndarray:
     """A PIL image, or a numpy array / torch tensor (HWC or CHW, gray, RGB or RGBA), as an RGB uint8 array [H, W, 3];
-    pixel values are converted by [`_pixels_to_uint8`]."""
+    pixel values are converted by [`_pixels_to_uint8`].
+
+    16-bit PIL images are scaled to 8 bits: modes "I;16*", and 32-bit integer ("I") images read from a PNG or
+    PGM/PPM file (formats whose "I" images hold 16-bit samples). Other "I" images (a 32-bit TIFF, an image made from
+    an int32 array) must hold 8-bit values, kept as they are; "F" images are floats, which must be in [0, 1]."""
     if isinstance(frame, Image.Image):
         if frame.mode not in _WIDE_PIL_MODES:
             return np.asarray(frame.convert("RGB"))
+        sixteen_bit = frame.mode.startswith("I;16") or (frame.mode == "I" and frame.format in _SIXTEEN_BIT_I_FORMATS)
         frame = np.asarray(frame)
-        if frame.dtype.kind in "iu" and frame.dtype != np.uint8:
-            if frame.min() < 0 or frame.max() > 65535:
-                raise ValueError(f"A 32-bit integer image must hold 16-bit values, got [{frame.min()}, {frame.max()}].")
-            frame = frame.astype(np.uint16)  # 16-bit grayscale images (PNG) decode as mode "I;16" or "I"
+        if sixteen_bit:
+            frame = frame.astype(np.uint16)
     if isinstance(frame, torch.Tensor):
         frame = frame.detach().cpu()
         frame = (frame.float() if frame.dtype in (torch.bfloat16, torch.float16) else frame).numpy()

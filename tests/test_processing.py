@@ -3,12 +3,14 @@
 import logging
 import re
 import sys
+import tracemalloc
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from torch.nn import functional as F
 from transformers import AutoProcessor
 
@@ -17,8 +19,15 @@ from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFor
 from referformer.cli_presets import build_shapes_tokenizer
 from referformer.modeling_referformer import ReferFormerSegmentationOutput
 from referformer.processing_referformer import get_resize_output_size
-from referformer.video_io import count_video_file_frames, iter_video_frames, list_frame_files, load_video, video_frame_names
-from referformer.visualization import overlay_masks, write_palette_masks, write_video
+from referformer.video_io import (
+    count_video_file_frames,
+    iter_video_frames,
+    list_frame_files,
+    load_video,
+    read_frame_image,
+    video_frame_names,
+)
+from referformer.visualization import VideoWriter, overlay_masks, write_palette_masks, write_video
 
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -178,6 +187,31 @@ def test_array_layouts_grayscale_and_rgba_become_rgb():
     assert np.array_equal(load_video(rgba)[0][0], rgb[0])
     floats = rgb.astype(np.float32) / 255
     assert np.array_equal(load_video(floats)[0][0], rgb[0])
+
+
+def test_sixteen_bit_images_and_any_byte_order_convert_by_type(tmp_path, monkeypatch):
+    """Big-endian arrays convert like native ones; a 32-bit integer ("I") image is 16-bit when read from a PNG or PGM
+    file (scaled), 8-bit otherwise (a TIFF holding 0..255 stays as is, larger values are refused)."""
+    values = (np.arange(48 * 40).reshape(48, 40) * 30).astype(np.uint16)  # up to 57570
+    scaled = np.round(values / 257.0).astype(np.uint8)
+    eight_bit = values % 256
+    for dtype in (">u2", "<u2"):
+        assert np.array_equal(load_video(values.astype(dtype)[None, :, :, None])[0][0][:, :, 0], scaled)
+    assert np.array_equal(load_video(eight_bit.astype(">i4")[None, :, :, None])[0][0][:, :, 0], eight_bit)
+    floats = np.linspace(0, 1, 48 * 40).reshape(1, 48, 40, 1)
+    assert np.array_equal(load_video(floats.astype(">f4"))[0][0], load_video(floats.astype("<f4"))[0][0])
+
+    Image.fromarray(eight_bit.astype(np.int32)).save(tmp_path / "eight.tif")
+    (tmp_path / "sixteen.pgm").write_bytes(b"P5 40 48 65535\n" + values.astype(">u2").tobytes())
+    Image.fromarray(values).save(tmp_path / "sixteen.png")
+    monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))  # how older Pillow versions open it
+    for name, expected in (("eight.tif", eight_bit), ("sixteen.pgm", scaled), ("sixteen.png", scaled)):
+        with Image.open(tmp_path / name) as image:
+            assert image.mode == "I", name
+        assert np.array_equal(read_frame_image(tmp_path / name), np.repeat(expected[:, :, None], 3, axis=-1)), name
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=re.escape("int32 frames must hold 8-bit values (0..255), got [0, 57570]")):
+        read_frame_image(tmp_path / "wide.tif")
 
 
 @pytest.mark.parametrize(
@@ -444,6 +478,35 @@ def test_overlay_gif_and_mp4_exports(tmp_path):
     with av.open(str(mp4)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 3
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.gif", "out.mp4"]
+
+
+def test_gif_frames_are_encoded_as_they_arrive(tmp_path):
+    """The GIF writer streams: its file grows while frames arrive, 50 frames need no more memory than 10, and each
+    frame decodes to its own adaptive-palette colours."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (16, 3), dtype=np.uint8)[rng.integers(0, 16, (4, 192, 256))]  # ~25 kB a GIF frame
+
+    def write(name, num_frames):
+        sizes = []
+        tracemalloc.start()
+        with VideoWriter(tmp_path / name, fps=10) as writer:
+            for index in range(num_frames):
+                writer.write(frames[index % 4])
+                sizes.append(sum(path.stat().st_size for path in tmp_path.glob(f".{Path(name).stem}.*.gif")))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return sizes, peak
+
+    ten, ten_peak = write("ten.gif", 10)
+    fifty, fifty_peak = write("fifty.gif", 50)
+    assert 0 < fifty[19] < fifty[39]  # on disk before the block ends (PyAV writes in blocks of up to 256 kB)
+    assert fifty_peak < ten_peak + frames[0].nbytes
+    with Image.open(tmp_path / "fifty.gif") as gif:
+        assert gif.n_frames == 50 and gif.info["duration"] == 100 and gif.info["loop"] == 0
+        for index in (0, 1, 49):
+            gif.seek(index)
+            quantized = Image.fromarray(frames[index % 4]).convert("P", palette=Image.Palette.ADAPTIVE)
+            assert np.array_equal(np.asarray(gif.convert("RGB")), np.asarray(quantized.convert("RGB")))
 
 
 def test_palette_masks_are_written_completely_or_not_at_all(tmp_path):

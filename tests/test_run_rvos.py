@@ -279,6 +279,34 @@ def test_predict_writes_a_mask_per_frame_name_and_refuses_frames_sharing_a_name(
     assert not (tmp_path / "clash").exists()
 
 
+def test_predict_refuses_a_symlinked_result_folder_and_a_video_without_a_name(tmp_path, data_root):
+    """Checked before the model runs: a result folder that is a link (publishing would replace the link) and a video
+    whose name minus extension is `.` or `..` (its results would land in the output root)."""
+    frames = data_root / "valid" / "JPEGImages" / "shapes00000"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "shapes00000").symlink_to(tmp_path / "elsewhere")
+
+    def error(video):
+        with pytest.raises(SystemExit) as raised:
+            run_rvos.main(["predict", "--model", str(run_rvos.DEMO_MODEL), "--video", str(video), "--text", "a square",
+                           "--output_dir", str(tmp_path / "pred"), "--overwrite"])
+        return str(raised.value.code)
+
+    assert error(frames) == (
+        f"run_rvos.py predict: error: The output folder {tmp_path / 'pred' / 'shapes00000'} is a symbolic link, which "
+        "publishing would replace; give the folder it points to, or another."
+    )
+    assert (tmp_path / "pred" / "shapes00000").is_symlink() and not any((tmp_path / "elsewhere").iterdir())
+    for name, stem in (("..mp4", "."), ("...mp4", "..")):
+        video = write_video([np.asarray(Image.open(path)) for path in sorted(frames.iterdir())], tmp_path / name)
+        assert error(video) == (
+            f"run_rvos.py predict: error: The video {video} gives no usable name for its result folder ({stem!r}): "
+            "rename it."
+        )
+    assert sorted(path.name for path in (tmp_path / "pred").iterdir()) == ["shapes00000"]
+
+
 @pytest.mark.parametrize("option, value", [("frame_stride", 2.5), ("max_frames", 3.0), ("window", True)])
 def test_frame_counts_from_an_option_file_must_be_integers(tmp_path, option, value):
     options = tmp_path / "options.json"
