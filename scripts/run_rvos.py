@@ -76,10 +76,13 @@ def _check_choice(value, choices, option: str) -> None:
         raise UsageError(f"Unknown {option} {value!r}; choose one of: {', '.join(choices)}.")
 
 
-def _check_number(value, option: str, minimum=None, maximum=None, open_interval: bool = False) -> None:
-    """`value` must be finite and within [minimum, maximum] ((minimum, maximum) with `open_interval`)."""
+def _check_number(value, option: str, minimum=None, maximum=None, open_interval: bool = False, integer: bool = False) -> None:
+    """`value` must be finite and within [minimum, maximum] ((minimum, maximum) with `open_interval`), and an integer
+    with `integer` (an option file may give 2.5 where the command line would refuse it)."""
     if value is None:
         return
+    if integer and (not isinstance(value, int) or isinstance(value, bool)):
+        raise UsageError(f"{option} must be an integer, got {value!r}.")
     if not math.isfinite(value):
         raise UsageError(f"{option} must be a finite number, got {value}.")
     below = minimum is not None and (value <= minimum if open_interval else value < minimum)
@@ -158,7 +161,7 @@ class PredictArguments:
     def __post_init__(self):
         _check_choice(self.overlay_format, ("gif", "mp4"), "--overlay_format")
         for option in ("window", "frame_stride", "max_frames"):
-            _check_number(getattr(self, option), f"--{option}", minimum=1)
+            _check_number(getattr(self, option), f"--{option}", minimum=1, integer=True)
         _check_number(self.threshold, "--threshold", 0, 1, open_interval=True)
         _check_number(self.fps, "--fps", 0, 1000, open_interval=True)
 
@@ -389,8 +392,7 @@ class ServeArguments:
 
     def __post_init__(self):
         _check_choice(self.dtype, ("fp32", "bf16", "fp16"), "--dtype")
-        if self.max_frames < 1:
-            raise UsageError(f"--max_frames must be at least 1, got {self.max_frames}.")
+        _check_number(self.max_frames, "--max_frames", minimum=1, integer=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -452,10 +454,18 @@ def list_videos(path: Path) -> list[Path]:
     return sorted(videos, key=lambda video: natural_sort_key(video.name))
 
 
+def video_output_name(video: Path) -> str:
+    """The name of a video's result folder: the file name without its extension, or the frame folder's name."""
+    name = video.stem if video.is_file() else video.resolve().name
+    if name in ("", ".", ".."):
+        raise UsageError(f"The video {video} gives no usable name for its result folder ({name!r}): rename it.")
+    return name
+
+
 def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path] | None:
     check_referformer_source(model_args.model)
     videos = list_videos(Path(args.video))
-    video_dirs = [Path(args.output_dir) / (video.stem if video.is_file() else video.resolve().name) for video in videos]
+    video_dirs = [Path(args.output_dir) / video_output_name(video) for video in videos]
     if len(set(video_dirs)) != len(video_dirs):
         raise UsageError(f"Two videos of {args.video} have the same name (without extension).")
     for video, video_dir in zip(videos, video_dirs):

@@ -40,7 +40,7 @@ from .inference_session import (
     select_linked_queries,
 )
 from .modeling_referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerSegmentationOutput
-from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor
+from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor, check_threshold, sentence_list
 from .video_io import iter_video_frames
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
 
@@ -222,9 +222,10 @@ class ReferringVideoSegmenter:
         `iter_video_frames` reads, generators included, every `frame_stride`-th frame, at most `max_frames`) or, with
         `video=None`, from `session.add_frame`. Frames are stored on `video_storage_device` (default: the CPU);
         `keep_frames` keeps the decoded frames for overlays (`FrameSegmentation.frame`)."""
-        tokens = self.processor(text=text, return_tensors="pt")
+        sentences = sentence_list(text)
+        tokens = self.processor(text=sentences, return_tensors="pt")
         return ReferFormerInferenceSession(
-            sentences=[text] if isinstance(text, str) else list(text),
+            sentences=sentences,
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
             video_storage_device=torch.device(video_storage_device or "cpu"),
@@ -338,12 +339,6 @@ class ReferringVideoSegmenter:
 
 # The options of `ReferringVideoSegmenter.stream` that go to `init_video_session`.
 SESSION_OPTIONS = ("frame_stride", "max_frames", "video_storage_device", "keep_frames")
-
-
-def check_threshold(threshold: float) -> None:
-    """Mask probability thresholds are in (0, 1)."""
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
 
 
 def prepare_inputs(processor: ReferFormerProcessor, frames, sentences: list[str]) -> tuple[dict, list[int]]:

@@ -97,11 +97,17 @@ def _replace_hint(option: str | None) -> str:
 def check_output_target(target, overwrite: bool, inputs=(), option: str | None = "--overwrite", units=None) -> None:
     """Raises an [`OutputFolderError`] (or `FileExistsError`) unless `target` can receive this run's results.
 
-    Refused: a target that exists and is not a folder; a target (or, with `units`, one of those sub-paths) that is
+    Refused: a target replaced as a whole (`units=None`) that is a symbolic link (the link would be replaced, not its
+    folder); a target that exists and is not a folder; a target (or, with `units`, one of those sub-paths) that is
     or contains one of `inputs`; a non-empty target without `overwrite`; and, with `overwrite`, a non-empty target
     holding files an earlier run of this project did not write (checked against its manifest).
     """
     target = Path(target)
+    if units is None and target.is_symlink():
+        raise OutputFolderError(
+            f"The output folder {target} is a symbolic link, which publishing would replace; give the folder it points "
+            "to, or another."
+        )
     if target.exists() and not target.is_dir():
         raise OutputFolderError(f"The output path {target} exists and is not a folder.")
     for path in [target] if units in (None, ALL_ENTRIES) else [target / unit for unit in units]:

@@ -17,7 +17,7 @@ from transformers import Pipeline
 
 from .data_transforms import collate_clips
 from .inference import prepare_inputs, segmentation_from_output
-from .processing_referformer import _is_single_video
+from .processing_referformer import _as_list_of_videos, _is_single_video, check_threshold, sentence_list
 from .video_io import iter_video_frames
 
 
@@ -51,8 +51,7 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
         preprocess = {key: value for key, value in (("frame_stride", frame_stride), ("max_frames", max_frames)) if value is not None}
         postprocess = {}
         if threshold is not None:
-            if not 0 < threshold < 1:
-                raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+            check_threshold(threshold)
             postprocess["threshold"] = threshold
         return preprocess, {}, postprocess
 
@@ -60,15 +59,15 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
         """Segments `text` in `videos` (see the class docstring)."""
         if text is None:
             raise ValueError(f"The {TASK} pipeline needs `text`: the sentence(s) naming the object to segment.")
-        many_videos = not _is_single_video(videos)
-        if many_videos:
-            sentences = [text] * len(videos) if isinstance(text, str) else list(text)
+        sentences = sentence_list(text)
+        if not _is_single_video(videos):
+            videos = _as_list_of_videos(videos)  # refuses an empty list
+            sentences = sentences * len(videos) if isinstance(text, str) else sentences
             if len(sentences) != len(videos):
                 raise ValueError(f"Got {len(videos)} videos and {len(sentences)} sentences: give one sentence per video.")
             return super().__call__([{"video": video, "text": sentence} for video, sentence in zip(videos, sentences)], **kwargs)
-        if isinstance(text, str):
-            return super().__call__([{"video": videos, "text": text}], **kwargs)[0]
-        return super().__call__([{"video": videos, "text": sentence} for sentence in text], **kwargs)
+        results = super().__call__([{"video": videos, "text": sentence} for sentence in sentences], **kwargs)
+        return results[0] if isinstance(text, str) else results
 
     def preprocess(self, item, frame_stride=1, max_frames=None):
         frames = iter_video_frames(item["video"], frame_stride, max_frames)

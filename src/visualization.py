@@ -58,11 +58,11 @@ def overlay_masks(frames, masks, boxes=None, text: str | None = None, color=(255
 
 
 class VideoWriter:
-    """Writes RGB frames one at a time to a `.gif` (Pillow) or `.mp4` (PyAV, H.264 when available, else MPEG-4) file,
-    atomically: use it as a context manager; the file appears when the block completes, nothing on an error.
+    """Writes RGB frames one at a time to a `.gif` or `.mp4` file with PyAV, atomically: use it as a context manager;
+    the file appears when the block completes, nothing on an error.
 
-    MP4 frames are encoded as they arrive; GIF frames are kept as 8-bit palette images (a third of the RGB size)
-    until Pillow writes the file at the end."""
+    Every frame is encoded as it arrives (MP4: H.264 when available, else MPEG-4; GIF: the frame's own adaptive
+    256-colour palette), so memory does not grow with the number of frames."""
 
     def __init__(self, path, fps: float = 10.0):
         self.path = Path(path)
@@ -72,53 +72,58 @@ class VideoWriter:
         self.num_frames = 0
 
     def __enter__(self):
-        self._temporary = temporary_sibling_file(self.path)
-        self._gif_frames, self._container = [], None
+        self._temporary = temporary_sibling_file(self.path)  # same suffix: PyAV picks the container by it
+        self._container = None
         return self
 
     def write(self, frame) -> None:
         frame = np.asarray(frame, dtype=np.uint8)
-        if self.path.suffix.lower() == ".gif":
-            # The conversion Pillow's GIF writer applies to RGB frames, done now to hold a third of the memory.
-            self._gif_frames.append(Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE))
-        else:
-            self._write_mp4_frame(frame)
+        if self._container is None:
+            self._open(*frame.shape[:2])
+        for packet in self._stream.encode(self._video_frame(frame)):
+            self._container.mux(packet)
         self.num_frames += 1
 
-    def _write_mp4_frame(self, frame: np.ndarray) -> None:
+    def _open(self, height: int, width: int) -> None:
         import av
         from fractions import Fraction
 
-        if self._container is None:
-            height, width = frame.shape[:2]
-            self._container = av.open(str(self._temporary), mode="w")
-            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-            self._stream = self._container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1000))
-            # yuv420p needs even sizes
-            self._stream.width, self._stream.height, self._stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
-        height, width = self._stream.height, self._stream.width
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:height, :width]), format="rgb24")
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
+        self._container = av.open(str(self._temporary), mode="w")
+        if self.path.suffix.lower() == ".gif":
+            codec, pixel_format = "gif", "pal8"
+        else:
+            codec, pixel_format = "libx264" if "libx264" in av.codecs_available else "mpeg4", "yuv420p"
+            height, width = height - height % 2, width - width % 2  # yuv420p needs even sizes
+        self._stream = self._container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1000))
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pixel_format
+
+    def _video_frame(self, frame: np.ndarray):
+        """The PyAV frame of an RGB frame: RGB for MP4, palette indices and their ARGB palette for GIF."""
+        import av
+
+        frame = np.ascontiguousarray(frame[: self._stream.height, : self._stream.width])
+        if self._stream.pix_fmt != "pal8":
+            return av.VideoFrame.from_ndarray(frame, format="rgb24")
+        image = Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE)
+        colors = np.asarray(image.getpalette(), dtype=np.uint8).reshape(-1, 3)
+        palette = np.zeros((256, 4), dtype=np.uint8)
+        palette[:, 0] = 255  # opaque
+        palette[: len(colors), 1:] = colors
+        return av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
 
     def __exit__(self, error_type, error, traceback):
         try:
             if error_type is None:
                 if not self.num_frames:
                     raise ValueError("No frames to write.")
-                if self._container is not None:
-                    for packet in self._stream.encode():
-                        self._container.mux(packet)
-                    self._container.close()
-                    self._container = None
-                else:
-                    first, *rest = self._gif_frames
-                    first.save(self._temporary, save_all=True, append_images=rest, duration=round(1000 / self.fps), loop=0)
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+                self._container.close()
+                self._container = None
                 os.replace(self._temporary, self.path)
         finally:
             if self._container is not None:
                 self._container.close()
-            self._gif_frames = []
             self._temporary.unlink(missing_ok=True)
         return False
 
@@ -147,12 +152,18 @@ class PaletteMaskWriter:
     def __enter__(self):
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         self._staging = make_sibling_dir(self.output_dir, "staging")
+        self._written = set()
         return self
 
     def write(self, frame_name: str, mask) -> None:
+        """Writes `<frame_name>.png` (the name as given: `video_io.frame_file_names` computes it); a name written
+        before is refused."""
+        if frame_name in self._written:
+            raise ValueError(f"The frame name {frame_name!r} is written twice into {self.output_dir}.")
+        self._written.add(frame_name)
         image = Image.fromarray(_to_numpy(mask).astype(bool).astype(np.uint8) * self.object_id)
         image.putpalette(self._palette)  # turns the 8-bit image into a palette image
-        image.save(self._staging / f"{Path(frame_name).stem}.png")
+        image.save(self._staging / f"{frame_name}.png")
 
     def __exit__(self, error_type, error, traceback):
         try:

@@ -156,6 +156,12 @@ def test_bad_inputs_fail_before_anything_is_written(segmenter, tmp_path):
         segmenter(frames[:2], SENTENCES, window=0)
     with pytest.raises(ValueError, match="no frames"):
         segmenter(np.zeros((0, 48, 72, 3), dtype=np.uint8), SENTENCES)
+    with pytest.raises(ValueError, match="non-empty list of sentences"):
+        segmenter(frames[:2], [])
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\), got -1"):
+        segmenter(frames[:2], SENTENCES, threshold=-1)
+    with pytest.raises(ValueError, match="frame_stride must be a positive integer, got 2.5"):
+        segmenter(frames[:2], SENTENCES, frame_stride=2.5)
     results = segmenter(frames[:3], SENTENCES)
     with pytest.raises(ValueError, match="Got 2 frames for 3"):
         write_predictions(tmp_path / "clip", iter_video_frames(frames[:2]), results, ["a", "b", "c"])

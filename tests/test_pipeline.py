@@ -81,6 +81,13 @@ def test_batching_over_videos_equals_one_by_one(segment):
         segment(videos, text=SENTENCES)
     with pytest.raises(ValueError, match="needs `text`"):
         segment(videos[0])
+    with pytest.raises(ValueError, match=r"No video given: pass a video \(file"):
+        segment([], text="a square")
+    for one_or_many in (videos[0], videos):
+        with pytest.raises(ValueError, match="text must be a sentence or a non-empty list of sentences"):
+            segment(one_or_many, text=[])
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\), got 1.5"):
+        segment(videos[0], text="a square", threshold=1.5)
 
 
 def test_bfloat16_pipeline(model_dir):

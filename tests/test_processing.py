@@ -1,13 +1,16 @@
 """Video loading, preprocessing, the processor, post-processing and the export helpers."""
 
 import logging
+import re
 import sys
+import tracemalloc
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from torch.nn import functional as F
 from transformers import AutoProcessor
 
@@ -16,8 +19,15 @@ from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFor
 from referformer.cli_presets import build_shapes_tokenizer
 from referformer.modeling_referformer import ReferFormerSegmentationOutput
 from referformer.processing_referformer import get_resize_output_size
-from referformer.video_io import count_video_file_frames, iter_video_frames, list_frame_files, load_video, video_frame_names
-from referformer.visualization import overlay_masks, write_palette_masks, write_video
+from referformer.video_io import (
+    count_video_file_frames,
+    iter_video_frames,
+    list_frame_files,
+    load_video,
+    read_frame_image,
+    video_frame_names,
+)
+from referformer.visualization import VideoWriter, overlay_masks, write_palette_masks, write_video
 
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -131,6 +141,34 @@ def test_one_frame_listing_for_folders_paths_and_datasets(tmp_path):
         list_frame_files(tmp_path / "missing")
 
 
+def test_frame_names_keep_inner_dots_and_clashing_names_are_refused(tmp_path):
+    """A frame's name is its file name minus the last suffix, computed once: writers never strip it again. Frames
+    sharing a name are refused where frames are listed; a writer refuses to write one name twice."""
+    dotted = tmp_path / "dotted"
+    dotted.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((8, 8, 3), index, np.uint8)).save(dotted / f"img.{index:03d}.jpg")
+    names = video_frame_names(dotted, [0, 1, 2])
+    assert names == ["img.000", "img.001", "img.002"]
+    folder = write_palette_masks(np.zeros((3, 8, 8), bool), tmp_path / "masks", names)
+    assert sorted(path.name for path in folder.iterdir()) == ["img.000.png", "img.001.png", "img.002.png"]
+
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    for name in ("00000.jpg", "00000.png", "00001.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(clash / name)
+    message = f"The frames {clash / '00000.jpg'} and {clash / '00000.png'} share the name '00000'"
+    for call in (lambda: list_frame_files(clash), lambda: video_frame_names(clash, [0]), lambda: load_video(clash)):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+    with pytest.raises(ValueError, match="share the name 'x'"):
+        video_frame_names([str(dotted / "img.000.jpg"), "a/x.png", "b/x.jpg"], [0])
+
+    with pytest.raises(ValueError, match="The frame name '00000' is written twice into"):
+        write_palette_masks(np.zeros((2, 8, 8), bool), tmp_path / "twice", ["00000", "00000"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clash", "dotted", "masks"]
+
+
 def test_video_file_frame_count_and_a_clear_error_on_a_broken_file(tmp_path):
     write_video(synthetic_frames(num_frames=4), tmp_path / "clip.mp4", fps=5)
     assert count_video_file_frames(tmp_path / "clip.mp4") == 4
@@ -149,6 +187,31 @@ def test_array_layouts_grayscale_and_rgba_become_rgb():
     assert np.array_equal(load_video(rgba)[0][0], rgb[0])
     floats = rgb.astype(np.float32) / 255
     assert np.array_equal(load_video(floats)[0][0], rgb[0])
+
+
+def test_sixteen_bit_images_and_any_byte_order_convert_by_type(tmp_path, monkeypatch):
+    """Big-endian arrays convert like native ones; a 32-bit integer ("I") image is 16-bit when read from a PNG or PGM
+    file (scaled), 8-bit otherwise (a TIFF holding 0..255 stays as is, larger values are refused)."""
+    values = (np.arange(48 * 40).reshape(48, 40) * 30).astype(np.uint16)  # up to 57570
+    scaled = np.round(values / 257.0).astype(np.uint8)
+    eight_bit = values % 256
+    for dtype in (">u2", "<u2"):
+        assert np.array_equal(load_video(values.astype(dtype)[None, :, :, None])[0][0][:, :, 0], scaled)
+    assert np.array_equal(load_video(eight_bit.astype(">i4")[None, :, :, None])[0][0][:, :, 0], eight_bit)
+    floats = np.linspace(0, 1, 48 * 40).reshape(1, 48, 40, 1)
+    assert np.array_equal(load_video(floats.astype(">f4"))[0][0], load_video(floats.astype("<f4"))[0][0])
+
+    Image.fromarray(eight_bit.astype(np.int32)).save(tmp_path / "eight.tif")
+    (tmp_path / "sixteen.pgm").write_bytes(b"P5 40 48 65535\n" + values.astype(">u2").tobytes())
+    Image.fromarray(values).save(tmp_path / "sixteen.png")
+    monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))  # how older Pillow versions open it
+    for name, expected in (("eight.tif", eight_bit), ("sixteen.pgm", scaled), ("sixteen.png", scaled)):
+        with Image.open(tmp_path / name) as image:
+            assert image.mode == "I", name
+        assert np.array_equal(read_frame_image(tmp_path / name), np.repeat(expected[:, :, None], 3, axis=-1)), name
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=re.escape("int32 frames must hold 8-bit values (0..255), got [0, 57570]")):
+        read_frame_image(tmp_path / "wide.tif")
 
 
 @pytest.mark.parametrize(
@@ -249,6 +312,7 @@ def test_processor_save_and_load_round_trip(tmp_path, processor):
         ("VIDEO", "", ValueError, "non-empty string"),
         ("VIDEO", ["ok", 3], ValueError, "non-empty string"),
         ("VIDEO", [], ValueError, "non-empty list"),
+        (["VIDEO", "VIDEO"], [], ValueError, "non-empty list"),
         (["VIDEO", "VIDEO"], ["a", "b", "c"], ValueError, "2 videos and 3 sentences"),
         ([], "x", ValueError, "No video given"),
         ("MISSING", "x", FileNotFoundError, "Video not found"),
@@ -278,6 +342,37 @@ def test_frames_too_small_for_the_model_are_refused(processor):
         processor(videos=[np.zeros((20, 400, 3), np.uint8)], text="x", do_resize=False)
     with pytest.raises(ValueError, match="too small"):
         processor(videos=[np.zeros((100, 100, 3), np.uint8)], text="x", size={"shortest_edge": 24})
+    # A 1-pixel-high frame: refused by its size before any resize (360x3600000, or 0 high with a longest edge).
+    thin = [np.zeros((1, 10000, 3), np.uint8)]
+    for size, resized in (({"shortest_edge": 360}, "3600000x360"), ({"shortest_edge": 360, "longest_edge": 640}, "0x0")):
+        message = (
+            f"The frames are 10000x1 pixels (width x height), resized to {resized}: too small or too thin for "
+            "ReferFormer, which needs at least 32 pixels on each side, as given and after the resize."
+        )
+        with pytest.raises(ValueError, match=re.escape(message)):
+            processor(videos=thin, text="x", size=size)
+
+
+@pytest.mark.parametrize("option, value", [("frame_stride", 2.5), ("frame_stride", 0), ("frame_stride", True),
+                                           ("max_frames", 1.0), ("max_frames", -1)])
+def test_frame_stride_and_max_frames_must_be_positive_integers(processor, option, value):
+    message = f"{option} must be a positive integer, got {value!r}."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        next(iter_video_frames(synthetic_frames(3), **{option: value}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        processor(videos=synthetic_frames(3), text="x", **{option: value})
+    assert [index for index, _ in iter_video_frames(synthetic_frames(5), np.int64(2), np.int64(2))] == [0, 2]
+
+
+@pytest.mark.parametrize("threshold", [1.5, -1, 0, 1, float("nan")])
+def test_post_processing_thresholds_must_be_in_the_open_unit_interval(threshold):
+    processor = ReferFormerVideoProcessor()
+    outputs = _outputs_for_mask(torch.zeros(1, 1, 8, 8))
+    message = f"threshold must be in (0, 1), got {threshold}."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        processor.post_process_referring_video_segmentation(outputs, [(32, 32)], threshold=threshold)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        processor.post_process_referring_image_segmentation(outputs, [(32, 32)], threshold=threshold)
 
 
 # ----------------------------------------------------------------------------- post-processing
@@ -385,10 +480,39 @@ def test_overlay_gif_and_mp4_exports(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.gif", "out.mp4"]
 
 
+def test_gif_frames_are_encoded_as_they_arrive(tmp_path):
+    """The GIF writer streams: its file grows while frames arrive, 50 frames need no more memory than 10, and each
+    frame decodes to its own adaptive-palette colours."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (16, 3), dtype=np.uint8)[rng.integers(0, 16, (4, 192, 256))]  # ~25 kB a GIF frame
+
+    def write(name, num_frames):
+        sizes = []
+        tracemalloc.start()
+        with VideoWriter(tmp_path / name, fps=10) as writer:
+            for index in range(num_frames):
+                writer.write(frames[index % 4])
+                sizes.append(sum(path.stat().st_size for path in tmp_path.glob(f".{Path(name).stem}.*.gif")))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return sizes, peak
+
+    ten, ten_peak = write("ten.gif", 10)
+    fifty, fifty_peak = write("fifty.gif", 50)
+    assert 0 < fifty[19] < fifty[39]  # on disk before the block ends (PyAV writes in blocks of up to 256 kB)
+    assert fifty_peak < ten_peak + frames[0].nbytes
+    with Image.open(tmp_path / "fifty.gif") as gif:
+        assert gif.n_frames == 50 and gif.info["duration"] == 100 and gif.info["loop"] == 0
+        for index in (0, 1, 49):
+            gif.seek(index)
+            quantized = Image.fromarray(frames[index % 4]).convert("P", palette=Image.Palette.ADAPTIVE)
+            assert np.array_equal(np.asarray(gif.convert("RGB")), np.asarray(quantized.convert("RGB")))
+
+
 def test_palette_masks_are_written_completely_or_not_at_all(tmp_path):
     masks = np.zeros((2, 16, 16), bool)
     masks[1, 4:8, 4:8] = True
-    folder = write_palette_masks(masks, tmp_path / "video" / "0", ["00000.jpg", "00005.jpg"])
+    folder = write_palette_masks(masks, tmp_path / "video" / "0", ["00000", "00005"])
     with Image.open(folder / "00005.png") as image:
         assert image.mode == "P" and np.asarray(image)[5, 5] == 1 and np.asarray(image).sum() == 16
     assert image.getpalette()[3:6] == [128, 0, 0]

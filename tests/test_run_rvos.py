@@ -3,6 +3,7 @@ processes, evaluate, predict, the option file and the errors a user can make."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -249,6 +250,71 @@ def test_predict_selects_one_query_over_the_whole_video_by_default(tmp_path, mod
     for expression in predictions["expressions"]:
         assert len(expression["window_query_indices"]) == 1 and expression["window_starts"] == [0]
         assert [frame["index"] for frame in expression["frames"]] == list(range(120))
+
+
+def test_predict_writes_a_mask_per_frame_name_and_refuses_frames_sharing_a_name(tmp_path, data_root):
+    """Frames `img.000.jpg, ...` keep their whole name (one mask each, as predictions.json lists them); a folder
+    holding `img.000.jpg` and `img.000.png` is refused before anything is written. The embedded demo model runs."""
+    frames = tmp_path / "dotted"
+    frames.mkdir()
+    clip = sorted((data_root / "valid" / "JPEGImages" / "shapes00000").iterdir())
+    for index, path in enumerate(clip):
+        shutil.copy(path, frames / f"img.{index:03d}.jpg")
+
+    def predict(output_dir):
+        run_rvos.main(["predict", "--model", str(run_rvos.DEMO_MODEL), "--video", str(frames), "--text",
+                       "the red circle", "the big square", "--output_dir", str(output_dir), "--device", "cpu"])
+
+    predict(tmp_path / "pred")
+    video_dir = tmp_path / "pred" / "dotted"
+    names = ["img.000", "img.001", "img.002"]
+    assert json.loads((video_dir / "predictions.json").read_text())["frames"] == names
+    for exp_id in ("0", "1"):
+        assert sorted(path.name for path in (video_dir / exp_id).iterdir()) == [f"{name}.png" for name in names]
+
+    shutil.copy(clip[0], frames / "img.000.png")
+    clash = f"error: The frames {frames / 'img.000.jpg'} and {frames / 'img.000.png'} share the name 'img.000'"
+    with pytest.raises(SystemExit, match=re.escape(clash)):
+        predict(tmp_path / "clash")
+    assert not (tmp_path / "clash").exists()
+
+
+def test_predict_refuses_a_symlinked_result_folder_and_a_video_without_a_name(tmp_path, data_root):
+    """Checked before the model runs: a result folder that is a link (publishing would replace the link) and a video
+    whose name minus extension is `.` or `..` (its results would land in the output root)."""
+    frames = data_root / "valid" / "JPEGImages" / "shapes00000"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "shapes00000").symlink_to(tmp_path / "elsewhere")
+
+    def error(video):
+        with pytest.raises(SystemExit) as raised:
+            run_rvos.main(["predict", "--model", str(run_rvos.DEMO_MODEL), "--video", str(video), "--text", "a square",
+                           "--output_dir", str(tmp_path / "pred"), "--overwrite"])
+        return str(raised.value.code)
+
+    assert error(frames) == (
+        f"run_rvos.py predict: error: The output folder {tmp_path / 'pred' / 'shapes00000'} is a symbolic link, which "
+        "publishing would replace; give the folder it points to, or another."
+    )
+    assert (tmp_path / "pred" / "shapes00000").is_symlink() and not any((tmp_path / "elsewhere").iterdir())
+    for name, stem in (("..mp4", "."), ("...mp4", "..")):
+        video = write_video([np.asarray(Image.open(path)) for path in sorted(frames.iterdir())], tmp_path / name)
+        assert error(video) == (
+            f"run_rvos.py predict: error: The video {video} gives no usable name for its result folder ({stem!r}): "
+            "rename it."
+        )
+    assert sorted(path.name for path in (tmp_path / "pred").iterdir()) == ["shapes00000"]
+
+
+@pytest.mark.parametrize("option, value", [("frame_stride", 2.5), ("max_frames", 3.0), ("window", True)])
+def test_frame_counts_from_an_option_file_must_be_integers(tmp_path, option, value):
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"model": str(run_rvos.DEMO_MODEL), "video": str(tmp_path), "text": ["a square"],
+                                   "output_dir": str(tmp_path / "out"), option: value}))
+    with pytest.raises(SystemExit, match=re.escape(f"predict: error: --{option} must be an integer, got {value!r}.")):
+        run_rvos.main(["predict", str(options)])
+    assert not (tmp_path / "out").exists()
 
 
 def test_two_processes_evaluate_and_predict_exactly_as_one(tmp_path, model_dir):
