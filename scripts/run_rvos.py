@@ -37,7 +37,7 @@ from referformer.cli_presets import CONFIG_PRESETS
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.data_transforms import collate_clips
 from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark, process_state, run_sharded
-from referformer.inference import ReferringVideoSegmenter, write_predictions
+from referformer.inference import PredictionWriter, ReferringVideoSegmenter, write_predictions
 from referformer.model_cards import trained_model_card
 from referformer.output_folders import ALL_ENTRIES, check_output_target, push_folder_to_hub, staged_output
 from referformer.video_io import iter_video_frames, list_frame_files, natural_sort_key, video_frame_names
@@ -57,6 +57,7 @@ from referformer.shapes_demo import DEMO_CLIP_FRAMES, DEMO_EXPRESSION_ATTRIBUTES
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "referformer-tiny-shapes"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
+STREAM_WINDOW = 36  # frames per window of `predict --stream` unless --window says otherwise
 
 
 class UsageError(ValueError):
@@ -146,9 +147,17 @@ class PredictArguments:
         default=None,
         metadata={
             "help": "Unset: one query over the whole video (the Ref-YouTube-VOS protocol). N: independent windows of N "
-            "frames, each with its own query (the Ref-DAVIS17 protocol: 36)."
+            "frames, each with its own query (the Ref-DAVIS17 protocol: 36). With --stream: frames per window (36)."
         },
     )
+    stream: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the video in windows of --window frames sharing --overlap frames, the referred object kept "
+            "across windows; masks and overlays are written as frames become final, in memory bounded by the window."
+        },
+    )
+    overlap: int = field(default=8, metadata={"help": "With --stream: frames shared by consecutive windows."})
     frame_stride: int = field(default=1, metadata={"help": "Keep every N-th frame of the video."})
     max_frames: int | None = field(default=None, metadata={"help": "Keep at most this many frames (after the stride)."})
     threshold: float = field(default=0.5, metadata={"help": "Mask probability threshold."})
@@ -162,6 +171,11 @@ class PredictArguments:
         _check_choice(self.overlay_format, ("gif", "mp4"), "--overlay_format")
         for option in ("window", "frame_stride", "max_frames"):
             _check_number(getattr(self, option), f"--{option}", minimum=1, integer=True)
+        _check_number(self.overlap, "--overlap", minimum=0, integer=True)
+        if self.stream:
+            self.window = self.window or STREAM_WINDOW
+            if self.overlap >= self.window:
+                raise UsageError(f"--overlap ({self.overlap}) must be smaller than --window ({self.window}).")
         _check_number(self.threshold, "--threshold", 0, 1, open_interval=True)
         _check_number(self.fps, "--fps", 0, 1000, open_interval=True)
 
@@ -462,6 +476,20 @@ def video_output_name(video: Path) -> str:
     return name
 
 
+def stream_predictions(segmenter, video: Path, output_dir: Path, args: PredictArguments, video_name: str) -> int:
+    """`predict --stream`: writes each frame's masks and overlays as soon as the stream yields it; returns the number
+    of frames."""
+    file_names = None if video.is_file() else video_frame_names(video, range(len(list_frame_files(video))))
+    outputs = segmenter.stream(
+        video, args.text, window=args.window, overlap=args.overlap, frame_stride=args.frame_stride,
+        max_frames=args.max_frames, threshold=args.threshold, keep_frames=True,
+    )
+    with PredictionWriter(output_dir, args.text, overlay_format=args.overlay_format, fps=args.fps, video_name=video_name) as writer:
+        for output in outputs:
+            writer.write(file_names[output.frame_index] if file_names else f"{output.frame_index:05d}", output)
+    return len(writer.frame_names)
+
+
 def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path] | None:
     check_referformer_source(model_args.model)
     videos = list_videos(Path(args.video))
@@ -475,6 +503,8 @@ def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path
     def predict(video_and_folder):
         video, video_dir = video_and_folder
         with staged_output(video_dir, args.overwrite, inputs=(video, model_args.model)) as staging:
+            if args.stream:
+                return stream_predictions(segmenter, video, staging, args, video_dir.name)
             results = segmenter(video, args.text, args.window, args.frame_stride, args.max_frames, args.threshold, progress=True)
             frame_names = video_frame_names(video, results[0].frame_indices)
             frames = iter_video_frames(video, args.frame_stride, args.max_frames)

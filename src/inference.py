@@ -19,6 +19,7 @@ frame, `masks` all at once).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
@@ -47,6 +48,7 @@ from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_pa
 
 __all__ = [
     "DTYPES",
+    "PredictionWriter",
     "ReferringVideoSegmenter",
     "VideoSegmentation",
     "prepare_inputs",
@@ -260,6 +262,7 @@ class ReferringVideoSegmenter:
             frames, session.frames = session.frames[:window], session.frames[len(session.frames[:window]) :]
             link_weight = agreement_weight if session.link is not None else None
             results = self._segment_window(session, frames, link_weight=link_weight, threshold=threshold)
+            session.num_windows += 1
             yield from self._final_frames(session, frames, results, threshold)
             more_to_come = session.frame_source is not None or bool(session.frames)
             if overlap and more_to_come:  # the next window starts with this one's last `overlap` frames
@@ -271,6 +274,7 @@ class ReferringVideoSegmenter:
                 for frame in frames[-overlap:]:
                     frame.final = True
                 session.frames = frames[-overlap:] + session.frames
+            del frames, results  # before the next window is read
 
     def stream(self, video, text, window: int = 36, overlap: int = 8, **options) -> Iterator[FrameSegmentation]:
         """Streams `video` (any frame source, of any length) in windows of `window` frames sharing `overlap`: yields
@@ -333,6 +337,7 @@ class ReferringVideoSegmenter:
                 boxes=torch.stack([result["boxes"][position] for result in results]).numpy(),
                 scores=torch.stack([result["scores"][position] for result in results]).numpy(),
                 query_indices=[int(result["query_index"]) for result in results],
+                window=session.num_windows - 1,
                 frame=frame.rgb,
             )
 
@@ -414,6 +419,102 @@ class _Collected:
         )
 
 
+class PredictionWriter:
+    """Writes one video's predictions under `video_dir` frame by frame, as they come: palette PNG masks
+    `<exp_id>/<frame_name>.png` (expression ids default to 0, 1, ...), an overlay video `overlay_<exp_id>.<overlay_format>`
+    per sentence (mask, box and sentence over the frame) and, on a clean exit, `predictions.json` (per expression the
+    windows' queries and per frame the box and score; it names the video `video_name`, by default the folder's name).
+    Each mask folder and overlay appears complete or not at all.
+
+        with PredictionWriter(folder, sentences) as writer:
+            for output in segmenter.stream(video, sentences, keep_frames=True):
+                writer.write(f"{output.frame_index:05d}", output)
+    """
+
+    def __init__(self, video_dir, sentences, exp_ids=None, overlay_format="gif", fps=10.0, video_name=None):
+        self.video_dir, self.sentences = Path(video_dir), list(sentences)
+        self.exp_ids = list(exp_ids or [str(index) for index in range(len(self.sentences))])
+        if len(self.exp_ids) != len(self.sentences):
+            raise ValueError(f"Got {len(self.sentences)} sentences and {len(self.exp_ids)} expression ids.")
+        self.overlay_format, self.fps, self.video_name = overlay_format, fps, video_name or self.video_dir.name
+        self.colors = [tuple(voc_palette()[3 * (index + 1) : 3 * (index + 2)]) for index in range(len(self.sentences))]
+        self.frame_names, self.frames = [], []
+
+    def __enter__(self) -> PredictionWriter:
+        self._stack = ExitStack().__enter__()
+        self._mask_writers = [
+            self._stack.enter_context(PaletteMaskWriter(self.video_dir / exp_id, overwrite=True)) for exp_id in self.exp_ids
+        ]
+        self._overlay_writers = [
+            self._stack.enter_context(VideoWriter(self.video_dir / f"overlay_{exp_id}.{self.overlay_format}", self.fps))
+            for exp_id in self.exp_ids
+        ]
+        return self
+
+    def write(self, frame_name: str, output: FrameSegmentation, frame: np.ndarray | None = None) -> None:
+        """Writes the masks and overlays of one frame (`frame`, by default `output.frame`, the RGB frame)."""
+        frame = output.frame if frame is None else frame
+        if frame is None:
+            raise ValueError("Overlays need the frame: pass it, or stream with keep_frames=True.")
+        for index, (mask_writer, overlay_writer) in enumerate(zip(self._mask_writers, self._overlay_writers)):
+            mask_writer.write(frame_name, output.masks[index])
+            overlay = overlay_masks(
+                [frame], output.masks[index][None], output.boxes[index : index + 1], text=self.sentences[index],
+                color=self.colors[index],
+            )
+            overlay_writer.write(overlay[0])
+        self.frame_names.append(frame_name)
+        self.frames.append(output)
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.__exit__(*exc_info)
+        if exc_info[0] is None:
+            self._write_predictions_json()
+
+    def _write_predictions_json(self) -> None:
+        window_starts = [
+            position for position, output in enumerate(self.frames)
+            if position == 0 or output.window != self.frames[position - 1].window
+        ]
+        expressions = [
+            {
+                "exp_id": exp_id,
+                "text": sentence,
+                "window_query_indices": [self.frames[start].query_indices[index] for start in window_starts],
+                "window_starts": window_starts,
+                "frames": [
+                    {
+                        "frame": name,
+                        "index": output.frame_index,
+                        "box": [round(float(value), 2) for value in output.boxes[index]],
+                        "score": round(float(output.scores[index]), 4),
+                    }
+                    for name, output in zip(self.frame_names, self.frames)
+                ],
+            }
+            for index, (exp_id, sentence) in enumerate(zip(self.exp_ids, self.sentences))
+        ]
+        predictions = {"video": self.video_name, "frames": self.frame_names, "expressions": expressions}
+        (self.video_dir / "predictions.json").write_text(json.dumps(predictions, indent=1, allow_nan=False), encoding="utf-8")
+
+
+def frame_segmentations(results: list[VideoSegmentation]) -> Iterator[FrameSegmentation]:
+    """The per-frame view of whole-video results (one per sentence, the same frames): one [`FrameSegmentation`] per
+    frame, computing full-size masks frame by frame."""
+    masks = [result.iter_masks() for result in results]
+    first = results[0]
+    for position, frame_index in enumerate(first.frame_indices):
+        window = bisect.bisect_right(first.window_starts, position) - 1
+        yield FrameSegmentation(
+            frame_index=frame_index,
+            masks=np.stack([next(iterator) for iterator in masks]),
+            boxes=np.stack([result.boxes[position] for result in results]),
+            scores=np.stack([result.scores[position] for result in results]),
+            query_indices=[result.query_indices[window] for result in results],
+            window=window,
+        )
+
+
 def write_predictions(
     video_dir,
     frames,
@@ -424,52 +525,14 @@ def write_predictions(
     exp_ids=None,
     video_name: str | None = None,
 ) -> Path:
-    """Writes the results of one video under `video_dir`: palette PNG masks `<exp_id>/<frame_name>.png` (expression
-    ids default to 0, 1, ...), an overlay video `overlay_<exp_id>.<overlay_format>` per sentence (mask, box and
-    sentence over the frame) and `predictions.json` (boxes, scores and selected queries; it names the video
-    `video_name`, by default the folder's name).
-
-    `frames` yields `(index, RGB frame)` for the segmented frames again (e.g. a fresh `iter_video_frames`), so that masks
-    and overlays are written frame by frame and the video is never held in memory. Each mask folder and overlay
-    appears complete or not at all.
-    """
-    video_dir = Path(video_dir)
-    exp_ids = list(exp_ids or [str(index) for index in range(len(results))])
+    """Writes the results of one video with a [`PredictionWriter`]. `frames` yields `(index, RGB frame)` for the
+    segmented frames again (e.g. a fresh `iter_video_frames`), so that the video is never held in memory."""
     frame_names = list(frame_names)
-    if not len(exp_ids) == len(results) or any(result.num_frames != len(frame_names) for result in results):
-        raise ValueError(f"Got {len(results)} results, {len(exp_ids)} expression ids and {len(frame_names)} frame names.")
-    colors = [tuple(voc_palette()[3 * (index + 1) : 3 * (index + 2)]) for index in range(len(results))]
-    written = 0
-    with ExitStack() as stack:
-        mask_writers = [stack.enter_context(PaletteMaskWriter(video_dir / exp_id, overwrite=True)) for exp_id in exp_ids]
-        overlay_writers = [
-            stack.enter_context(VideoWriter(video_dir / f"overlay_{exp_id}.{overlay_format}", fps)) for exp_id in exp_ids
-        ]
-        masks = [result.iter_masks() for result in results]
-        for (_, frame), name in zip(frames, frame_names):
-            for result, mask_iterator, mask_writer, overlay_writer, color in zip(
-                results, masks, mask_writers, overlay_writers, colors
-            ):
-                mask = next(mask_iterator)
-                mask_writer.write(name, mask)
-                box = result.boxes[written : written + 1]
-                overlay_writer.write(overlay_masks([frame], mask[None], box, text=result.sentence, color=color)[0])
-            written += 1
-        if written != len(frame_names):
-            raise ValueError(f"Got {written} frames for {len(frame_names)} segmented frames.")
-    expressions = [
-        {
-            "exp_id": exp_id,
-            "text": result.sentence,
-            "window_query_indices": result.query_indices,
-            "window_starts": result.window_starts,
-            "frames": [
-                {"frame": name, "index": index, "box": [round(float(v), 2) for v in box], "score": round(float(score), 4)}
-                for name, index, box, score in zip(frame_names, result.frame_indices, result.boxes, result.scores)
-            ],
-        }
-        for exp_id, result in zip(exp_ids, results)
-    ]
-    predictions = {"video": video_name or video_dir.name, "frames": frame_names, "expressions": expressions}
-    (video_dir / "predictions.json").write_text(json.dumps(predictions, indent=1), encoding="utf-8")
-    return video_dir
+    if any(result.num_frames != len(frame_names) for result in results):
+        raise ValueError(f"Got results of {[result.num_frames for result in results]} frames for {len(frame_names)} frame names.")
+    with PredictionWriter(video_dir, [result.sentence for result in results], exp_ids, overlay_format, fps, video_name) as writer:
+        for (_, frame), name, output in zip(frames, frame_names, frame_segmentations(results)):
+            writer.write(name, output, frame)
+        if len(writer.frame_names) != len(frame_names):
+            raise ValueError(f"Got {len(writer.frame_names)} frames for {len(frame_names)} segmented frames.")
+    return Path(video_dir)

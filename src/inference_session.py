@@ -54,14 +54,16 @@ class WindowLink:
 @dataclass
 class FrameSegmentation:
     """The referred objects in one frame: `frame_index` in the video, per sentence (N) `masks` `[N, H, W]` bool at the
-    original frame size, `boxes` `[N, 4]` absolute (x0, y0, x1, y1), `scores` `[N]` and the window's `query_indices`;
-    `frame` the decoded RGB frame `[H, W, 3]` when the session keeps frames."""
+    original frame size, `boxes` `[N, 4]` absolute (x0, y0, x1, y1), `scores` `[N]`, the `query_indices` chosen in the
+    `window` (its number, from 0) that made the frame final; `frame` the decoded RGB frame `[H, W, 3]` when the session
+    keeps frames."""
 
     frame_index: int
     masks: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
     query_indices: list[int]
+    window: int = 0
     frame: np.ndarray | None = None
 
 
@@ -74,7 +76,7 @@ class ReferFormerInferenceSession:
     any iterable: a lazily decoded file, a frame folder, a generator), or None when frames are added with
     `add_frame`; `original_size` / `resized_size` the frames' `(height, width)` before and after preprocessing;
     `link` the last window's choice; `keep_frames` keeps the decoded frames for overlays; `next_frame_index` the
-    index an appended frame gets.
+    index an appended frame gets; `num_windows` the windows segmented so far.
     """
 
     sentences: list[str]
@@ -89,6 +91,7 @@ class ReferFormerInferenceSession:
     resized_size: tuple[int, int] | None = None
     link: WindowLink | None = None
     next_frame_index: int = 0
+    num_windows: int = 0
 
     @property
     def num_sentences(self) -> int:

@@ -12,6 +12,8 @@ A folder written by the pipeline's `save_pretrained` carries this code, so that
 `pipeline(model=folder, trust_remote_code=True)` works where the package is not installed.
 """
 
+from collections.abc import Iterator
+
 import torch
 from transformers import Pipeline
 
@@ -29,7 +31,8 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
     video (ReferFormer's Ref-YouTube-VOS protocol; `referformer.inference.ReferringVideoSegmenter` also offers the
     windowed Ref-DAVIS17 protocol).
 
-    Inputs: a video (file, folder of frames, list of frames or 4-D array) or a list of videos, and `text`: one
+    Inputs: a video (file, folder of frames, list of frames, 4-D array or a generator of frames) or a list of videos,
+    and `text`: one
     sentence, or a list of sentences (for one video: one result per sentence; for a list of videos: one sentence
     each). Options: `frame_stride`, `max_frames` (frame sampling) and `threshold` (mask probability).
 
@@ -66,6 +69,8 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
             if len(sentences) != len(videos):
                 raise ValueError(f"Got {len(videos)} videos and {len(sentences)} sentences: give one sentence per video.")
             return super().__call__([{"video": video, "text": sentence} for video, sentence in zip(videos, sentences)], **kwargs)
+        if isinstance(videos, Iterator) and len(sentences) > 1:  # a generator is read once, for every sentence
+            videos = [frame for _, frame in iter_video_frames(videos)]
         results = super().__call__([{"video": videos, "text": sentence} for sentence in sentences], **kwargs)
         return results[0] if isinstance(text, str) else results
 

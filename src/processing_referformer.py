@@ -1,6 +1,7 @@
 """Processors of ReferFormer: video preprocessing, tokenization of the referring expressions, and post-processing of
 the model outputs into per-frame masks, boxes and scores. Reading videos and frames is `video_io`'s job."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def check_threshold(threshold: float) -> None:
 
 
 def _is_single_video(videos) -> bool:
-    if isinstance(videos, (str, Path)):
+    if isinstance(videos, (str, Path, Iterator)):  # a file or folder, or a generator of frames
         return True
     if isinstance(videos, (np.ndarray, torch.Tensor)):
         return videos.ndim == 4

@@ -49,6 +49,16 @@ def segment(model_dir):
     return pipeline(TASK, model=str(model_dir), device="cpu")
 
 
+def test_a_generator_of_frames_gives_the_results_of_the_frames(segment):
+    frames = clip(5)
+    expected = segment(frames, text=SENTENCES)
+    for text in (SENTENCES[0], SENTENCES):  # one sentence streams through preprocessing, several read it once
+        outputs = segment((frame for frame in frames), text=text)
+        for output, reference in zip([outputs] if isinstance(text, str) else outputs, expected):
+            np.testing.assert_array_equal(output["masks"], reference["masks"])
+            assert output["frame_indices"] == list(range(5))
+
+
 def test_pipeline_gives_the_library_api_results(segment, model_dir):
     assert isinstance(segment, ReferringVideoObjectSegmentationPipeline)
     frames = clip(6)

@@ -252,6 +252,36 @@ def test_predict_selects_one_query_over_the_whole_video_by_default(tmp_path, mod
         assert [frame["index"] for frame in expression["frames"]] == list(range(120))
 
 
+def test_predict_streams_a_frame_folder_writing_what_the_windows_give(tmp_path, model_dir, data_root):
+    """`--stream --overlap 0` is the windowed protocol written as it goes: the same masks and predictions; with an
+    overlap the frames and names are the same and each window keeps the previous one's object."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frame_paths = sorted((data_root / "valid" / "JPEGImages" / "shapes00000").iterdir())
+    for index in range(7):
+        Image.open(frame_paths[index % len(frame_paths)]).save(folder / f"frame_{index}.png")
+    common = ["predict", "--model", str(model_dir), "--video", str(folder), "--text", "the red circle", "the big square",
+              "--window", "3"]
+    run_rvos.main(common + ["--output_dir", str(tmp_path / "windows")])
+    run_rvos.main(common + ["--output_dir", str(tmp_path / "stream"), "--stream", "--overlap", "0"])
+    windows = json.loads((tmp_path / "windows" / "frames" / "predictions.json").read_text())
+    streamed = json.loads((tmp_path / "stream" / "frames" / "predictions.json").read_text())
+    assert streamed == windows
+    assert streamed["frames"] == [f"frame_{index}" for index in range(7)]
+    for exp_id in ("0", "1"):
+        for name in streamed["frames"]:
+            with Image.open(tmp_path / "windows" / "frames" / exp_id / f"{name}.png") as expected, Image.open(
+                tmp_path / "stream" / "frames" / exp_id / f"{name}.png"
+            ) as actual:
+                assert np.array_equal(np.asarray(actual), np.asarray(expected))
+    run_rvos.main(common + ["--output_dir", str(tmp_path / "overlap"), "--stream", "--overlap", "1"])
+    overlapped = json.loads((tmp_path / "overlap" / "frames" / "predictions.json").read_text())
+    assert overlapped["frames"] == streamed["frames"]
+    assert [expression["window_starts"] for expression in overlapped["expressions"]] == [[0, 3, 5]] * 2
+    with pytest.raises(SystemExit, match="--overlap .* must be smaller than --window"):
+        run_rvos.main(common + ["--output_dir", str(tmp_path / "bad"), "--stream", "--overlap", "3"])
+
+
 def test_predict_writes_a_mask_per_frame_name_and_refuses_frames_sharing_a_name(tmp_path, data_root):
     """Frames `img.000.jpg, ...` keep their whole name (one mask each, as predictions.json lists them); a folder
     holding `img.000.jpg` and `img.000.png` is refused before anything is written. The embedded demo model runs."""
