@@ -9,7 +9,10 @@ The model is the released ReferFormer (ResNet-50 + RoBERTa-base structure, `Refe
 * compiled (`--compile`): the fast path under `torch.compile(model)` (inductor); its warm-up compiles it on the timed
   clip's shapes, which takes minutes (the compile time is printed after the table);
 * reference: everything as the original computes it: PyTorch deformable attention (`grid_sample`), eager attention,
-  no chunking, all queries' masks for every decoder layer, and one forward pass per sentence.
+  no chunking, all queries' masks for every decoder layer, and one forward pass per sentence;
+* stream (`--stream`): `ReferringVideoSegmenter.stream` over a generator of `--stream_frames` frames (decoded-frame
+  arrays, preprocessing and the full-size masks of every frame included), in windows of `--window` frames sharing
+  `--overlap`, fp32, one sentence: the time per frame and peak memory must not grow with the length.
 
 bf16 runs the float32 weights under `torch.autocast`. Each configuration runs in its own subprocess (after a warm-up
 forward on up to 5 frames) so that its peak memory (RSS on CPU, max allocated on CUDA) is its own. Masks agreement: IoU of the selected
@@ -18,6 +21,8 @@ path holds every frame's activations at once (about 0.3 GiB per frame): above `-
 (the row says so) and the fast rows of that length have no reference columns.
 
     python benchmarks/bench_end_to_end.py --frames 5 36 100 300 --sentences 1 5 --threads 2
+    python benchmarks/bench_end_to_end.py --frames 100 300 --sentences 1 --dtypes fp32 --reference_max_frames 0 \
+        --threads 2 --stream --stream_frames 100 1000
 """
 
 import argparse
@@ -102,6 +107,36 @@ def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, 
             "warm_up_seconds": warm_up_seconds}
 
 
+def run_stream(num_frames: int, chunk: int, device: str, window: int, overlap: int) -> dict:
+    """Streams `num_frames` random 360x640 frames (a generator cycling over 8 of them) with one sentence."""
+    import numpy as np
+
+    from referformer import ReferFormerProcessor, ReferFormerVideoProcessor
+    from referformer.cli_presets import build_shapes_tokenizer
+    from referformer.inference import ReferringVideoSegmenter
+
+    processor = ReferFormerProcessor(ReferFormerVideoProcessor(), build_shapes_tokenizer())
+    segmenter = ReferringVideoSegmenter(build_model("fast", chunk), processor, device=device)
+    pool = np.random.default_rng(0).integers(0, 256, (8, HEIGHT, WIDTH, 3), dtype=np.uint8)
+
+    def frames(count):
+        return (pool[index % len(pool)] for index in range(count))
+
+    start = time.perf_counter()
+    sum(1 for _ in segmenter.stream(frames(WARM_UP_FRAMES), ["the red square"], window=window, overlap=overlap))
+    warm_up_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    count = sum(1 for _ in segmenter.stream(frames(num_frames), ["the red square"], window=window, overlap=overlap))
+    seconds = time.perf_counter() - start
+    assert count == num_frames, (count, num_frames)
+    if device == "cuda":
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"seconds": seconds, "seconds_per_frame": seconds / num_frames, "peak_gib": peak_gib,
+            "warm_up_seconds": warm_up_seconds}
+
+
 def count_gflop(num_frames: int, chunk: int, device: str) -> float:
     """Matmul and convolution GFLOP of one fast fp32 forward (the deformable sampling is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -132,6 +167,8 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     if args.task == "run":
         result = run(args.path, args.dtype, args.num_frames, args.num_sentences, args.chunk, args.device, args.masks_file)
+    elif args.task == "stream":
+        result = run_stream(args.num_frames, args.chunk, args.device, args.window, args.overlap)
     elif args.task == "flops":
         result = {"gflop": count_gflop(args.num_frames, args.chunk, args.device)}
     else:
@@ -194,6 +231,13 @@ def main(args) -> None:
                         if path == "compiled":
                             compile_times.append(f"{dtype} T={num_frames} sentences={num_sentences}: "
                                                  f"{result['warm_up_seconds']:.0f} s")
+    if args.stream:
+        for num_frames in args.stream_frames:
+            result = in_subprocess(args, "--task", "stream", "--num_frames", str(num_frames), "--window",
+                                   str(args.window), "--overlap", str(args.overlap))
+            row = (f"stream (window {args.window}, overlap {args.overlap})", "fp32", num_frames, 1,
+                   f"{result['seconds_per_frame']:.2f}", f"{result['peak_gib']:.2f}", "-", "-", "-")
+            print("| " + " | ".join(str(value) for value in row) + " |", flush=True)
     if compile_times:
         print("compile + first forward of the compiled rows: " + ", ".join(compile_times), flush=True)
     if args.count_flops:
@@ -217,7 +261,11 @@ if __name__ == "__main__":
         "--compile", action="store_true", help="Also run the fast path under torch.compile (inductor; minutes to compile)."
     )
     parser.add_argument("--count_flops", action="store_true", help="Also count the fast path's fp32 GFLOP per T.")
-    parser.add_argument("--task", choices=["run", "flops", "peak"], help=argparse.SUPPRESS)
+    parser.add_argument("--stream", action="store_true", help="Also stream --stream_frames frames (fp32, one sentence).")
+    parser.add_argument("--stream_frames", type=int, nargs="+", default=[100, 1000], help="Streamed video lengths.")
+    parser.add_argument("--window", type=int, default=36, help="Frames per streaming window.")
+    parser.add_argument("--overlap", type=int, default=8, help="Frames shared by consecutive streaming windows.")
+    parser.add_argument("--task", choices=["run", "flops", "peak", "stream"], help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["fast", "compiled", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--num_frames", type=int, help=argparse.SUPPRESS)
