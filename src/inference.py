@@ -202,7 +202,7 @@ class ReferringVideoSegmenter:
                 if not session.frames:
                     break
                 frames, session.frames = session.frames, []
-                window_results = self._segment_window(session, frames, link_weight=None, threshold=threshold)
+                window_results = self._segment_window(session, frames, None, threshold, keep_pixel_values=0)
                 for result, collected in zip(window_results, results):
                     collected.add(result, [frame.frame_index for frame in frames])
                 bar.update()
@@ -259,9 +259,10 @@ class ReferringVideoSegmenter:
             session.read_frames(None if window is None else window - len(session.frames))
             if all(frame.final for frame in session.frames):
                 return
-            frames, session.frames = session.frames[:window], session.frames[len(session.frames[:window]) :]
+            count = len(session.frames) if window is None else window
+            frames, session.frames = session.frames[:count], session.frames[count:]
             link_weight = agreement_weight if session.link is not None else None
-            results = self._segment_window(session, frames, link_weight=link_weight, threshold=threshold)
+            results = self._segment_window(session, frames, link_weight, threshold, keep_pixel_values=overlap)
             session.num_windows += 1
             yield from self._final_frames(session, frames, results, threshold)
             more_to_come = session.frame_source is not None or bool(session.frames)
@@ -286,12 +287,20 @@ class ReferringVideoSegmenter:
         return self.propagate_in_video_iterator(session, window=window, overlap=overlap, **options)
 
     def _segment_window(
-        self, session: ReferFormerInferenceSession, frames: list[SessionFrame], link_weight: float | None, threshold: float
+        self,
+        session: ReferFormerInferenceSession,
+        frames: list[SessionFrame],
+        link_weight: float | None,
+        threshold: float,
+        keep_pixel_values: int,
     ) -> list[dict]:
         """One forward pass over `frames` of the session: per sentence the post-processed result of the window's query
         (`mask_logits` `[T, h, w]`, `boxes`, `scores`, `query_index`). Without a link (`link_weight=None`) the query
-        is ReferFormer's and only its masks are computed; with one, every query's masks, for the streaming rule."""
+        is ReferFormer's and only its masks are computed; with one, every query's masks, for the streaming rule. The
+        frames' pixel values are released once stacked, but for the last `keep_pixel_values` (the next window's)."""
         pixel_values = torch.stack([frame.pixel_values for frame in frames])[None].to(self.device)
+        for frame in frames[: len(frames) - keep_pixel_values]:
+            frame.pixel_values = None
         resized_sizes = torch.tensor([session.resized_size])
         with self.autocast():
             outputs = self.model(

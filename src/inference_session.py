@@ -33,11 +33,11 @@ from .video_io import frame_to_rgb
 @dataclass
 class SessionFrame:
     """One preprocessed frame: its `frame_index` in the video, `pixel_values` `[3, h, w]` (normalized, on the session's
-    `video_storage_device`), the decoded `rgb` frame `[H, W, 3]` when the session keeps frames (overlays), and whether
+    `video_storage_device`; None once a forward pass no longer needs them), the decoded `rgb` frame `[H, W, 3]` when the session keeps frames (overlays), and whether
     an earlier window already yielded it (`final`: a frame the next window shares)."""
 
     frame_index: int
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor | None
     rgb: np.ndarray | None = None
     final: bool = False
 
