@@ -11,6 +11,10 @@ Layout of the computation (shapes for B clips of T frames, Q queries, hidden siz
 5. cross-modal FPN (pixel decoder) -> stride-4 mask features for the whole clip;
 6. per decoder layer: class logits, boxes, and masks from a dynamic 1x1-convolution head generated per query.
 
+OnlineRefer (`config.online`) runs the same network one frame at a time: the decoder's target, query positions and
+initial reference come from the track of the referred object in the previous frame (`frame_chunking.OnlineTrack`),
+which the task model's `update_track` carries on through a track-embedding MLP.
+
 Everything but the FPN's spatio-temporal self-attention is per frame and runs over chunks of
 `config.frame_chunk_size` frames (`frame_chunking`: the schedule and the whole-clip state); that attention gets the
 keys and values of every frame in the encoding pass, then the FPN and the mask head run chunk by chunk. A single video
@@ -1674,7 +1678,6 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             **recorded,
         )
-
 
     def update_track(self, outputs: ReferFormerSegmentationOutput, track: OnlineTrack | None) -> OnlineTrack:
         """The track of the next frame (the original's `post_process_single_image`) from an online model's `outputs`
