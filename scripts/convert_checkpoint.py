@@ -8,6 +8,9 @@ weights, ...) comes from the checkpoint's own `args`, from `--original_args` (a 
 command-line arguments under their original names) or from the original defaults. Conversion is strict: every
 original key must map onto the model and every model key must be filled, otherwise nothing is written.
 
+OnlineRefer checkpoints (github.com/wudongming97/OnlineRefer) convert the same way: their track-embedding weights
+(`track_embed.*`) make the model online (`config.online`, run frame by frame with `update_track`).
+
 The output folder also gets a model card (README.md) naming the backbone, the training data and the scores the
 authors report for that pair. The training data is read from the training arguments (`dataset_file`,
 `pretrained_weights`) or given with `--training_data`:

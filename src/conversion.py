@@ -1,5 +1,9 @@
 """Conversion of original ReferFormer checkpoints (github.com/wjn922/ReferFormer) into `from_pretrained` folders.
 
+OnlineRefer checkpoints (github.com/wudongming97/OnlineRefer) convert too: they are ReferFormer's weights plus the
+track-embedding MLP (`track_embed.*`, which makes the config `online`) and a loss buffer (`criterion.empty_weight`,
+dropped).
+
 The configuration is inferred from the weights ([`infer_config`]: backbone family and sizes, text encoder, hidden
 size, layers, queries, classes, mask head); what the weights cannot tell (attention heads vs. sampling points,
 dropout, loss weights, ...) comes from the original command-line arguments (original names) or the original defaults.
@@ -58,6 +62,7 @@ DROPPED_KEY_PATTERNS = [
     r"\.relative_position_index$",  # recomputed by the Swin backbones
     r"\.num_batches_tracked$",
     r"^transformer\.decoder\.bbox_embed\.",  # duplicates of bbox_embed.* (checked equal before dropping)
+    r"^criterion\.empty_weight$",  # OnlineRefer: a constant of the loss module the model holds
 ]
 
 # Keys the configuration is read from.
@@ -99,6 +104,8 @@ KEY_RENAMES = [
     (r"^pixel_decoder\.cross_attn_(\d)\.norm3\.", lambda m: f"model.pixel_decoder.blocks.{int(m[1]) - 1}.final_layer_norm."),
     (r"^pixel_decoder\.cross_attn_(\d)\.linear(\d)\.", lambda m: f"model.pixel_decoder.blocks.{int(m[1]) - 1}.fc{m[2]}."),
     (r"^controller\.", r"controller."),
+    (r"^track_embed\.linear(\d)\.", r"track_embed.fc\1."),
+    (r"^track_embed\.norm\.", r"track_embed.layer_norm."),
 ]
 # Where each backbone family's weights go in the converted model.
 CONVERTED_BACKBONE_PREFIXES = {"timm": "model.backbone.body.", "swin": "model.backbone.", "video_swin": "model.backbone."}
@@ -250,6 +257,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], args: dict | None = None):
     missing = [key for key in REQUIRED_KEYS if key not in state_dict]
     if missing:
         raise ConversionError(f"Not a complete ReferFormer checkpoint: it has no {', '.join(missing)}.")
+    if any(key.startswith("track_pos_embed.") for key in state_dict):
+        raise ConversionError("OnlineRefer trained with --update_pos (track_pos_embed.* weights) is not supported.")
     num_queries, hidden_size = state_dict["query_embed.weight"].shape
     num_levels = state_dict["transformer.level_embed"].shape[0]
     decoder_layers = _count_indices(state_dict, r"^transformer\.decoder\.layers\.(\d+)\.")
@@ -295,6 +304,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], args: dict | None = None):
         "dynamic_mask_channels": args["dynamic_mask_channels"],
         "rel_coord": args["rel_coord"],
         "with_box_refine": with_box_refine,
+        "online": any(key.startswith("track_embed.") for key in state_dict),
     }
     config_kwargs.update({field: args[name] for name, field in ARGUMENT_FIELDS.items() if name in args})
     config = ReferFormerConfig(**config_kwargs)
@@ -384,11 +394,11 @@ def build_converted_model(state_dict: dict[str, torch.Tensor], args: dict | None
 
 
 def verify_converted_model(model) -> str:
-    """Runs the converted model once on a random 2-frame clip; raises a `ConversionError` unless every output is
-    finite and returns a one-line summary of the output shapes."""
+    """Runs the converted model once on a random 2-frame clip (one frame for an online model); raises a
+    `ConversionError` unless every output is finite and returns a one-line summary of the output shapes."""
     config = model.config
     generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(1, 2, 3, 128, 160, generator=generator)
+    pixel_values = torch.randn(1, 1 if config.online else 2, 3, 128, 160, generator=generator)
     input_ids = torch.randint(3, config.text_config.vocab_size, (1, 8), generator=generator)
     input_ids[:, 0], input_ids[:, -1] = config.text_config.bos_token_id, config.text_config.eos_token_id
     with torch.no_grad():

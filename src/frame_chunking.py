@@ -12,6 +12,9 @@ Every stage of ReferFormer but the cross-modal FPN's spatio-temporal self-attent
 The stride-4 backbone maps of the encoding pass are held for the mask pass while the clip's take at most
 `config.stride4_features_hold_bytes`; beyond that budget the mask pass recomputes them chunk by chunk (the
 backbone's first stage only).
+
+The decoder's inputs of a chunk are [`DecoderQueries`]: ReferFormer's conditional queries, or OnlineRefer's
+[`OnlineTrack`], the referred object's state carried from one frame to the next.
 """
 
 from __future__ import annotations
@@ -50,6 +53,34 @@ class TextFeatures:
     padding_mask: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class DecoderQueries:
+    """The deformable decoder's inputs for N frames (one per sentence and frame): content `target` `[N, Q, C]`,
+    `position_embeddings` `[N, Q, C]` and the initial `reference_points` `[N, Q, 2 or 4]` (normalized (x, y) points
+    or (cx, cy, w, h) boxes, after the sigmoid)."""
+
+    target: torch.Tensor
+    position_embeddings: torch.Tensor
+    reference_points: torch.Tensor
+
+
+@dataclass
+class OnlineTrack:
+    """OnlineRefer's state of the referred object of each of B sentences, from which the next frame is decoded (the
+    original's track): `reference_points` before the sigmoid, `[B, Q, 2]` points for the empty track (Q =
+    `num_queries`) and `[B, 1, 4]` the previous frame's box afterwards; `track_embedding` `[B, Q, C]` the decoder
+    target (zeros, then the track-embedding MLP of the referred query's last hidden state); `position_embedding`
+    `[B, Q, C]` the query positions (of the referred first-frame query, kept for the whole video)."""
+
+    reference_points: torch.Tensor
+    track_embedding: torch.Tensor
+    position_embedding: torch.Tensor
+
+    def decoder_queries(self) -> DecoderQueries:
+        """The decoder's inputs of the one frame this track is carried into (N = B)."""
+        return DecoderQueries(self.track_embedding, self.position_embedding, self.reference_points.sigmoid())
 
 
 @dataclass
@@ -232,8 +263,10 @@ class MaskHead(Protocol):
 
 __all__ = [
     "ClipEncoding",
+    "DecoderQueries",
     "FrameChunkEncoding",
     "MaskHead",
+    "OnlineTrack",
     "PixelDecoderKeyValues",
     "RecordedChunk",
     "TextFeatures",

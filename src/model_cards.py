@@ -5,8 +5,8 @@ base model and a `model-index` with the scores the card states.
 Converted checkpoints ([`model_card`]): the backbone is recognized from the (inferred) config; the training data comes
 from the checkpoint's training arguments (`dataset_file`, `pretrained_weights`) or is given by name (one of
 `TRAINING_SETTINGS`). Scores are those the authors report for the released models (README model zoo of
-github.com/wjn922/ReferFormer), listed only for a (backbone, training data) pair they report: nothing is listed for an
-unknown or unreleased setting. Trained models ([`trained_model_card`]): data, recipe and the scores measured after
+github.com/wjn922/ReferFormer; for OnlineRefer checkpoints, those of github.com/wudongming97/OnlineRefer), listed only
+for a (backbone, training data) pair they report: nothing is listed for an unknown or unreleased setting. Trained models ([`trained_model_card`]): data, recipe and the scores measured after
 training.
 """
 
@@ -28,6 +28,14 @@ CITATION = """@article{wu2022referformer,
   author={Jiannan Wu and Yi Jiang and Peize Sun and Zehuan Yuan and Ping Luo},
   journal={arXiv preprint arXiv:2201.00487},
   year={2022},
+}"""
+ONLINEREFER_REPOSITORY = "https://github.com/wudongming97/OnlineRefer"
+ONLINEREFER_PAPER_URL = "https://arxiv.org/abs/2307.09356"
+ONLINEREFER_CITATION = """@inproceedings{wu2023onlinerefer,
+  title={OnlineRefer: A Simple Online Baseline for Referring Video Object Segmentation},
+  author={Dongming Wu and Tiancai Wang and Yuang Zhang and Xiangyu Zhang and Jianbing Shen},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year={2023},
 }"""
 TAGS = ["referring-video-object-segmentation", "video-object-segmentation", "referformer"]
 LICENSE = "apache-2.0"  # the license of the original code and weights
@@ -130,6 +138,48 @@ PAPER_SCORES: dict[tuple[str, str], dict[str, dict[str, float]]] = {
     ("refcoco-pretrain", "Swin-T"): _refcoco((86.7, 77.2, 80.6), (72.9, 62.4, 66.1)),
     ("refcoco-pretrain", "Swin-L"): _refcoco((89.8, 80.0, 83.9), (77.1, 65.8, 69.3)),
 }
+
+# OnlineRefer's released models (its README; Ref-DAVIS17: the Ref-YouTube-VOS models without fine-tuning).
+ONLINEREFER_SCORES: dict[tuple[str, str], dict[str, dict[str, float]]] = {
+    ("ref-youtube-vos", "ResNet-50"): {_YTVOS: _jf(57.3, 55.6, 58.9), _DAVIS: _jf(59.3, 55.7, 62.9)},
+    ("ref-youtube-vos", "Swin-L"): {_YTVOS: _jf(63.5, 61.6, 65.5), _DAVIS: _jf(64.8, 61.6, 67.7)},
+}
+
+
+class Method(NamedTuple):
+    """The method a converted checkpoint implements: its name, a one-sentence description with the paper's link,
+    the original repository, citation and the scores its authors report."""
+
+    name: str
+    description: str
+    repository: str
+    citation: str
+    scores: dict[tuple[str, str], dict[str, dict[str, float]]]
+
+
+REFERFORMER = Method(
+    "ReferFormer",
+    f"[ReferFormer]({PAPER_URL}) (\"Language as Queries for Referring Video Object Segmentation\", Wu et al., CVPR "
+    "2022) segments and tracks the object that a sentence refers to in every frame of a video.",
+    ORIGINAL_REPOSITORY,
+    CITATION,
+    PAPER_SCORES,
+)
+ONLINEREFER = Method(
+    "OnlineRefer",
+    f"[OnlineRefer]({ONLINEREFER_PAPER_URL}) (\"OnlineRefer: A Simple Online Baseline for Referring Video Object "
+    "Segmentation\", Wu et al., ICCV 2023) segments the object that a sentence refers to frame by frame: ReferFormer's "
+    "network, each frame decoded from the track of the referred object in the previous one.",
+    ONLINEREFER_REPOSITORY,
+    ONLINEREFER_CITATION,
+    ONLINEREFER_SCORES,
+)
+
+
+def method_of(config) -> Method:
+    """OnlineRefer for an online config (`config.online`), ReferFormer otherwise."""
+    return ONLINEREFER if config.online else REFERFORMER
+
 
 # (embed_dim, depths, num_heads) -> size of ReferFormer's swin_{t,s,b,l}_p4w7 and video_swin_{t,s,b}_p4w7.
 SWIN_SIZES = {
@@ -244,14 +294,14 @@ def paper_scores(config, training_data: TrainingData | None) -> dict[str, dict[s
     """The scores the authors report for this backbone and training data (empty when they report none)."""
     if training_data is None or training_data.setting is None:
         return {}
-    return PAPER_SCORES.get((training_data.setting, backbone_name(config.backbone_config)), {})
+    return method_of(config).scores.get((training_data.setting, backbone_name(config.backbone_config)), {})
 
 
 def _title(config, training_data: TrainingData | None) -> str:
-    name = backbone_name(config.backbone_config) or "custom backbone"
+    name, method = backbone_name(config.backbone_config) or "custom backbone", method_of(config).name
     if training_data is None or training_data.setting is None:
-        return f"ReferFormer ({name})"
-    return f"ReferFormer ({name}, {TRAINING_SETTINGS[training_data.setting].title})"
+        return f"{method} ({name})"
+    return f"{method} ({name}, {TRAINING_SETTINGS[training_data.setting].title})"
 
 
 def _describe_text_encoder(text_config) -> str:
@@ -324,6 +374,33 @@ def usage_section(model_id: str, sentence: str) -> list[str]:
     ]
 
 
+def online_usage_section(model_id: str, sentence: str) -> list[str]:
+    """Markdown lines of an OnlineRefer card's "Usage" section: the model run frame by frame, carrying the track."""
+    return [
+        "## Usage",
+        "",
+        "```python",
+        "from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor",
+        "",
+        f'processor = ReferFormerProcessor.from_pretrained("{model_id}")',
+        f'model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("{model_id}").eval()',
+        f'inputs = processor(videos="video.mp4", text="{sentence}")',
+        "track, masks = None, []",
+        'for frame in range(inputs["pixel_values"].shape[1]):',
+        "    outputs = model(",
+        '        pixel_values=inputs["pixel_values"][:, frame : frame + 1], input_ids=inputs["input_ids"],',
+        '        attention_mask=inputs["attention_mask"], track=track, output_all_queries=False,',
+        "    )",
+        "    track = model.update_track(outputs, track)",
+        "    result = processor.post_process_referring_video_segmentation(",
+        '        outputs, target_sizes=inputs["original_sizes"], resized_sizes=inputs["resized_sizes"]',
+        "    )",
+        '    masks.append(result[0]["masks"][0])',
+        "```",
+        "",
+    ]
+
+
 def model_card(config, training_data: TrainingData | None, checkpoint_name: str, model_id: str) -> str:
     """The README.md (front matter and text) of a converted checkpoint.
 
@@ -334,6 +411,7 @@ def model_card(config, training_data: TrainingData | None, checkpoint_name: str,
         model_id: Hub id or folder of the converted model, for the usage example.
     """
     box_refinement = "with" if config.with_box_refine else "without"
+    method = method_of(config)
     title = _title(config, training_data)
     scores = paper_scores(config, training_data)
     datasets = TRAINING_SETTINGS[training_data.setting].datasets if training_data and training_data.setting else ()
@@ -341,11 +419,9 @@ def model_card(config, training_data: TrainingData | None, checkpoint_name: str,
         *front_matter(card_metadata(title, datasets, scores)),
         f"# {title}",
         "",
-        f"[ReferFormer]({PAPER_URL}) (\"Language as Queries for Referring Video Object Segmentation\", Wu et al., "
-        "CVPR 2022) segments and tracks the object that a sentence refers to in every frame of a video. The weights "
-        f"were converted from the checkpoint `{checkpoint_name}` of [the original implementation]"
-        f"({ORIGINAL_REPOSITORY}) with `scripts/convert_checkpoint.py` of the `referformer` package (every original "
-        "weight mapped).",
+        f"{method.description} The weights were converted from the checkpoint `{checkpoint_name}` of [the original "
+        f"implementation]({method.repository}) with `scripts/convert_checkpoint.py` of the `referformer` package "
+        "(every original weight mapped).",
         "",
         "## Model",
         "",
@@ -385,12 +461,13 @@ def model_card(config, training_data: TrainingData | None, checkpoint_name: str,
         ]
     elif training_data is not None:
         lines += ["", "The authors report no scores for this backbone and training data."]
-    lines += ["", *usage_section(model_id, "a brown dog running on the grass"), "## License and citation",
+    usage = online_usage_section if config.online else usage_section
+    lines += ["", *usage(model_id, "a brown dog running on the grass"), "## License and citation",
         "",
-        f"Apache-2.0, as the [original code and weights]({ORIGINAL_REPOSITORY}).",
+        f"Apache-2.0, as the [original code and weights]({method.repository}).",
         "",
         "```bibtex",
-        CITATION,
+        method.citation,
         "```",
         "",
     ]

@@ -11,6 +11,10 @@ Layout of the computation (shapes for B clips of T frames, Q queries, hidden siz
 5. cross-modal FPN (pixel decoder) -> stride-4 mask features for the whole clip;
 6. per decoder layer: class logits, boxes, and masks from a dynamic 1x1-convolution head generated per query.
 
+OnlineRefer (`config.online`) runs the same network one frame at a time: the decoder's target, query positions and
+initial reference come from the track of the referred object in the previous frame (`frame_chunking.OnlineTrack`),
+which the task model's `update_track` carries on through a track-embedding MLP.
+
 Everything but the FPN's spatio-temporal self-attention is per frame and runs over chunks of
 `config.frame_chunk_size` frames (`frame_chunking`: the schedule and the whole-clip state); that attention gets the
 keys and values of every frame in the encoding pass, then the FPN and the mask head run chunk by chunk. A single video
@@ -44,8 +48,10 @@ from .configuration_referformer import (
 )
 from .frame_chunking import (
     ClipEncoding,
+    DecoderQueries,
     FrameChunkEncoding,
     MaskHead,
+    OnlineTrack,
     PixelDecoderKeyValues,
     RecordedChunk,
     TextFeatures,
@@ -972,6 +978,41 @@ class DeformableLevels:
     level_padding_masks: list[torch.Tensor]
     level_position_embeddings: list[torch.Tensor]
 
+    @classmethod
+    def flattened(
+        cls,
+        sources: list[torch.Tensor],
+        level_masks: list[torch.Tensor],
+        level_positions: list[torch.Tensor],
+        level_embed: torch.Tensor,
+        batch_size: int,
+        num_frames: int,
+    ) -> "DeformableLevels":
+        """The levels from their maps: fused `sources` `[B * t, C, h, w]`, the video batch's `level_masks`
+        `[B_video * t, h, w]` and sine `level_positions` `[B_video * t, C, h, w]`, plus the `level_embed` `[levels, C]`."""
+        spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
+        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=sources[0].device)
+        valid_ratios = torch.stack([valid_ratio(mask) for mask in level_masks], 1).to(sources[0].dtype)
+        flat_positions = torch.cat(
+            [
+                position.flatten(2).transpose(1, 2) + level_embed[level].view(1, 1, -1)
+                for level, position in enumerate(level_positions)
+            ],
+            1,
+        )
+        flat_masks = torch.cat([mask.flatten(1) for mask in level_masks], 1)
+        return cls(
+            sources=torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1),
+            position_embeddings=per_sentence(flat_positions, batch_size, num_frames),
+            padding_mask=per_sentence(flat_masks, batch_size, num_frames),
+            spatial_shapes=spatial_shapes,
+            spatial_shapes_list=spatial_shapes_list,
+            level_start_index=torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])),
+            valid_ratios=per_sentence(valid_ratios, batch_size, num_frames),
+            level_padding_masks=level_masks,
+            level_position_embeddings=level_positions,
+        )
+
 
 def valid_ratio(padding_mask: torch.Tensor) -> torch.Tensor:
     """Fraction of valid columns and rows of each frame: `[N, 2]` as (width, height)."""
@@ -1097,11 +1138,20 @@ class ReferFormerPixelDecoder(nn.Module):
         return output
 
 
-def check_model_inputs(model, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices) -> None:
+def check_model_inputs(model, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices, track) -> None:
     """Named errors for inputs whose shapes or values do not fit together, before anything is computed."""
     if pixel_values.dim() != 5:
         raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}.")
     batch_size, num_frames, _, height, width = pixel_values.shape
+    if model.config.online and num_frames != 1:
+        raise ValueError(
+            "An online (OnlineRefer) model decodes one frame at a time from the track of the previous frame: pass "
+            f"pixel_values of one frame, [batch, 1, 3, height, width], got {num_frames} frames."
+        )
+    if track is not None and not model.config.online:
+        raise ValueError("track is the state of an online (OnlineRefer) model; this model has config.online=False.")
+    if track is not None and track.track_embedding.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"The track follows {track.track_embedding.shape[0]} sentences, input_ids has {input_ids.shape[0]}.")
     if input_ids.dim() != 2 or (input_ids.shape[0] != batch_size and batch_size != 1):
         raise ValueError(
             f"input_ids must be [batch, length] with one expression per clip ({batch_size}), or any number of "
@@ -1159,6 +1209,9 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         mask_head ([`~referformer.frame_chunking.MaskHead`], *optional*):
             Takes the FPN's stride-4 maps chunk by chunk instead of the output's `mask_features` (the task model's
             dynamic mask head, which may fold the FPN's final convolution into its first layer).
+        track ([`~referformer.frame_chunking.OnlineTrack`], *optional*):
+            Online models (`config.online`, one frame a call): the track the frame is decoded from, one per sentence;
+            None on the first frame (`empty_track`). The task model's `update_track` gives the next frame's.
     """
 
     def __init__(self, config: ReferFormerConfig):
@@ -1214,12 +1267,13 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         original_sizes: torch.LongTensor | None = None,
         frame_indices: torch.LongTensor | None = None,
         mask_head: MaskHead | None = None,
+        track: OnlineTrack | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> ReferFormerModelOutput | tuple:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        check_model_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices)
+        check_model_inputs(self, pixel_values, input_ids, pixel_mask, attention_mask, valid_frame_indices, track)
         video_batch_size, num_frames, _, height, width = pixel_values.shape
         if pixel_mask is None:
             pixel_mask = pixel_values.new_ones((video_batch_size, num_frames, height, width), dtype=torch.long)
@@ -1258,7 +1312,8 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             else:
                 stage_features = [per_clip(feature, video_batch_size)[:, frames].flatten(0, 1) for feature in clip_features]
             chunk_padding_mask = clip.padding_mask[:, frames].flatten(0, 1)
-            clip.write(frames, self.encode_frames(stage_features, chunk_padding_mask, chunk_frames, text, **recorded))
+            queries = self.decoder_queries(text, chunk_frames, track)
+            clip.write(frames, self.encode_frames(stage_features, chunk_padding_mask, chunk_frames, text, queries, **recorded))
             del stage_features
 
         # Mask pass: the cross-modal FPN frame chunk by frame chunk, its self-attention over every frame of the clip.
@@ -1324,18 +1379,43 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             attentions=text_outputs.attentions,
         )
 
+    def decoder_queries(self, text: TextFeatures, num_frames: int, track: OnlineTrack | None) -> DecoderQueries:
+        """The decoder's inputs for `num_frames` frames of each sentence: an online model's `track` (the empty track
+        when None), or ReferFormer's conditional queries (the sentence feature as content, learned positions and
+        reference points shared by all frames)."""
+        batch_size = text.sentence_features.shape[0]
+        if self.config.online:
+            return (track if track is not None else self.empty_track(batch_size)).decoder_queries()
+        positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
+        with autocast_disabled(positions):
+            reference_points = self.reference_points(positions).sigmoid()
+        target = text.sentence_features[:, None, None].expand(-1, num_frames, self.config.num_queries, -1)
+        return DecoderQueries(target.flatten(0, 1), positions, reference_points)
+
+    def empty_track(self, batch_size: int = 1) -> OnlineTrack:
+        """An online model's track before the first frame, for `batch_size` sentences (the original's
+        `generate_empty_tracks`): every query, with zero content, its learned position and reference point."""
+        positions = self.query_position_embeddings.weight
+        with autocast_disabled(positions):
+            reference_points = self.reference_points(positions)  # before the sigmoid
+        return OnlineTrack(
+            reference_points=reference_points.expand(batch_size, -1, -1),
+            track_embedding=positions.new_zeros(batch_size, *positions.shape),
+            position_embedding=positions.expand(batch_size, -1, -1),
+        )
+
     def encode_frames(
         self,
         stage_features: list[torch.Tensor],
         padding_mask: torch.Tensor,
         num_frames: int,
         text: TextFeatures,
+        queries: DecoderQueries,
         **kwargs: Unpack[TransformersKwargs],
     ) -> FrameChunkEncoding:
         """Fusion, deformable encoder, decoder with box refinement and the FPN's self-attention keys and values of
         `num_frames` consecutive frames of each clip: `stage_features` (four backbone maps) and `padding_mask`
-        `[B_video * t, H, W]` of the video batch, `text` of the B sentences."""
-        batch_size = text.word_features.shape[0]
+        `[B_video * t, H, W]` of the video batch, `text` of the B sentences, the decoder's `queries` (B * t frames)."""
         levels = self.fused_levels(stage_features, padding_mask, num_frames, text)
         encoder_outputs = self.encoder(
             hidden_states=levels.sources,
@@ -1349,15 +1429,10 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             **kwargs,
         )
         memory = encoder_outputs.last_hidden_state
-        # Conditional queries: the sentence feature as content, a learned position shared by all frames.
-        query_positions = self.query_position_embeddings.weight[None].expand(batch_size * num_frames, -1, -1)
-        with autocast_disabled(query_positions):
-            initial_reference = self.reference_points(query_positions).sigmoid()
-        queries = text.sentence_features[:, None, None].expand(-1, num_frames, self.config.num_queries, -1)
         decoder_outputs = self.decoder(
-            hidden_states=queries.flatten(0, 1),
-            query_position_embeddings=query_positions,
-            reference_points=initial_reference,
+            hidden_states=queries.target,
+            query_position_embeddings=queries.position_embeddings,
+            reference_points=queries.reference_points,
             encoder_hidden_states=memory,
             spatial_shapes=levels.spatial_shapes,
             spatial_shapes_list=levels.spatial_shapes_list,
@@ -1400,28 +1475,25 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
             for mask, features in zip(level_masks, stage_features[1:] + sources[-1:])
         ]
         sources = [self.vision_language_fusion(source, num_frames, text) for source in sources]
-        spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=padding_mask.device)
-        valid_ratios = torch.stack([valid_ratio(mask) for mask in level_masks], 1).to(sources[0].dtype)
-        flat_positions = torch.cat(
-            [
-                position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
-                for level, position in enumerate(level_positions)
-            ],
-            1,
-        )
-        flat_masks = torch.cat([mask.flatten(1) for mask in level_masks], 1)
-        return DeformableLevels(
-            sources=torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1),
-            position_embeddings=per_sentence(flat_positions, batch_size, num_frames),
-            padding_mask=per_sentence(flat_masks, batch_size, num_frames),
-            spatial_shapes=spatial_shapes,
-            spatial_shapes_list=spatial_shapes_list,
-            level_start_index=torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])),
-            valid_ratios=per_sentence(valid_ratios, batch_size, num_frames),
-            level_padding_masks=level_masks,
-            level_position_embeddings=level_positions,
-        )
+        return DeformableLevels.flattened(sources, level_masks, level_positions, self.level_embed, batch_size, num_frames)
+
+
+class ReferFormerTrackEmbedding(nn.Module):
+    """OnlineRefer's track-embedding MLP (the original's `TrackEmbedding`): `layer_norm(x + fc2(relu(fc1(x))))`, with
+    dropout after the ReLU and on the residual branch. The referred query's last hidden state `[..., C]` -> the next
+    frame's decoder target `[..., C]`."""
+
+    def __init__(self, config: ReferFormerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.d_model)
+        self.fc2 = nn.Linear(config.d_model, config.d_model)
+        self.layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = config.dropout
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        residual = F.dropout(F.relu(self.fc1(hidden_states)), p=self.dropout, training=self.training)
+        residual = F.dropout(self.fc2(residual), p=self.dropout, training=self.training)
+        return self.layer_norm(hidden_states + residual)
 
 
 class ReferFormerDynamicMaskHead:
@@ -1511,6 +1583,10 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
 
     The same query index is the same object in every frame; at inference the query with the highest
     frame-averaged score is the referred object (see the processor's post-processing).
+
+    An online model (`config.online`: OnlineRefer) runs one frame a call and follows the referred object with a track:
+    `outputs = model(pixel_values_of_one_frame, input_ids, track=track)`, then `track = model.update_track(outputs,
+    track)` for the next frame (`track=None` on the first frame).
     """
 
     def __init__(self, config: ReferFormerConfig):
@@ -1519,6 +1595,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         num_class_heads = config.decoder_layers if config.with_box_refine else 1
         self.class_embed = nn.ModuleList(nn.Linear(config.d_model, config.num_classes) for _ in range(num_class_heads))
         self.controller = ReferFormerMLP(config.d_model, config.d_model, config.num_dynamic_params, 3)
+        self.track_embed = ReferFormerTrackEmbedding(config) if config.online else None
         self.post_init()
 
     @can_return_tuple
@@ -1534,6 +1611,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         frame_indices: torch.LongTensor | None = None,
         labels: list[dict] | None = None,
         output_all_queries: bool = True,
+        track: OnlineTrack | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> ReferFormerSegmentationOutput | tuple:
@@ -1553,9 +1631,13 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             dynamic mask head for the referred query of each clip alone (`select_referred_query`), which is what
             post-processing keeps: `pred_masks` is then `[B, T, 1, h, w]`, `selected_query_indices` says which query
             it is, and `auxiliary_outputs` are left out.
+        track ([`~referformer.frame_chunking.OnlineTrack`], *optional*):
+            Online models: the track this frame is decoded from (None on the first frame), see `update_track`.
         """
         if not output_all_queries and (labels is not None or self.training):
             raise ValueError("Training needs the masks of all queries: output_all_queries=False is for inference.")
+        if labels is not None and self.config.online:
+            raise ValueError("Training an online (OnlineRefer) model is not supported: labels cannot be given.")
         heads = ReferFormerDynamicMaskHead(self, output_all_queries)
         outputs = self.model(
             pixel_values,
@@ -1565,6 +1647,7 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             resized_sizes=resized_sizes,
             valid_frame_indices=valid_frame_indices,
             mask_head=heads,
+            track=track,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
@@ -1594,6 +1677,26 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
             last_hidden_state=outputs.last_hidden_state,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             **recorded,
+        )
+
+    def update_track(self, outputs: ReferFormerSegmentationOutput, track: OnlineTrack | None) -> OnlineTrack:
+        """The track of the next frame (the original's `post_process_single_image`) from an online model's `outputs`
+        of the frame decoded from `track` (None: the first frame). Per sentence, the referred query `k`
+        (`select_referred_query`): its box as the reference (`[B, 1, 4]` before the sigmoid, no gradient), the
+        track-embedding MLP of its last hidden state as the content, its query position kept (`[B, 1, C]`)."""
+        if not self.config.online:
+            raise ValueError("update_track is for online (OnlineRefer) models (config.online=True).")
+        if track is None:
+            track = self.model.empty_track(outputs.logits.shape[0])
+        query = select_referred_query(outputs.logits)[:, None, None]
+
+        def referred(values: torch.Tensor) -> torch.Tensor:  # [B, Q, D] -> the referred query's [B, 1, D]
+            return values.gather(1, query.expand(-1, 1, values.shape[-1]))
+
+        return OnlineTrack(
+            reference_points=inverse_sigmoid(referred(outputs.pred_boxes[:, 0]).detach()),
+            track_embedding=self.track_embed(referred(outputs.last_hidden_state[:, 0])),
+            position_embedding=referred(track.position_embedding),
         )
 
 

@@ -29,6 +29,17 @@ def require_fixture(name: str) -> Path:
     return path
 
 
+def read_key_file(path: Path) -> dict:
+    """A key list of `../shared/fixtures` (`key<TAB>(shape)<TAB>dtype` lines) -> meta tensors of those shapes and
+    dtypes, a state dict without values."""
+    state_dict = {}
+    for line in path.read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        shape = tuple(int(size) for size in shape.strip("()").split(",") if size.strip())
+        state_dict[key] = torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+    return state_dict
+
+
 def load_script(name: str):
     """Imports `scripts/<name>.py` as a module (the scripts are not part of the package)."""
     module_name = f"referformer_script_{name}"

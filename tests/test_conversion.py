@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import REPO_ROOT, require_fixture
+from helpers import REPO_ROOT, read_key_file, require_fixture
 from referformer.cli_presets import build_shapes_tokenizer
 from transformers import AutoModel, AutoProcessor
 
@@ -174,16 +174,6 @@ def _aux_tolerances(fixture_config):
 
 
 # ----------------------------------------------------------------------------- full-size key coverage
-
-
-def read_key_file(path):
-    """`key<TAB>(shape)<TAB>dtype` lines -> meta tensors of those shapes and dtypes."""
-    state_dict = {}
-    for line in path.read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        shape = tuple(int(size) for size in shape.strip("()").split(",") if size.strip())
-        state_dict[key] = torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
-    return state_dict
 
 
 @pytest.mark.parametrize(

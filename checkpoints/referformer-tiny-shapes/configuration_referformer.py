@@ -216,6 +216,10 @@ class ReferFormerConfig(PreTrainedConfig):
         only a few cells wide (small inputs); the released models use `False`.
     init_std (`float`, defaults to 0.02):
         Standard deviation of the generic weight initialisation.
+    online (`bool`, defaults to `False`):
+        OnlineRefer (Wu et al., ICCV 2023): the same network run one frame at a time, plus a track-embedding MLP.
+        The decoder reads its target, query positions and initial reference from the track of the previous frame
+        (an [`~referformer.frame_chunking.OnlineTrack`]) instead of the sentence feature and the learned queries.
     disable_custom_kernels (`bool`, *optional*):
         Always use the PyTorch multi-scale deformable attention, never the compiled operator: the one off-switch of
         the compiled kernel. Defaults to the environment variable `REFERFORMER_DISABLE_CUSTOM_KERNELS` (`1`, `true`,
@@ -300,6 +304,7 @@ class ReferFormerConfig(PreTrainedConfig):
     dice_loss_coefficient: float | int = 5.0
     mask_loss_at_input_resolution: bool = False
     init_std: float = 0.02
+    online: bool = False
     disable_custom_kernels: bool | None = None
     frame_chunk_size: int | None = None
     stride4_features_hold_bytes: int = 2**30
