@@ -1,6 +1,7 @@
 """Processors of ReferFormer: video preprocessing, tokenization of the referring expressions, and post-processing of
 the model outputs into per-frame masks, boxes and scores. Reading videos and frames is `video_io`'s job."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,26 @@ def _prediction_tensors(outputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     )
 
 
+def sentence_list(text) -> list[str]:
+    """`text`, one referring expression or a list of them, as a list of non-empty strings (an empty list is
+    refused)."""
+    sentences = [text] if isinstance(text, str) else text
+    if not isinstance(sentences, (list, tuple)) or not sentences:
+        raise ValueError("text must be a sentence or a non-empty list of sentences.")
+    for sentence in sentences:
+        if not isinstance(sentence, str) or not sentence.strip():
+            raise ValueError(f"Every referring expression must be a non-empty string, got {sentence!r}.")
+    return list(sentences)
+
+
+def check_threshold(threshold: float) -> None:
+    """Mask probability thresholds must lie in (0, 1): 0 or below marks every pixel, 1 or above none."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+
+
 def _is_single_video(videos) -> bool:
-    if isinstance(videos, (str, Path)):
+    if isinstance(videos, (str, Path, Iterator)):  # a file or folder, or a generator of frames
         return True
     if isinstance(videos, (np.ndarray, torch.Tensor)):
         return videos.ndim == 4
@@ -162,7 +181,7 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         size = self._standardize_kwargs(size=options["size"])["size"]
         clips, original_sizes, frame_indices = [], [], []
         for video in _as_list_of_videos(videos):
-            frames, indices = load_video(video, options["frame_stride"] or 1, options["max_frames"])
+            frames, indices = load_video(video, options["frame_stride"], options["max_frames"])
             if num_frames is not None:
                 picks = uniform_frame_picks(len(frames), num_frames)
                 frames, indices = [frames[pick] for pick in picks], [indices[pick] for pick in picks]
@@ -209,19 +228,24 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         return num_frames
 
     def _prepare_clip(self, frames: list[np.ndarray], size, options) -> torch.Tensor:
-        height, width = frames[0].shape[:2]
+        """Resizes and normalizes one video's frames; frames must have `MIN_FRAME_SIZE` pixels on each side, as given
+        and after the resize."""
+        original_height, original_width = height, width = frames[0].shape[:2]
         if options["do_resize"]:
             height, width = get_resize_output_size(height, width, size.shortest_edge, size.longest_edge)
+        if min(original_height, original_width, height, width) < MIN_FRAME_SIZE:
+            raise ValueError(
+                f"The frames are {original_width}x{original_height} pixels (width x height), resized to "
+                f"{width}x{height}: too small or too thin for ReferFormer, which needs at least {MIN_FRAME_SIZE} "
+                "pixels on each side, as given and after the resize."
+            )
+        if options["do_resize"]:
             resample = PILImageResampling(options["resample"])
             frames = [
                 frame if frame.shape[:2] == (height, width)
                 else np.asarray(Image.fromarray(frame).resize((width, height), resample=resample))
                 for frame in frames
             ]
-        if min(height, width) < MIN_FRAME_SIZE:
-            raise ValueError(
-                f"Frames of {height}x{width} pixels are too small for ReferFormer (at least {MIN_FRAME_SIZE} on each side)."
-            )
         return normalize_frames(
             np.stack(frames),
             options["rescale_factor"] if options["do_rescale"] else None,
@@ -267,6 +291,7 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         `return_mask_logits`, `mask_logits` `[T, h, w]` (the selected query's unpadded stride-4 logits) replaces
         `masks`, which `mask_probabilities(mask_logits, H0, W0) > threshold` gives frame by frame (for long videos).
         """
+        check_threshold(threshold)
         logits, pred_boxes, pred_masks = _prediction_tensors(outputs)
         selected = getattr(outputs, "selected_query_indices", None)
         # A model run with `output_all_queries=False` returns the masks of the selected query alone.
@@ -362,18 +387,14 @@ class ReferFormerProcessor(ProcessorMixin):
 
     def __call__(self, videos=None, text=None, return_tensors="pt", **kwargs) -> BatchFeature:
         """Video kwargs go to the video processor, tokenizer kwargs (`padding`, `max_length`, `truncation`, ...) to
-        the tokenizer."""
+        the tokenizer. Without `videos`, the sentences' tokens alone (for an inference session)."""
         text_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in TextKwargs.__annotations__}
         video_kwargs = kwargs
-        if videos is None or text is None:
-            raise ValueError("ReferFormerProcessor needs both videos and text (one referring expression per video).")
-        sentences = [text] if isinstance(text, str) else text
-        if not isinstance(sentences, (list, tuple)) or not sentences:
-            raise ValueError("text must be a sentence or a non-empty list of sentences.")
-        for sentence in sentences:
-            if not isinstance(sentence, str) or not sentence.strip():
-                raise ValueError(f"Every referring expression must be a non-empty string, got {sentence!r}.")
-        sentences = [" ".join(sentence.lower().split()) for sentence in sentences]
+        if text is None:
+            raise ValueError("ReferFormerProcessor needs text (one referring expression per video).")
+        sentences = [" ".join(sentence.lower().split()) for sentence in sentence_list(text)]
+        if videos is None:
+            return BatchFeature(data=self._tokenize(sentences, **text_kwargs), tensor_type=return_tensors)
         videos = _as_list_of_videos(videos)
         if len(videos) != len(sentences) and len(videos) != 1:
             raise ValueError(f"Got {len(videos)} videos and {len(sentences)} sentences: give one sentence per video, or one video.")
@@ -417,6 +438,8 @@ class ReferFormerProcessor(ProcessorMixin):
 __all__ = [
     "ReferFormerProcessor",
     "ReferFormerVideoProcessor",
+    "check_threshold",
     "get_resize_output_size",
     "normalize_frames",
+    "sentence_list",
 ]

@@ -1,7 +1,9 @@
 """Video and frame I/O: listing frame folders, reading frame images, decoding and counting video files, and turning
 any frame (PIL image, array, tensor) into an RGB uint8 array. Everything that reads a video goes through here."""
 
+import numbers
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,28 @@ def list_frame_files(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Frames folder not found: {folder} is not a directory.")
-    files = [child for child in folder.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files, key=lambda child: natural_sort_key(child.name))
+    files = sorted(
+        (child for child in folder.iterdir() if child.suffix.lower() in IMAGE_EXTENSIONS),
+        key=lambda child: natural_sort_key(child.name),
+    )
+    frame_file_names(files)
+    return files
+
+
+def frame_file_names(paths) -> list[str]:
+    """The names of frame image files: the file name minus its last suffix only (`img.000.jpg` -> `img.000`),
+    computed here once and used as given by every writer (`<name>.png` masks). Two frames of one video sharing a name
+    (`00000.jpg` and `00000.png`) are refused: their outputs would overwrite each other."""
+    names = [Path(path).stem for path in paths]
+    first_with = {}
+    for path, name in zip(paths, names):
+        if name in first_with:
+            raise ValueError(
+                f"The frames {first_with[name]} and {path} share the name {name!r} (the file name without its "
+                "extension): rename or remove one."
+            )
+        first_with[name] = path
+    return names
 
 
 def is_frame_path_list(video) -> bool:
@@ -33,23 +55,30 @@ def is_frame_path_list(video) -> bool:
 
 
 def video_frame_names(video, indices) -> list[str]:
-    """Names of the frames `indices` of `video`: the file names (without extension) of a frame folder or a list of
-    frame image paths, `00000`-style indices for anything else (a video file, frames in memory)."""
+    """Names of the frames `indices` of `video`: the [`frame_file_names`] of a frame folder or a list of frame image
+    paths, `00000`-style indices for anything else (a video file, frames in memory)."""
     if is_frame_path_list(video):
-        return [Path(video[index]).stem for index in indices]
-    if isinstance(video, (str, Path)) and Path(video).is_dir():
-        files = list_frame_files(video)
-        return [files[index].stem for index in indices]
-    return [f"{index:05d}" for index in indices]
+        names = frame_file_names(video)
+    elif isinstance(video, (str, Path)) and Path(video).is_dir():
+        names = frame_file_names(list_frame_files(video))
+    else:
+        return [f"{index:05d}" for index in indices]
+    return [names[index] for index in indices]
 
 
 # PIL modes whose pixels are wider than 8 bits: converted through their numpy values (`convert("RGB")` clips them).
 _WIDE_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# File formats whose 32-bit integer ("I") images hold 16-bit samples: 16-bit grayscale PNGs (as older Pillow versions
+# open them; current ones give "I;16") and PGM/PPM files with a maximum value above 255.
+_SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 
 
 def _pixels_to_uint8(frame: np.ndarray) -> np.ndarray:
     """The one place pixel values become uint8: uint8 as is, bool as 0/255, uint16 (16-bit images) scaled by 255/65535,
-    floats must be finite and in [0, 1] (scaled by 255), other integers must already be in 0..255."""
+    floats must be finite and in [0, 1] (scaled by 255), other integers must already be in 0..255. Arrays of any byte
+    order (e.g. big-endian `>u2`) convert as their native-order equivalents."""
+    if not frame.dtype.isnative:
+        frame = frame.astype(frame.dtype.newbyteorder("="))
     if frame.dtype == np.uint8:
         return frame
     if frame.dtype == np.bool_:
@@ -77,15 +106,18 @@ def _pixels_to_uint8(frame: np.ndarray) -> np.ndarray:
 
 def frame_to_rgb(frame) -> np.ndarray:
     """A PIL image, or a numpy array / torch tensor (HWC or CHW, gray, RGB or RGBA), as an RGB uint8 array [H, W, 3];
-    pixel values are converted by [`_pixels_to_uint8`]."""
+    pixel values are converted by [`_pixels_to_uint8`].
+
+    16-bit PIL images are scaled to 8 bits: modes "I;16*", and 32-bit integer ("I") images read from a PNG or
+    PGM/PPM file (formats whose "I" images hold 16-bit samples). Other "I" images (a 32-bit TIFF, an image made from
+    an int32 array) must hold 8-bit values, kept as they are; "F" images are floats, which must be in [0, 1]."""
     if isinstance(frame, Image.Image):
         if frame.mode not in _WIDE_PIL_MODES:
             return np.asarray(frame.convert("RGB"))
+        sixteen_bit = frame.mode.startswith("I;16") or (frame.mode == "I" and frame.format in _SIXTEEN_BIT_I_FORMATS)
         frame = np.asarray(frame)
-        if frame.dtype.kind in "iu" and frame.dtype != np.uint8:
-            if frame.min() < 0 or frame.max() > 65535:
-                raise ValueError(f"A 32-bit integer image must hold 16-bit values, got [{frame.min()}, {frame.max()}].")
-            frame = frame.astype(np.uint16)  # 16-bit grayscale images (PNG) decode as mode "I;16" or "I"
+        if sixteen_bit:
+            frame = frame.astype(np.uint16)
     if isinstance(frame, torch.Tensor):
         frame = frame.detach().cpu()
         frame = (frame.float() if frame.dtype in (torch.bfloat16, torch.float16) else frame).numpy()
@@ -156,12 +188,12 @@ def decode_video_file(path, keep):
 
 def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = None):
     """Yields `(index, frame)` for one video, one RGB uint8 frame at a time, keeping every `frame_stride`-th frame (at
-    most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes, and a
-    list of frame image paths; frames are decoded only when asked for, so a long video never has to fit in memory."""
-    if frame_stride < 1:
-        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}.")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}.")
+    most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes, a list
+    of frame image paths and an iterator of frames (a generator: read lazily, never past the last kept frame); frames
+    are decoded only when asked for, so a long video never has to fit in memory."""
+    for name, value in (("frame_stride", frame_stride), ("max_frames", 1 if max_frames is None else max_frames)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
     def keep(index: int):
         if max_frames is not None and index >= max_frames * frame_stride:
@@ -199,6 +231,13 @@ def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = Non
     elif is_frame_path_list(video):
         for index in (index for index in range(len(video)) if keep(index)):
             yield checked(index, read_frame_image(video[index]))
+    elif isinstance(video, Iterator):  # a generator of frames: read lazily, never beyond the last kept frame
+        for index, frame in enumerate(video):
+            decision = keep(index)
+            if decision is None:
+                break
+            if decision:
+                yield checked(index, frame_to_rgb(frame))
     else:
         if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
             raise ValueError(f"A video array must be 4-D ([T, H, W, C] or [T, C, H, W]), got shape {tuple(video.shape)}.")
@@ -223,6 +262,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "count_video_file_frames",
     "decode_video_file",
+    "frame_file_names",
     "frame_to_rgb",
     "is_frame_path_list",
     "iter_video_frames",
