@@ -164,6 +164,11 @@ class ReferringVideoSegmenter:
             )
         return cls(model, processor, device=device, dtype=dtype)
 
+    @property
+    def online(self) -> bool:
+        """Whether the model is an online (OnlineRefer) model, decoding one frame at a time from a track."""
+        return bool(self.model.config.online)
+
     def autocast(self):
         """The mixed-precision context of `dtype` (a no-op for float32)."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -193,12 +198,14 @@ class ReferringVideoSegmenter:
         """
         if window is not None and window < 1:
             raise ValueError(f"window must be at least 1 (or None for the whole video), got {window}.")
+        if self.online and window is not None:
+            raise ValueError("An online (OnlineRefer) model segments frame by frame: window does not apply.")
         check_threshold(threshold)
         session = self.init_video_session(sentences, video, frame_stride=frame_stride, max_frames=max_frames)
         results = [_Collected() for _ in session.sentences]
         with tqdm(desc="windows", disable=not progress, leave=False) as bar:
             while True:
-                session.read_frames(window)
+                session.read_frames(1 if self.online else window)
                 if not session.frames:
                     break
                 frames, session.frames = session.frames, []
@@ -249,7 +256,10 @@ class ReferringVideoSegmenter:
         final: with `window=None` after one pass over all frames (the whole-video protocol), otherwise after the
         first window of `window` frames that contains it, consecutive windows sharing `overlap` frames and keeping
         the referred object by the streaming rule of `referformer.inference_session`. Memory stays bounded by the
-        window, whatever the video's length."""
+        window, whatever the video's length. An online (OnlineRefer) model decodes frame by frame from the track the
+        session carries (`window` and `overlap` do not apply): each frame is final as soon as it is decoded."""
+        if self.online:
+            window, overlap = 1, 0
         if window is not None and not 0 <= overlap < window:
             raise ValueError(f"overlap must be in [0, window) = [0, {window}), got {overlap}.")
         if window is None and overlap:
@@ -309,7 +319,10 @@ class ReferringVideoSegmenter:
                 attention_mask=session.attention_mask.to(self.device),
                 resized_sizes=resized_sizes.to(self.device),
                 output_all_queries=link_weight is not None,
+                track=session.track,
             )
+            if self.online:  # the next frame is decoded from this frame's referred object
+                session.track = self.model.update_track(outputs, session.track)
         del pixel_values
         logits, boxes, masks = (getattr(outputs, name).float().cpu() for name in ("logits", "pred_boxes", "pred_masks"))
         selected = outputs.selected_query_indices

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .frame_chunking import OnlineTrack
 from .processing_referformer import ReferFormerVideoProcessor
 from .video_io import frame_to_rgb
 
@@ -75,7 +76,8 @@ class ReferFormerInferenceSession:
     order, stored on `video_storage_device`; `frame_source` the frames still to read (`(index, RGB frame)` pairs of
     any iterable: a lazily decoded file, a frame folder, a generator), or None when frames are added with
     `add_frame`; `original_size` / `resized_size` the frames' `(height, width)` before and after preprocessing;
-    `link` the last window's choice; `keep_frames` keeps the decoded frames for overlays; `next_frame_index` the
+    `link` the last window's choice; `track` an online (OnlineRefer) model's track of the referred objects (one per
+    sentence, None before the first frame); `keep_frames` keeps the decoded frames for overlays; `next_frame_index` the
     index an appended frame gets; `num_windows` the windows segmented so far.
     """
 
@@ -90,6 +92,7 @@ class ReferFormerInferenceSession:
     original_size: tuple[int, int] | None = None
     resized_size: tuple[int, int] | None = None
     link: WindowLink | None = None
+    track: OnlineTrack | None = None
     next_frame_index: int = 0
     num_windows: int = 0
 

@@ -3,6 +3,7 @@ equals the whole-video protocol, a generator source is read lazily with bounded 
 object across query permutations, and a 1,000-frame stream stays bounded."""
 
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -128,12 +129,14 @@ class PermutingModel(torch.nn.Module):
     """Per-window outputs built by hand: two objects (left and right squares of a 32x48 frame) whose queries swap
     between windows, the distractor scoring slightly higher after the swap."""
 
+    config = SimpleNamespace(online=False)
+
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))  # a device to read
         self.windows = 0
 
-    def forward(self, pixel_values, input_ids, attention_mask, resized_sizes, output_all_queries):
+    def forward(self, pixel_values, input_ids, attention_mask, resized_sizes, output_all_queries, track):
         num_frames = pixel_values.shape[1]
         target, distractor = (0, 1) if self.windows == 0 else (1, 0)
         self.windows += 1
@@ -177,3 +180,51 @@ def test_a_thousand_frame_stream_keeps_memory_bounded(segmenter):
     assert count == num_frames
     assert most_frames_held <= window  # the session never holds more than one window of preprocessed frames
     assert source.most_alive <= window + overlap  # nor the source more decoded frames
+
+
+@pytest.fixture(scope="module")
+def online_segmenter():
+    """A random-weight OnlineRefer model (`online=True`) with the shapes tokenizer; frames resized to 80 pixels, so that
+    one frame's stride-64 level has more than one value per GroupNorm group of the tiny config."""
+    torch.manual_seed(0)
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config(online=True)).eval())
+    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 80}), build_shapes_tokenizer())
+    return ReferringVideoSegmenter(model, processor, device="cpu")
+
+
+@torch.no_grad()
+def test_online_model_streams_frame_by_frame_from_its_track(online_segmenter):
+    """The session carries the track: streaming equals the model's own loop (one frame a call, `update_track`, the
+    processor's post-processing), whatever the window; whole-video calls give the same frame-by-frame result."""
+    frames = clip(6, height=96, width=144)
+    model, processor = online_segmenter.model, online_segmenter.processor
+    track, expected = None, []
+    for frame in frames:
+        inputs = processor(videos=[frame], text=SENTENCES)
+        # The video once for both sentences, as the session passes it: the same computation, value for value.
+        outputs = model(
+            pixel_values=inputs["pixel_values"][:1], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            resized_sizes=inputs["resized_sizes"][:1], track=track, output_all_queries=False,
+        )
+        track = model.update_track(outputs, track)
+        expected.append(processor.post_process_referring_video_segmentation(outputs, inputs["original_sizes"], inputs["resized_sizes"]))
+    streamed = list(online_segmenter.stream(iter(frames), SENTENCES, window=4, overlap=2))
+    assert [output.frame_index for output in streamed] == list(range(6))
+    for output, reference in zip(streamed, expected):
+        for sentence in range(2):
+            np.testing.assert_array_equal(output.masks[sentence], reference[sentence]["masks"][0].numpy())
+            np.testing.assert_array_equal(output.scores[sentence], reference[sentence]["scores"][0].numpy())
+    # The track changes what later frames see: a fresh track every frame gives other scores.
+    fresh = [
+        processor.post_process_referring_video_segmentation(
+            model(**processor(videos=[frame], text=SENTENCES), output_all_queries=False), [(96, 144)] * 2, [(80, 120)] * 2
+        )
+        for frame in frames
+    ]
+    assert any(not np.array_equal(output.scores, np.stack([result["scores"][0].numpy() for result in again]))
+               for output, again in zip(streamed[1:], fresh[1:]))
+    whole = online_segmenter(frames, SENTENCES)
+    for sentence, result in enumerate(whole):
+        np.testing.assert_array_equal(result.masks, np.stack([output.masks[sentence] for output in streamed]))
+    with pytest.raises(ValueError, match="frame by frame: window does not apply"):
+        online_segmenter(frames, SENTENCES, window=3)
