@@ -154,7 +154,8 @@ class PredictArguments:
         default=False,
         metadata={
             "help": "Stream the video in windows of --window frames sharing --overlap frames, the referred object kept "
-            "across windows; masks and overlays are written as frames become final, in memory bounded by the window."
+            "across windows; masks and overlays are written as frames become final, in memory bounded by the window. "
+            "An online (OnlineRefer) model always streams, frame by frame."
         },
     )
     overlap: int = field(default=8, metadata={"help": "With --stream: frames shared by consecutive windows."})
@@ -503,7 +504,7 @@ def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path
     def predict(video_and_folder):
         video, video_dir = video_and_folder
         with staged_output(video_dir, args.overwrite, inputs=(video, model_args.model)) as staging:
-            if args.stream:
+            if args.stream or segmenter.online:  # an online (OnlineRefer) model streams frame by frame
                 return stream_predictions(segmenter, video, staging, args, video_dir.name)
             results = segmenter(video, args.text, args.window, args.frame_stride, args.max_frames, args.threshold, progress=True)
             frame_names = video_frame_names(video, results[0].frame_indices)

@@ -19,6 +19,7 @@ from transformers import Pipeline
 
 from .data_transforms import collate_clips
 from .inference import prepare_inputs, segmentation_from_output
+from .modeling_referformer import ReferFormerSegmentationOutput
 from .processing_referformer import _as_list_of_videos, _is_single_video, check_threshold, sentence_list
 from .video_io import iter_video_frames
 
@@ -32,14 +33,14 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
     windowed Ref-DAVIS17 protocol).
 
     Inputs: a video (file, folder of frames, list of frames, 4-D array or a generator of frames) or a list of videos,
-    and `text`: one
-    sentence, or a list of sentences (for one video: one result per sentence; for a list of videos: one sentence
-    each). Options: `frame_stride`, `max_frames` (frame sampling) and `threshold` (mask probability).
+    and `text`: one sentence, or a list of sentences (for one video: one result per sentence; for a list of videos:
+    one sentence each). Options: `frame_stride`, `max_frames` (frame sampling) and `threshold` (mask probability).
 
     Each result is a dict: `sentence`, `masks` `[T, H, W]` bool at the original frame size, `boxes` `[T, 4]`
     absolute (x0, y0, x1, y1), `scores` `[T]`, `query_index` and `frame_indices` (the kept frames' indices in the
     video). With `batch_size > 1`, the videos of a batch must have the same number of kept frames (frames of different
-    sizes are padded, as the processor pads a batch).
+    sizes are padded, as the processor pads a batch). An online (OnlineRefer) model decodes each video frame by frame
+    from its track (its `query_index` is then 0, the track's single query).
     """
 
     _load_processor = True
@@ -85,7 +86,8 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
         items = batch["video_inputs"] if isinstance(batch["video_inputs"], list) else [batch["video_inputs"]]
         sentences = batch["sentence"] if isinstance(batch["sentence"], list) else [batch["sentence"]]
         inputs = self._collate(items)
-        outputs = self.model(**{key: inputs[key] for key in ("pixel_values", "pixel_mask", "input_ids", "attention_mask")})
+        model_inputs = {key: inputs[key] for key in ("pixel_values", "pixel_mask", "input_ids", "attention_mask")}
+        outputs = self._online_forward(model_inputs) if self.model.config.online else self.model(**model_inputs)
         return {
             "logits": outputs.logits.float(),
             "pred_boxes": outputs.pred_boxes.float(),
@@ -95,6 +97,31 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
             "frame_indices": inputs["frame_indices"],
             "sentence": sentences,
         }
+
+    def _online_forward(self, inputs: dict) -> ReferFormerSegmentationOutput:
+        """An online (OnlineRefer) model's clips, decoded frame by frame from their tracks: per frame the referred
+        query's logits, box and masks (`[B, T, 1, ...]`, one query, which post-processing then selects)."""
+        track, frames = None, []
+        for frame in range(inputs["pixel_values"].shape[1]):
+            outputs = self.model(
+                pixel_values=inputs["pixel_values"][:, frame : frame + 1],
+                pixel_mask=inputs["pixel_mask"][:, frame : frame + 1],
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                track=track,
+                output_all_queries=False,
+            )
+            track = self.model.update_track(outputs, track)
+            query = outputs.selected_query_indices.view(-1, 1, 1, 1)
+            frames.append(
+                (
+                    outputs.logits.gather(2, query.expand(-1, 1, 1, outputs.logits.shape[-1])),
+                    outputs.pred_boxes.gather(2, query.expand(-1, 1, 1, 4)),
+                    outputs.pred_masks,
+                )
+            )
+        logits, boxes, masks = (torch.cat(values, 1) for values in zip(*frames))
+        return ReferFormerSegmentationOutput(logits=logits, pred_boxes=boxes, pred_masks=masks)
 
     def _collate(self, items: list[dict]) -> dict:
         """One batch of videos with the same number of kept frames, padded by [`collate_clips`] as the processor pads

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
@@ -228,3 +229,34 @@ def test_online_model_streams_frame_by_frame_from_its_track(online_segmenter):
         np.testing.assert_array_equal(result.masks, np.stack([output.masks[sentence] for output in streamed]))
     with pytest.raises(ValueError, match="frame by frame: window does not apply"):
         online_segmenter(frames, SENTENCES, window=3)
+
+
+def test_pipeline_and_predict_run_an_online_folder_frame_by_frame(online_segmenter, tmp_path):
+    """The pipeline decodes an online model's video frame by frame (the segmenter's masks up to fp32 rounding: one
+    sentence a batch there, two here), and `run_rvos.py predict` streams it by default."""
+    import json
+
+    from transformers import pipeline
+
+    from helpers import load_script
+
+    folder = tmp_path / "online"
+    online_segmenter.model.save_pretrained(folder)
+    online_segmenter.processor.save_pretrained(folder)
+    frames = clip(4, height=96, width=144)
+    expected = online_segmenter(frames, SENTENCES)
+    segment = pipeline("referring-video-object-segmentation", model=str(folder), device="cpu")
+    for output, reference in zip(segment(frames, text=SENTENCES), expected):
+        assert output["masks"].shape == reference.masks.shape
+        assert (output["masks"] != reference.masks).mean() < 1e-3
+        np.testing.assert_allclose(output["scores"], reference.scores, atol=1e-5, rtol=0)
+    video_dir = tmp_path / "frames"
+    video_dir.mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(video_dir / f"{index:03d}.png")
+    run_rvos = load_script("run_rvos")
+    run_rvos.main(["predict", "--model", str(folder), "--video", str(video_dir), "--text", *SENTENCES,
+                   "--output_dir", str(tmp_path / "pred")])
+    predictions = json.loads((tmp_path / "pred" / "frames" / "predictions.json").read_text())
+    assert predictions["frames"] == ["000", "001", "002", "003"]
+    assert [expression["window_starts"] for expression in predictions["expressions"]] == [[0, 1, 2, 3]] * 2
