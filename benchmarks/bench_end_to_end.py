@@ -12,7 +12,9 @@ The model is the released ReferFormer (ResNet-50 + RoBERTa-base structure, `Refe
   no chunking, all queries' masks for every decoder layer, and one forward pass per sentence;
 * stream (`--stream`): `ReferringVideoSegmenter.stream` over a generator of `--stream_frames` frames (decoded-frame
   arrays, preprocessing and the full-size masks of every frame included), in windows of `--window` frames sharing
-  `--overlap`, fp32, one sentence: the time per frame and peak memory must not grow with the length.
+  `--overlap`, fp32, one sentence: the time per frame and peak memory must not grow with the length;
+* OnlineRefer stream (`--online_frames`): the same stream through the released R50 OnlineRefer architecture, which
+  decodes frame by frame from its track.
 
 bf16 runs the float32 weights under `torch.autocast`. Each configuration runs in its own subprocess (after a warm-up
 forward on up to 5 frames) so that its peak memory (RSS on CPU, max allocated on CUDA) is its own. Masks agreement: IoU of the selected
@@ -22,7 +24,7 @@ path holds every frame's activations at once (about 0.3 GiB per frame): above `-
 
     python benchmarks/bench_end_to_end.py --frames 5 36 100 300 --sentences 1 5 --threads 2
     python benchmarks/bench_end_to_end.py --frames 100 300 --sentences 1 --dtypes fp32 --reference_max_frames 0 \
-        --threads 2 --stream --stream_frames 100 1000
+        --threads 2 --stream --stream_frames 100 1000 --online_frames 100 500
 """
 
 import argparse
@@ -42,12 +44,12 @@ HEIGHT, WIDTH, TEXT_LENGTH = 360, 640, 12
 WARM_UP_FRAMES = 5
 
 
-def build_model(path: str, chunk: int):
+def build_model(path: str, chunk: int, online: bool = False):
     from referformer import ReferFormerConfig, ReferFormerForReferringVideoObjectSegmentation
 
     torch.manual_seed(0)
     if path in ("fast", "compiled"):
-        config = ReferFormerConfig(frame_chunk_size=chunk)
+        config = ReferFormerConfig(frame_chunk_size=chunk, online=online)
     else:
         config = ReferFormerConfig(disable_custom_kernels=True, attn_implementation="eager")
     return ReferFormerForReferringVideoObjectSegmentation(config).eval()
@@ -107,8 +109,9 @@ def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, 
             "warm_up_seconds": warm_up_seconds}
 
 
-def run_stream(num_frames: int, chunk: int, device: str, window: int, overlap: int) -> dict:
-    """Streams `num_frames` random 360x640 frames (a generator cycling over 8 of them) with one sentence."""
+def run_stream(num_frames: int, chunk: int, device: str, window: int, overlap: int, online: bool) -> dict:
+    """Streams `num_frames` random 360x640 frames (a generator cycling over 8 of them) with one sentence, through
+    ReferFormer or (`online`) OnlineRefer, which decodes frame by frame."""
     import numpy as np
 
     from referformer import ReferFormerProcessor, ReferFormerVideoProcessor
@@ -116,7 +119,7 @@ def run_stream(num_frames: int, chunk: int, device: str, window: int, overlap: i
     from referformer.inference import ReferringVideoSegmenter
 
     processor = ReferFormerProcessor(ReferFormerVideoProcessor(), build_shapes_tokenizer())
-    segmenter = ReferringVideoSegmenter(build_model("fast", chunk), processor, device=device)
+    segmenter = ReferringVideoSegmenter(build_model("fast", chunk, online), processor, device=device)
     pool = np.random.default_rng(0).integers(0, 256, (8, HEIGHT, WIDTH, 3), dtype=np.uint8)
 
     def frames(count):
@@ -168,7 +171,7 @@ def child(args) -> None:
     if args.task == "run":
         result = run(args.path, args.dtype, args.num_frames, args.num_sentences, args.chunk, args.device, args.masks_file)
     elif args.task == "stream":
-        result = run_stream(args.num_frames, args.chunk, args.device, args.window, args.overlap)
+        result = run_stream(args.num_frames, args.chunk, args.device, args.window, args.overlap, args.online)
     elif args.task == "flops":
         result = {"gflop": count_gflop(args.num_frames, args.chunk, args.device)}
     else:
@@ -231,12 +234,14 @@ def main(args) -> None:
                         if path == "compiled":
                             compile_times.append(f"{dtype} T={num_frames} sentences={num_sentences}: "
                                                  f"{result['warm_up_seconds']:.0f} s")
-    if args.stream:
-        for num_frames in args.stream_frames:
+    for online, lengths in ((False, args.stream_frames if args.stream else []), (True, args.online_frames)):
+        for num_frames in lengths:
+            options = ["--online"] if online else []
             result = in_subprocess(args, "--task", "stream", "--num_frames", str(num_frames), "--window",
-                                   str(args.window), "--overlap", str(args.overlap))
-            row = (f"stream (window {args.window}, overlap {args.overlap})", "fp32", num_frames, 1,
-                   f"{result['seconds_per_frame']:.2f}", f"{result['peak_gib']:.2f}", "-", "-", "-")
+                                   str(args.window), "--overlap", str(args.overlap), *options)
+            name = "OnlineRefer stream (frame by frame)" if online else f"stream (window {args.window}, overlap {args.overlap})"
+            row = (name, "fp32", num_frames, 1, f"{result['seconds_per_frame']:.2f}", f"{result['peak_gib']:.2f}",
+                   "-", "-", "-")
             print("| " + " | ".join(str(value) for value in row) + " |", flush=True)
     if compile_times:
         print("compile + first forward of the compiled rows: " + ", ".join(compile_times), flush=True)
@@ -265,6 +270,9 @@ if __name__ == "__main__":
     parser.add_argument("--stream_frames", type=int, nargs="+", default=[100, 1000], help="Streamed video lengths.")
     parser.add_argument("--window", type=int, default=36, help="Frames per streaming window.")
     parser.add_argument("--overlap", type=int, default=8, help="Frames shared by consecutive streaming windows.")
+    parser.add_argument("--online_frames", type=int, nargs="*", default=[],
+                        help="Also stream these lengths through OnlineRefer (the released R50 architecture, online).")
+    parser.add_argument("--online", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=["run", "flops", "peak", "stream"], help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["fast", "compiled", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
