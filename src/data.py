@@ -19,7 +19,7 @@ Columns:
   annotated; the transforms lower-case it), `category` (object category name, "" when unknown).
 * `frames`: ordered frame file paths; `frame_names`: their names (used to name prediction files); `video_path`: a video
   file to decode instead, when `frames` is empty (A2D-Sentences without extracted frames).
-* `mask_type` and its source: "palette" (`mask_paths` = one index PNG per frame, object pixels == `obj_id`), "a2d_h5"
+* `mask_type` and its source: "palette" (`mask_paths` = one palette PNG of object ids per frame, object pixels == `obj_id`), "a2d_h5"
   (`mask_paths` = [h5 of the annotated frame], instance `obj_id`), "jhmdb_mat" (`mask_paths` = [puppet_mask.mat],
   frame `annotated_frame`), "coco" (`segmentation` as JSON and `bbox` xywh), "none" (no ground truth).
 * `annotated_frame`: 0-based index of the only annotated frame (A2D/JHMDB), -1 when every frame is annotated.

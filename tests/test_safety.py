@@ -395,3 +395,40 @@ def test_outputs_get_the_permissions_the_umask_gives(tmp_path, umask):
         assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
     for path in (overlay, masks_dir / "0.png", tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors"):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+
+
+# 10. Issue 29: ground truth that would silently score or train on nothing ----------------------------------------
+
+
+def test_grayscale_masks_and_absent_object_ids_are_refused_by_train_and_evaluate(tmp_path, model_dir):
+    from referformer.data_synthetic import generate_referring_shapes
+
+    for split in ("train", "valid"):
+        generate_referring_shapes(tmp_path / "data", num_videos=2, num_frames=2, height=64, width=96, seed=0,
+                                  split=split, max_objects=2)
+    evaluate = ["evaluate", "--model", model_dir, "--dataset", "synthetic", "--data_root", tmp_path / "data",
+                "--output_dir", tmp_path / "eval"]
+    train = ["train", "--init_from", model_dir, "--dataset", "synthetic", "--data_root", tmp_path / "data",
+             "--output_dir", tmp_path / "run", "--max_steps", "1", "--num_frames", "2", "--log_every", "0"]
+    # The same masks saved as 0/255 grayscale PNGs (what many tools write): refused, not scored J&F 0.
+    originals = {}
+    for path in sorted((tmp_path / "data" / "valid" / "Annotations").rglob("*.png")):
+        originals[path] = path.read_bytes()
+        Image.fromarray(np.where(np.asarray(Image.open(path)) > 0, 255, 0).astype(np.uint8)).save(path)
+    message = cli_error(*evaluate)
+    assert "is a mode 'L' image, not a palette (mode 'P') PNG of object ids: save the masks as palette PNGs" in message
+    for path, content in originals.items():
+        path.write_bytes(content)
+    # An obj_id that is in no mask: refused by evaluate and by train, naming the video, the expression and the id.
+    for split in ("train", "valid"):
+        meta_path = tmp_path / "data" / "meta_expressions" / split / "meta_expressions.json"
+        meta = json.loads(meta_path.read_text())
+        video_id = next(iter(meta["videos"]))
+        for video in meta["videos"].values():
+            for expression in video["expressions"].values():
+                expression["obj_id"] = "9"
+        meta_path.write_text(json.dumps(meta))
+    expected = f"Video '{video_id}', expression '0': object id 9 occurs in none of the video's 2 annotated frames"
+    assert expected in cli_error(*evaluate)
+    assert "object id 9 occurs in none of the video's 2 annotated frames" in cli_error(*train)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "run" / "config.json").exists()
