@@ -34,6 +34,7 @@ from referformer import (
     ReferFormerProcessor,
 )
 from referformer.cli_presets import CONFIG_PRESETS
+from referformer.conversion import first_non_finite_weight
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark
 from referformer.inference import (
@@ -422,11 +423,20 @@ def check_referformer_source(name: str, what: str = "model") -> None:
         )
 
 
+def check_finite_model(model, name: str, what: str = "model") -> None:
+    """Refuses a model whose weights hold a NaN or an infinity (its masks would be empty and its scores NaN)."""
+    bad = first_non_finite_weight(model.state_dict())
+    if bad is not None:
+        raise UsageError(f"The {what} {name} holds NaN or infinite weights (first: {bad}); use a model with finite weights.")
+
+
 def load_model(args: ModelArguments) -> ReferringVideoSegmenter:
-    """The model and processor of `args.model`, on `--device`, in `--dtype`."""
+    """The model and processor of `args.model`, on `--device`, in `--dtype`; its weights must be finite."""
     check_referformer_source(args.model)
     device = process_state().device if args.device == "auto" else args.device  # each process its own GPU
-    return ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype)
+    segmenter = ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype)
+    check_finite_model(segmenter.model, args.model)
+    return segmenter
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -518,7 +528,7 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name
         if "submission" in results:  # where it will be once the staged folder is in place
             results["submission"] = str(Path(args.output_dir) / Path(results["submission"]).name)
         results = {"dataset": args.dataset, "split": split, "model": model_name or model_args.model, **results}
-        (staging / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        (staging / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False), encoding="utf-8")
     print(format_table(results))
     return results
 
@@ -553,6 +563,7 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     set_seed(args.seed)
     if model_args.init_from:
         model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(model_args.init_from)
+        check_finite_model(model, model_args.init_from, "--init_from model")
         processor = ReferFormerProcessor.from_pretrained(model_args.init_from)
     else:
         inference_size = data_args.inference_size or default_inference_size(data_args.dataset, data_args.data_root, data_args.split)
@@ -580,7 +591,7 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         options = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
-        (staging / "training_args.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
+        (staging / "training_args.json").write_text(json.dumps(options, indent=1, allow_nan=False), encoding="utf-8")
         results = {}
         if data_args.eval_split:
             eval_args = EvaluateArguments(

@@ -368,7 +368,7 @@ def write_predictions(
         for exp_id, result in zip(exp_ids, results)
     ]
     predictions = {"video": video_name or video_dir.name, "frames": frame_names, "expressions": expressions}
-    (video_dir / "predictions.json").write_text(json.dumps(predictions, indent=1), encoding="utf-8")
+    (video_dir / "predictions.json").write_text(json.dumps(predictions, indent=1, allow_nan=False), encoding="utf-8")
     return video_dir
 
 

@@ -527,7 +527,7 @@ def save_training_checkpoint(
         with staged_output(folder, overwrite=True) as staging:
             save_model(accelerator.unwrap_model(model), str(staging / MODEL_STATE_FILE))
             torch.save(optimizer.state_dict(), staging / OPTIMIZER_STATE_FILE)
-            (staging / TRAINING_STATE_FILE).write_text(json.dumps(state))
+            (staging / TRAINING_STATE_FILE).write_text(json.dumps(state, allow_nan=False))
     accelerator.wait_for_everyone()
 
 

@@ -432,3 +432,33 @@ def test_grayscale_masks_and_absent_object_ids_are_refused_by_train_and_evaluate
     assert expected in cli_error(*evaluate)
     assert "object id 9 occurs in none of the video's 2 annotated frames" in cli_error(*train)
     assert not (tmp_path / "eval").exists() and not (tmp_path / "run" / "config.json").exists()
+
+
+def nan_model(model_dir, folder, key):
+    """A copy of `model_dir` whose weight `key` holds one NaN (every other file unchanged)."""
+    folder.mkdir()
+    for path in model_dir.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    weights = load_file(model_dir / "model.safetensors")
+    weights[key][0, 0] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_models_with_non_finite_weights_are_refused_and_nan_is_never_written(tmp_path, model_dir, monkeypatch):
+    key = "class_embed.1.weight"  # the last decoder layer's class head: every score becomes NaN
+    broken = nan_model(model_dir, tmp_path / "nan-model", key)
+    frames = write_frames(tmp_path / "dog")
+    expected = f"The model {broken} holds NaN or infinite weights (first: {key}); use a model with finite weights."
+    assert cli_error(*predict_args(broken, frames, tmp_path / "out")) == f"run_rvos.py predict: error: {expected}"
+    assert expected in cli_error("evaluate", "--model", broken, "--dataset", "synthetic", "--data_root", tmp_path,
+                                 "--output_dir", tmp_path / "eval")
+    assert f"The --init_from model {broken} holds NaN or infinite weights" in cli_error(
+        "train", "--init_from", broken, "--dataset", "synthetic", "--data_root", tmp_path, "--output_dir",
+        tmp_path / "run", "--max_steps", "1")
+    # Were such a model run anyway, its NaN scores would not be written as invalid JSON: the run fails, nothing is
+    # published.
+    monkeypatch.setattr(run_rvos, "first_non_finite_weight", lambda weights: None)
+    assert "Out of range float values are not JSON compliant" in cli_error(*predict_args(broken, frames, tmp_path / "out"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists() and not (tmp_path / "run").exists()
