@@ -462,3 +462,82 @@ def test_models_with_non_finite_weights_are_refused_and_nan_is_never_written(tmp
     monkeypatch.setattr(run_rvos, "first_non_finite_weight", lambda weights: None)
     assert "Out of range float values are not JSON compliant" in cli_error(*predict_args(broken, frames, tmp_path / "out"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists() and not (tmp_path / "run").exists()
+
+
+# 11. Issue 29: clean-up deletes only this project's folders; set-aside results are restored -----------------------
+
+
+def test_cleanup_spares_user_folders_and_restores_results_a_killed_overwrite_set_aside(tmp_path, model_dir,
+                                                                                        monkeypatch):
+    from referformer.output_folders import OWNER_MARKER
+
+    frames = write_frames(tmp_path / "dog")
+    out = tmp_path / "out"
+    # A user's own folders named like our leftovers, one of them a renamed copy of a folder of ours (marker and all).
+    for name in (".dog.old-mine", ".dog.staging-mine", ".dog.old-copy"):
+        (out / name).mkdir(parents=True)
+        (out / name / "notes.txt").write_text(name)
+    (out / ".dog.old-copy" / OWNER_MARKER).write_text(".dog.old-1234abcd")
+    user_folders = {name: snapshot(out / name) for name in (".dog.old-mine", ".dog.staging-mine", ".dog.old-copy")}
+    run_rvos.main(predict_args(model_dir, frames, out))
+    results = snapshot(out / "dog")
+    assert OWNER_MARKER not in results and MANIFEST_NAME in results
+    assert {name: snapshot(out / name) for name in user_folders} == user_folders
+
+    # predict --overwrite killed between its two renames: the earlier results exist only in the aside folder.
+    real_rename = os.rename
+
+    def killed_on_second_rename(source, destination):
+        if Path(destination) == out / "dog":
+            raise KeyboardInterrupt  # the run dies here (its finally blocks still run, as on Ctrl-C)
+        real_rename(source, destination)
+
+    monkeypatch.setattr("referformer.output_folders.os.rename", killed_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        run_rvos.main(predict_args(model_dir, frames, out, "--overwrite"))
+    monkeypatch.undo()
+    assert not (out / "dog").exists()
+    (aside,) = [path for path in out.iterdir() if path.name.startswith(".dog.old-") and path.name not in user_folders]
+    assert snapshot(aside / "target") == results
+
+    # The next run, a failing one (an unreadable frame), first moves the earlier results back into place.
+    (frames / "00003.png").write_bytes(b"not a png")
+    assert "Cannot read frame image" in cli_error(*predict_args(model_dir, frames, out, "--overwrite"))
+    assert snapshot(out / "dog") == results and not aside.exists()
+    assert sorted(path.name for path in out.iterdir()) == sorted(["dog", *user_folders])
+    assert {name: snapshot(out / name) for name in user_folders} == user_folders
+    # generate cleans up next to its output folder the same way.
+    (tmp_path / ".shapes.old-backup").mkdir()
+    (tmp_path / ".shapes.old-backup" / "meta.json").write_text("my backup")
+    run_rvos.main(["generate", "--output_dir", str(tmp_path / "shapes"), "--num_videos", "1", "--num_frames", "2",
+                   "--height", "64", "--width", "96"])
+    assert (tmp_path / ".shapes.old-backup" / "meta.json").read_text() == "my backup"
+
+
+def test_replaced_entries_an_interrupted_publish_set_aside_are_kept(tmp_path, monkeypatch):
+    from referformer.output_folders import ASIDE_ENTRIES
+
+    target = tmp_path / "run"
+    with staged_output(target, units="all") as staging:
+        (staging / "config.json").write_text("old config")
+        (staging / "model.safetensors").write_text("old weights")
+    real_rename = os.rename
+
+    def killed_while_moving_in(source, destination):
+        if Path(destination) == target / "model.safetensors" and ".staging-" in str(source):
+            raise KeyboardInterrupt
+        real_rename(source, destination)
+
+    monkeypatch.setattr("referformer.output_folders.os.rename", killed_while_moving_in)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output(target, overwrite=True, units="all") as staging:
+            (staging / "config.json").write_text("new config")
+            (staging / "model.safetensors").write_text("new weights")
+    monkeypatch.undo()
+    (aside,) = tmp_path.glob(".run.old-*")
+    assert (aside / ASIDE_ENTRIES / "config.json").read_text() == "old config"
+    # The next publish into the folder keeps that aside folder: it holds the only copy of the old config.json.
+    with staged_output(target, overwrite=True, units=["README.md"]) as staging:
+        (staging / "README.md").write_text("card")
+    assert (aside / ASIDE_ENTRIES / "config.json").read_text() == "old config"
+    assert (aside / ASIDE_ENTRIES / "model.safetensors").read_text() == "old weights"
