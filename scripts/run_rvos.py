@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import HfArgumentParser, PretrainedConfig
 
 from referformer import (
@@ -697,8 +698,16 @@ def main(argv: list[str] | None = None):
     try:
         arguments = parse(command, options)
         return COMMANDS[command][1](*arguments)
-    except (ValueError, OSError, FloatingPointError) as error:  # bad options, inputs or files: one line, no traceback
-        sys.exit(f"run_rvos.py {command}: error: {error}")
+    except (ValueError, OSError, FloatingPointError, StrictDataclassError) as error:  # bad options, inputs, files
+        sys.exit(f"run_rvos.py {command}: error: {error_line(error)}")
+
+
+def error_line(error: BaseException) -> str:
+    """The one-line message of an error: a config validation error gives its cause; lines are joined; an error without
+    a message gives its type name."""
+    if isinstance(error, StrictDataclassError) and error.__cause__ is not None:
+        error = error.__cause__
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -541,3 +541,42 @@ def test_replaced_entries_an_interrupted_publish_set_aside_are_kept(tmp_path, mo
         (staging / "README.md").write_text("card")
     assert (aside / ASIDE_ENTRIES / "config.json").read_text() == "old config"
     assert (aside / ASIDE_ENTRIES / "model.safetensors").read_text() == "old weights"
+
+
+# 12. Issue 29: a config.json cannot make timm read a file ---------------------------------------------------------
+
+
+def test_timm_arguments_that_load_files_are_refused_at_config_load(tmp_path, model_dir):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from referformer import ReferFormerConfig
+
+    marker = tmp_path / "code-was-executed"
+    payload = tmp_path / "payload.pth"
+    torch.save({"state_dict": WritesMarker(marker)}, payload)
+    backbone = {"model_type": "referformer_timm_backbone", "model_name": "resnet18",
+                "model_kwargs": {"layers": [1, 1, 1, 1], "checkpoint_path": str(payload)}}
+    refused = "backbone_config.model_kwargs may only hold timm arguments that shape the architecture"
+    with pytest.raises(StrictDataclassClassValidationError, match=f"{refused} .*; refusing 'checkpoint_path'"):
+        ReferFormerConfig(backbone_config=backbone)
+    for key, value in [("pretrained", True), ("pretrained_cfg_overlay", {"file": str(payload)}), ("in_chans", 4)]:
+        with pytest.raises(StrictDataclassClassValidationError, match=f"refusing '{key}'"):
+            ReferFormerConfig(backbone_config={**backbone, "model_kwargs": {key: value}})
+    with pytest.raises(StrictDataclassClassValidationError, match="must be a timm architecture name, got 'hf-hub:a/b'"):
+        ReferFormerConfig(backbone_config={**backbone, "model_name": "hf-hub:a/b", "model_kwargs": {}})
+
+    # A saved model whose config.json names the file: refused by from_pretrained and by the CLI, nothing unpickled.
+    folder = tmp_path / "hostile-model"
+    folder.mkdir()
+    for path in model_dir.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone_config"]["model_kwargs"]["checkpoint_path"] = str(payload)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StrictDataclassClassValidationError, match="refusing 'checkpoint_path'"):
+        ReferFormerForReferringVideoObjectSegmentation.from_pretrained(folder)
+    frames = write_frames(tmp_path / "dog")
+    assert cli_error(*predict_args(folder, frames, tmp_path / "out")).startswith(
+        f"run_rvos.py predict: error: {refused} (")
+    assert not marker.exists() and not (tmp_path / "out").exists()
