@@ -313,7 +313,11 @@ class RunTrainingArguments(AccelerateTrainingArguments):
         metadata={"help": "Epochs after which the learning rates are divided by 10 (default: 3 5, 6 8 or 8 10 as above)."},
     )
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "Continue exactly from a checkpoint-<step> folder of --output_dir."}
+        default=None,
+        metadata={
+            "help": "Continue exactly from a checkpoint-<step> folder of --output_dir, with the options the run "
+            "recorded in its training_args.json (the model, data, optimization and schedule options must not change)."
+        },
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Train into a non-empty --output_dir (the final model replaces same-named files)."}
@@ -538,16 +542,72 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name
 # train
 # ---------------------------------------------------------------------------------------------------
 
+TRAINING_ARGS_FILE = "training_args.json"
+# The options that define a training run (its model, data, optimization and schedule): a resumed run must have the
+# ones its first run recorded in training_args.json. The others (output, checkpoints, logging, workers, gradient
+# checkpointing, the evaluation after training, publishing) may change between the runs.
+RUN_OPTIONS = (
+    "init_from", "config_name", "tokenizer_name",
+    "dataset", "data_root", "refcoco_root", "refcoco_datasets", "split", "num_frames", "train_sizes", "max_size",
+    "crop_prob", "photometric", "inference_size", "mask_interpolation",
+    "max_steps", "num_train_epochs", "lr_drop_epochs", "lr_drop_steps", "per_device_batch_size",
+    "gradient_accumulation_steps", "learning_rate", "backbone_learning_rate", "text_encoder_learning_rate",
+    "linear_projection_multiplier", "weight_decay", "max_grad_norm", "mixed_precision", "seed", "shuffle",
+)
+CHECKPOINT_FOLDER = re.compile(r"checkpoint-\d+")
+
+
+def training_options(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments) -> dict:
+    """Every `train` option, as training_args.json records them (JSON values)."""
+    options = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
+    return json.loads(json.dumps(options, allow_nan=False))
+
+
+def check_resumable(output_dir: Path, checkpoint: str, options: dict, overwrite: bool) -> None:
+    """A resumed run continues its own run: the checkpoint is a `checkpoint-<step>` folder of `--output_dir`, whose
+    training_args.json records the same `RUN_OPTIONS` (each difference is named, old -> new). Without --overwrite,
+    the folder may hold nothing but the run's checkpoints and what this project published into it."""
+    check_training_checkpoint(checkpoint)
+    if Path(checkpoint).resolve().parent != output_dir.resolve() or not CHECKPOINT_FOLDER.fullmatch(Path(checkpoint).name):
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint} is not a checkpoint-<step> folder of --output_dir {output_dir}: a "
+            "run resumes into its own folder."
+        )
+    recorded_file = output_dir / TRAINING_ARGS_FILE
+    try:
+        recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"Cannot read the options of the run to resume from {recorded_file} ({error_line(error)}); every run "
+            "writes them when it starts."
+        ) from error
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{recorded_file} does not hold the options of a run (a JSON object).")
+    changed = [
+        f"--{name} {json.dumps(recorded.get(name))} -> {json.dumps(options[name])}"
+        for name in RUN_OPTIONS if recorded.get(name) != options[name]
+    ]
+    if changed:
+        raise UsageError(
+            f"The resumed run must have the options of the run in {output_dir}; these differ: {'; '.join(changed)}. "
+            "Give the recorded values, or start a new run in another --output_dir."
+        )
+    if not overwrite:
+        entries = [child.name for child in output_dir.iterdir() if not CHECKPOINT_FOLDER.fullmatch(child.name)]
+        check_output_target(output_dir, True, (), "--resume_from_checkpoint", entries)
+
+
 def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments):
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env, set_seed
 
     output_dir = Path(args.output_dir)
     inputs = (model_args.init_from, data_args.data_root, data_args.refcoco_root)
+    options = training_options(model_args, data_args, args)
     if args.resume_from_checkpoint:
-        check_training_checkpoint(args.resume_from_checkpoint)
+        check_resumable(output_dir, args.resume_from_checkpoint, options, args.overwrite)
     overwrite = args.overwrite or bool(args.resume_from_checkpoint)
-    check_output_target(output_dir, overwrite, inputs, "--overwrite (or --resume_from_checkpoint)", ALL_ENTRIES)
+    check_output_target(output_dir, overwrite, inputs, "--overwrite", ALL_ENTRIES)
     if model_args.init_from:
         check_referformer_source(model_args.init_from, "--init_from model")
     if not Path(data_args.data_root).is_dir():
@@ -583,6 +643,9 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
         args, len(dataset), state.num_processes, schedule, args.num_train_epochs, args.lr_drop_epochs
     )
     collate = functools.partial(collate_clips, pad_token_id=processor.tokenizer.pad_token_id)
+    if state.is_main_process and not args.resume_from_checkpoint:  # the run's options, recorded before it starts
+        with staged_output(output_dir, overwrite=True, inputs=inputs, units=ALL_ENTRIES) as staging:
+            (staging / TRAINING_ARGS_FILE).write_text(json.dumps(options, indent=1, allow_nan=False), encoding="utf-8")
     model = train_with_accelerate(model, dataset, loop_args, collate, resume_from_checkpoint=args.resume_from_checkpoint)
 
     if not state.is_main_process:
@@ -591,8 +654,6 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     with staged_output(output_dir, overwrite=True, inputs=inputs, units=ALL_ENTRIES) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        options = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
-        (staging / "training_args.json").write_text(json.dumps(options, indent=1, allow_nan=False), encoding="utf-8")
         results = {}
         if data_args.eval_split:
             eval_args = EvaluateArguments(

@@ -580,3 +580,45 @@ def test_timm_arguments_that_load_files_are_refused_at_config_load(tmp_path, mod
     assert cli_error(*predict_args(folder, frames, tmp_path / "out")).startswith(
         f"run_rvos.py predict: error: {refused} (")
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# 13. Issue 29: a resumed run keeps its options and replaces only its own files ------------------------------------
+
+
+def test_resume_refuses_changed_options_and_foreign_files(tmp_path, model_dir):
+    from referformer.data_synthetic import generate_referring_shapes
+
+    generate_referring_shapes(tmp_path / "data", num_videos=2, num_frames=2, height=64, width=96, seed=0,
+                              split="train", max_objects=2)
+    run = tmp_path / "run"
+    options = ["train", "--init_from", model_dir, "--dataset", "synthetic", "--data_root", tmp_path / "data",
+               "--output_dir", run, "--max_steps", "1", "--num_frames", "2", "--checkpoint_every", "1",
+               "--log_every", "0", "--learning_rate", "1e-3", "--lr_drop_steps", "5"]
+    run_rvos.main([str(value) for value in options])
+    recorded = (run / "training_args.json").read_text()
+    assert json.loads(recorded)["learning_rate"] == 1e-3 and json.loads(recorded)["lr_drop_steps"] == [5]
+    resume = [*options, "--resume_from_checkpoint", run / "checkpoint-1"]
+    # Alone, --resume_from_checkpoint replaces the run's own files (its final model) ...
+    run_rvos.main([str(value) for value in resume])
+    assert (run / "config.json").is_file()
+
+    # ... but not with other options: each difference is named, old -> new, and nothing is written.
+    before = snapshot(run)
+    changed = [*resume, "--learning_rate", "1e-2", "--lr_drop_steps", "3", "4"]
+    assert cli_error(*changed) == (
+        f"run_rvos.py train: error: The resumed run must have the options of the run in {run}; these differ: "
+        "--lr_drop_steps [5] -> [3, 4]; --learning_rate 0.001 -> 0.01. Give the recorded values, or start a new run "
+        "in another --output_dir."
+    )
+    # ... nor into a folder holding a user's file, nor from another run's checkpoint.
+    (run / "notes.txt").write_text("mine")
+    assert "holds files this project did not write (e.g. notes.txt); --resume_from_checkpoint only replaces" in (
+        cli_error(*resume))
+    (run / "notes.txt").unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    message = cli_error(*[value if value != run else other for value in resume[:-1]], run / "checkpoint-1")
+    assert "is not a checkpoint-<step> folder of --output_dir" in message and "resumes into its own folder" in message
+    assert snapshot(run) == before and not any(other.iterdir())
+    (run / "training_args.json").unlink()
+    assert "Cannot read the options of the run to resume from" in cli_error(*resume)
