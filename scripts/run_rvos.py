@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import re
+import signal
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -391,7 +392,14 @@ class DemoArguments:
 class ServeArguments:
     """A web page where one uploads a video, types sentences and gets the overlay video, the masks and the scores."""
 
-    model: str = field(default=str(DEMO_MODEL), metadata={"help": "Default model folder (the page can name another)."})
+    model: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The model folders the page offers, by folder name (default: the embedded demo model); each is "
+            "checked and loaded at start-up: --model DIR [--model DIR ...].",
+            "action": "extend",
+        },
+    )
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
     port: int = field(default=7860, metadata={"help": "Port to serve on."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
@@ -399,9 +407,14 @@ class ServeArguments:
     max_frames: int = field(default=300, metadata={"help": "Longest video accepted, in frames."})
 
     def __post_init__(self):
+        self.model = self.model or [str(DEMO_MODEL)]
         _check_choice(self.dtype, ("fp32", "bf16", "fp16"), "--dtype")
-        if self.max_frames < 1:
-            raise UsageError(f"--max_frames must be at least 1, got {self.max_frames}.")
+        _check_device(self.device)
+        _check_number(self.max_frames, "--max_frames", minimum=1)
+        names = [Path(model).name for model in self.model]
+        duplicate = next((name for name in names if names.count(name) > 1), None)
+        if duplicate is not None:
+            raise UsageError(f"Two --model folders have the name {duplicate!r}: the page names models by folder name.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -706,13 +719,23 @@ def run_demo(args: DemoArguments) -> dict:
 
 
 def run_serve(args: ServeArguments) -> None:
-    check_referformer_source(args.model)
+    """Loads the operator's models (each checked as `predict` checks it), then serves the page until interrupted or
+    terminated; the request results' temporary folder is deleted at exit."""
     try:
-        from referformer.web_demo import build_demo
+        from referformer.web_demo import ResultFolders, WebDemo, build_demo
     except ImportError as error:
         raise UsageError(f"The web demo needs Gradio: pip install -e \".[demo]\" ({error}).") from error
-    demo = build_demo(args.model, device=args.device, dtype=args.dtype, max_frames=args.max_frames)
-    demo.queue().launch(server_name=args.host, server_port=args.port)
+    segmenters = {
+        Path(model).name: load_model(ModelArguments(model=model, device=args.device, dtype=args.dtype))
+        for model in args.model
+    }
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminated: closes as on Ctrl-C, cleaning up
+    results = ResultFolders()
+    try:
+        demo = build_demo(WebDemo(segmenters, args.max_frames, results))
+        demo.queue().launch(server_name=args.host, server_port=args.port)
+    finally:
+        results.close()
 
 
 # ---------------------------------------------------------------------------------------------------
