@@ -18,16 +18,18 @@ import functools
 import json
 import logging
 import math
+import pickle
 import re
 import signal
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from transformers import HfArgumentParser, PretrainedConfig
 
 from referformer import (
@@ -35,7 +37,7 @@ from referformer import (
     ReferFormerForReferringVideoObjectSegmentation,
     ReferFormerProcessor,
 )
-from referformer.cli_presets import CONFIG_PRESETS
+from referformer.cli_presets import CONFIG_PRESETS, error_line
 from referformer.conversion import first_non_finite_weight
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark
@@ -64,6 +66,7 @@ from referformer.shapes_demo import DEMO_CLIP_FRAMES, DEMO_EXPRESSION_ATTRIBUTES
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "referformer-tiny-shapes"
+INTEGER_OPTION_LIMIT = 2**31 - 1
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 
 
@@ -448,11 +451,21 @@ def check_finite_model(model, name: str, what: str = "model") -> None:
         raise UsageError(f"The {what} {name} holds NaN or infinite weights (first: {bad}); use a model with finite weights.")
 
 
+@contextmanager
+def reading_weights(name: str, what: str = "model"):
+    """Turns the errors of an empty, truncated or damaged weights file of a model folder into one line naming it."""
+    try:
+        yield
+    except (SafetensorError, EOFError, pickle.UnpicklingError, RuntimeError) as error:
+        raise UsageError(f"Cannot load the {what} {name}: a weights file is empty or damaged ({error_line(error)}).") from error
+
+
 def load_model(args: ModelArguments) -> ReferringVideoSegmenter:
     """The model and processor of `args.model`, on `--device`, in `--dtype`; its weights must be finite."""
     check_referformer_source(args.model)
     device = process_state().device if args.device == "auto" else args.device  # each process its own GPU
-    segmenter = ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype)
+    with reading_weights(args.model):
+        segmenter = ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype)
     check_finite_model(segmenter.model, args.model)
     return segmenter
 
@@ -636,7 +649,8 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
         logging.getLogger("referformer.training").setLevel(logging.INFO)
     set_seed(args.seed)
     if model_args.init_from:
-        model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(model_args.init_from)
+        with reading_weights(model_args.init_from, "--init_from model"):
+            model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(model_args.init_from)
         check_finite_model(model, model_args.init_from, "--init_from model")
         processor = ReferFormerProcessor.from_pretrained(model_args.init_from)
     else:
@@ -761,14 +775,35 @@ def usage() -> str:
     return f"{__doc__}\ncommands:\n{commands}\n"
 
 
+def _raise_usage_error(message: str):
+    raise UsageError(message)
+
+
+def check_integer_options(arguments) -> None:
+    """Every integer option (and every integer of a list option) must fit in 32 bits: larger values overflow the
+    libraries' C integers far from the option that caused it."""
+    for group in arguments:
+        for option in dataclasses.fields(group):
+            value = getattr(group, option.name)
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, int) and not isinstance(number, bool) and abs(number) > INTEGER_OPTION_LIMIT:
+                    raise UsageError(
+                        f"--{option.name} must be between {-INTEGER_OPTION_LIMIT} and {INTEGER_OPTION_LIMIT}, got {number}."
+                    )
+
+
 def parse(command: str, argv: list[str]):
     dataclass_types, _, description = COMMANDS[command]
     parser = HfArgumentParser(dataclass_types, prog=f"run_rvos.py {command}", description=description)
+    parser.error = _raise_usage_error  # a bad option value is one line, like every other error
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+        arguments = parser.parse_json_file(argv[0])
+    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        arguments = parser.parse_yaml_file(argv[0])
+    else:
+        arguments = parser.parse_args_into_dataclasses(argv)
+    check_integer_options(arguments)
+    return arguments
 
 
 def main(argv: list[str] | None = None):
@@ -785,13 +820,6 @@ def main(argv: list[str] | None = None):
     except (ValueError, OSError, FloatingPointError, StrictDataclassError) as error:  # bad options, inputs, files
         sys.exit(f"run_rvos.py {command}: error: {error_line(error)}")
 
-
-def error_line(error: BaseException) -> str:
-    """The one-line message of an error: a config validation error gives its cause; lines are joined; an error without
-    a message gives its type name."""
-    if isinstance(error, StrictDataclassError) and error.__cause__ is not None:
-        error = error.__cause__
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .data import (
     ReferringVideoEvalTransform,
+    check_meta_expressions,
     load_a2d_sentences,
     load_jhmdb_sentences,
     load_ref_davis17,
@@ -216,7 +217,8 @@ def evaluate_ytvos_folder(predictions_dir, annotations_dir, meta_expressions, bo
     if (predictions_dir / YTVOS_ANNOTATIONS_DIR).is_dir():
         predictions_dir = predictions_dir / YTVOS_ANNOTATIONS_DIR
     annotations_dir = Path(annotations_dir)
-    videos = _load_json(meta_expressions)["videos"]
+    source = "`meta_expressions`" if isinstance(meta_expressions, Mapping) else meta_expressions
+    videos = check_meta_expressions(_load_json(meta_expressions), source)
 
     j_per_expression, f_per_expression = [], []
     for video_id, video in videos.items():

@@ -622,3 +622,135 @@ def test_resume_refuses_changed_options_and_foreign_files(tmp_path, model_dir):
     assert snapshot(run) == before and not any(other.iterdir())
     (run / "training_args.json").unlink()
     assert "Cannot read the options of the run to resume from" in cli_error(*resume)
+
+
+# 14. Issue 29: the one-line errors promised ----------------------------------------------------------------------
+
+
+def test_empty_and_damaged_files_and_overflowing_options_are_one_line_errors(tmp_path, model_dir):
+    from referformer.cli_presets import error_line
+
+    assert error_line(EOFError()) == "EOFError" and error_line(ValueError("first\nsecond")) == "first"
+    # A model folder whose weights file is empty (0 bytes), as --model and as --init_from.
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    for path in model_dir.iterdir():
+        if path.is_file():
+            (empty / path.name).write_bytes(b"" if path.name == "model.safetensors" else path.read_bytes())
+    frames = write_frames(tmp_path / "dog")
+    assert f"Cannot load the model {empty}: a weights file is empty or damaged (" in cli_error(
+        *predict_args(empty, frames, tmp_path / "out"))
+    (empty / "model.safetensors").unlink()
+    (empty / "pytorch_model.bin").write_bytes(b"")
+    assert cli_error("train", "--init_from", empty, "--dataset", "synthetic", "--data_root", tmp_path, "--output_dir",
+                     tmp_path / "run") == (f"run_rvos.py train: error: Cannot load the --init_from model {empty}: a "
+                                           "weights file is empty or damaged (EOFError).")
+    # Original checkpoints: an empty .pth, a .pth whose "model" is a list.
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save({"model": [torch.zeros(2)]}, tmp_path / "list.pth")
+    for name, expected in [("empty.pth", "it is empty, truncated or not a torch.save file (EOFError)."),
+                           ("list.pth", "the weights (the `model` entry or the file itself) are not a dict of tensors.")]:
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "convert_checkpoint.py"), "--checkpoint",
+                                 str(tmp_path / name), "--output_dir", str(tmp_path / "converted")],
+                                capture_output=True, text=True)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith(expected)
+    # Overflowing numbers.
+    train = ["train", "--config_name", "tiny", "--dataset", "synthetic", "--data_root", tmp_path, "--output_dir",
+             tmp_path / "run"]
+    assert cli_error(*train, "--max_steps", "1e400") == (
+        "run_rvos.py train: error: argument --max_steps/--max-steps: invalid int value: '1e400'")
+    assert cli_error(*train, "--num_frames", "99999999999999999999") == (
+        "run_rvos.py train: error: --num_frames must be between -2147483647 and 2147483647, got 99999999999999999999.")
+    assert "--lr_drop_steps must be between" in cli_error(*train, "--lr_drop_steps", "3", "-99999999999999999999")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists() and not (tmp_path / "converted").exists()
+
+
+def test_damaged_checkpoint_files_and_a_failed_checkpoint_save_are_one_line_errors(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from safetensors import SafetensorError
+
+    def setup():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(cpu=True)
+        model = tiny_training_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3], gamma=0.1)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        return accelerator, model, optimizer, scheduler
+
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    accelerator, model, optimizer, scheduler = setup()
+    save_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler, 2, 0, 2)
+    state_file, optimizer_file = checkpoint / "training_state.json", checkpoint / "optimizer.pt"
+    good_state, good_optimizer = state_file.read_text(), optimizer_file.read_bytes()
+
+    def load_error() -> str:
+        with pytest.raises(CheckpointError) as raised:
+            accelerator, model, optimizer, scheduler = setup()
+            load_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
+        assert "\n" not in str(raised.value)
+        return str(raised.value)
+
+    state = json.loads(good_state)
+    damaged = {
+        "truncated": good_state[: len(good_state) // 2],
+        "no step": json.dumps({key: value for key, value in state.items() if key != "step"}),
+        "step as text": json.dumps({**state, "step": "two"}),
+        "scheduler edited": json.dumps({**state, "scheduler": {**state["scheduler"], "last_epoch": "x"}}),
+        "random state cut": json.dumps({**state, "rng": [{**state["rng"][0], "python": [3]}]}),
+    }
+    expected = {
+        "truncated": "is not a valid training state (",
+        "no step": "missing 1 required positional argument: 'step'",
+        "step as text": "is not a valid training state (a field has the wrong type).",
+        "scheduler edited": "invalid literal for int() with base 10: 'x'",
+        "random state cut": "is not a valid training state (",
+    }
+    for case, text in damaged.items():
+        state_file.write_text(text)
+        assert expected[case] in load_error(), case
+    state_file.write_text(good_state)
+    optimizer_file.write_bytes(b"")
+    assert load_error().endswith("(or is damaged); refusing to load it: EOFError")
+    torch.save({"state": {}, "param_groups": "not groups"}, optimizer_file)
+    assert "does not hold this optimizer's state" in load_error()
+    optimizer_file.write_bytes(good_optimizer)
+
+    # A full disk while a checkpoint is written: one line, and no checkpoint folder, complete-looking or not.
+    def disk_full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')
+
+    monkeypatch.setattr("safetensors.torch.save_model", disk_full)
+    from referformer.data_synthetic import generate_referring_shapes
+
+    generate_referring_shapes(tmp_path / "data", num_videos=2, num_frames=2, height=64, width=96, seed=0,
+                              split="train", max_objects=2)
+    message = cli_error("train", "--config_name", "tiny", "--dataset", "synthetic", "--data_root", tmp_path / "data",
+                        "--output_dir", tmp_path / "full", "--max_steps", "1", "--num_frames", "2",
+                        "--checkpoint_every", "1", "--log_every", "0")
+    assert message == (f"run_rvos.py train: error: Cannot write the checkpoint {tmp_path / 'full' / 'checkpoint-1'}: "
+                       'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on '
+                       'device" })')
+    assert sorted(path.name for path in (tmp_path / "full").iterdir()) == [MANIFEST_NAME, "training_args.json"]
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".full")] == []
+
+
+def test_a_video_without_expressions_is_named(tmp_path, model_dir):
+    from referformer.data_synthetic import generate_referring_shapes
+
+    generate_referring_shapes(tmp_path / "data", num_videos=2, num_frames=2, height=64, width=96, seed=0,
+                              split="valid", max_objects=2)
+    meta_path = tmp_path / "data" / "meta_expressions" / "valid" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video_id = sorted(meta["videos"])[1]
+    del meta["videos"][video_id]["expressions"]
+    meta_path.write_text(json.dumps(meta))
+    message = cli_error("evaluate", "--model", model_dir, "--dataset", "synthetic", "--data_root", tmp_path / "data",
+                        "--output_dir", tmp_path / "eval")
+    assert message == (f"run_rvos.py evaluate: error: {meta_path}: video '{video_id}' has no \"expressions\" object "
+                       '(expected e.g. {"0": {"exp": "the red circle", "obj_id": "1"}}); remove the video or give it '
+                       "its expressions.")
+    assert not (tmp_path / "eval").exists()
