@@ -821,6 +821,5 @@ def main(argv: list[str] | None = None):
         sys.exit(f"run_rvos.py {command}: error: {error_line(error)}")
 
 
-
 if __name__ == "__main__":
     main()

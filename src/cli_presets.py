@@ -99,12 +99,11 @@ DEFAULT_TOKENIZERS = {"resnet50": "FacebookAI/roberta-base"}
 
 
 def error_line(error: BaseException) -> str:
-    """One line saying what went wrong: the first line of the message (of its cause for a config validation error,
-    whose own first line only names the validator), or the exception's type name when it has no message."""
+    """One line saying what went wrong: the lines of the message joined (of its cause for a config validation error,
+    whose own message first names the validator), or the exception's type name when it has no message."""
     if isinstance(error, StrictDataclassError) and error.__cause__ is not None:
         error = error.__cause__
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 __all__ = [

@@ -630,7 +630,7 @@ def test_resume_refuses_changed_options_and_foreign_files(tmp_path, model_dir):
 def test_empty_and_damaged_files_and_overflowing_options_are_one_line_errors(tmp_path, model_dir):
     from referformer.cli_presets import error_line
 
-    assert error_line(EOFError()) == "EOFError" and error_line(ValueError("first\nsecond")) == "first"
+    assert error_line(EOFError()) == "EOFError" and error_line(ValueError("first\n  second\n")) == "first second"
     # A model folder whose weights file is empty (0 bytes), as --model and as --init_from.
     empty = tmp_path / "empty-model"
     empty.mkdir()
