@@ -31,6 +31,7 @@ import logging
 import sys
 from pathlib import Path
 
+from referformer.cli_presets import error_line
 from referformer.conversion import DEFAULT_TOKENIZER, convert_checkpoint
 from referformer.model_cards import TRAINING_SETTINGS
 from referformer.output_folders import check_output_target
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
             args.training_data,
         )
     except (ValueError, OSError) as error:  # ConversionError and bad files: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return 1
     return 0
 

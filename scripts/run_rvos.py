@@ -18,14 +18,18 @@ import functools
 import json
 import logging
 import math
+import pickle
 import re
+import signal
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from transformers import HfArgumentParser, PretrainedConfig
 
 from referformer import (
@@ -33,7 +37,8 @@ from referformer import (
     ReferFormerForReferringVideoObjectSegmentation,
     ReferFormerProcessor,
 )
-from referformer.cli_presets import CONFIG_PRESETS
+from referformer.cli_presets import CONFIG_PRESETS, error_line
+from referformer.conversion import first_non_finite_weight
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.data_transforms import collate_clips
 from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark, process_state, run_sharded
@@ -56,6 +61,7 @@ from referformer.shapes_demo import DEMO_CLIP_FRAMES, DEMO_EXPRESSION_ATTRIBUTES
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "referformer-tiny-shapes"
+INTEGER_OPTION_LIMIT = 2**31 - 1
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 STREAM_WINDOW = 36  # frames per window of `predict --stream` unless --window says otherwise
 
@@ -324,7 +330,11 @@ class RunTrainingArguments(AccelerateTrainingArguments):
         metadata={"help": "Epochs after which the learning rates are divided by 10 (default: 3 5, 6 8 or 8 10 as above)."},
     )
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "Continue exactly from a checkpoint-<step> folder of --output_dir."}
+        default=None,
+        metadata={
+            "help": "Continue exactly from a checkpoint-<step> folder of --output_dir, with the options the run "
+            "recorded in its training_args.json (the model, data, optimization and schedule options must not change)."
+        },
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Train into a non-empty --output_dir (the final model replaces same-named files)."}
@@ -398,7 +408,14 @@ class DemoArguments:
 class ServeArguments:
     """A web page where one uploads a video, types sentences and gets the overlay video, the masks and the scores."""
 
-    model: str = field(default=str(DEMO_MODEL), metadata={"help": "Default model folder (the page can name another)."})
+    model: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The model folders the page offers, by folder name (default: the embedded demo model); each is "
+            "checked and loaded at start-up: --model DIR [--model DIR ...].",
+            "action": "extend",
+        },
+    )
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
     port: int = field(default=7860, metadata={"help": "Port to serve on."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
@@ -406,8 +423,14 @@ class ServeArguments:
     max_frames: int = field(default=300, metadata={"help": "Longest video accepted, in frames."})
 
     def __post_init__(self):
+        self.model = self.model or [str(DEMO_MODEL)]
         _check_choice(self.dtype, ("fp32", "bf16", "fp16"), "--dtype")
+        _check_device(self.device)
         _check_number(self.max_frames, "--max_frames", minimum=1, integer=True)
+        names = [Path(model).name for model in self.model]
+        duplicate = next((name for name in names if names.count(name) > 1), None)
+        if duplicate is not None:
+            raise UsageError(f"Two --model folders have the name {duplicate!r}: the page names models by folder name.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,11 +457,30 @@ def check_referformer_source(name: str, what: str = "model") -> None:
         )
 
 
+def check_finite_model(model, name: str, what: str = "model") -> None:
+    """Refuses a model whose weights hold a NaN or an infinity (its masks would be empty and its scores NaN)."""
+    bad = first_non_finite_weight(model.state_dict())
+    if bad is not None:
+        raise UsageError(f"The {what} {name} holds NaN or infinite weights (first: {bad}); use a model with finite weights.")
+
+
+@contextmanager
+def reading_weights(name: str, what: str = "model"):
+    """Turns the errors of an empty, truncated or damaged weights file of a model folder into one line naming it."""
+    try:
+        yield
+    except (SafetensorError, EOFError, pickle.UnpicklingError, RuntimeError) as error:
+        raise UsageError(f"Cannot load the {what} {name}: a weights file is empty or damaged ({error_line(error)}).") from error
+
+
 def load_model(args: ModelArguments) -> ReferringVideoSegmenter:
-    """The model and processor of `args.model`, on `--device`, in `--dtype`."""
+    """The model and processor of `args.model`, on `--device`, in `--dtype`; its weights must be finite."""
     check_referformer_source(args.model)
     device = process_state().device if args.device == "auto" else args.device  # each process its own GPU
-    return ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype)
+    with reading_weights(args.model):
+        segmenter = ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype)
+    check_finite_model(segmenter.model, args.model)
+    return segmenter
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -554,7 +596,7 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name
         if "submission" in results:  # where it will be once the staged folder is in place
             results["submission"] = str(Path(args.output_dir) / Path(results["submission"]).name)
         results = {"dataset": args.dataset, "split": split, "model": model_name or model_args.model, **results}
-        (staging / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        (staging / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False), encoding="utf-8")
     print(format_table(results))
     return results
 
@@ -563,16 +605,72 @@ def run_evaluate(model_args: ModelArguments, args: EvaluateArguments, model_name
 # train
 # ---------------------------------------------------------------------------------------------------
 
+TRAINING_ARGS_FILE = "training_args.json"
+# The options that define a training run (its model, data, optimization and schedule): a resumed run must have the
+# ones its first run recorded in training_args.json. The others (output, checkpoints, logging, workers, gradient
+# checkpointing, the evaluation after training, publishing) may change between the runs.
+RUN_OPTIONS = (
+    "init_from", "config_name", "tokenizer_name",
+    "dataset", "data_root", "refcoco_root", "refcoco_datasets", "split", "num_frames", "train_sizes", "max_size",
+    "crop_prob", "photometric", "inference_size", "mask_interpolation",
+    "max_steps", "num_train_epochs", "lr_drop_epochs", "lr_drop_steps", "per_device_batch_size",
+    "gradient_accumulation_steps", "learning_rate", "backbone_learning_rate", "text_encoder_learning_rate",
+    "linear_projection_multiplier", "weight_decay", "max_grad_norm", "mixed_precision", "seed", "shuffle",
+)
+CHECKPOINT_FOLDER = re.compile(r"checkpoint-\d+")
+
+
+def training_options(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments) -> dict:
+    """Every `train` option, as training_args.json records them (JSON values)."""
+    options = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
+    return json.loads(json.dumps(options, allow_nan=False))
+
+
+def check_resumable(output_dir: Path, checkpoint: str, options: dict, overwrite: bool) -> None:
+    """A resumed run continues its own run: the checkpoint is a `checkpoint-<step>` folder of `--output_dir`, whose
+    training_args.json records the same `RUN_OPTIONS` (each difference is named, old -> new). Without --overwrite,
+    the folder may hold nothing but the run's checkpoints and what this project published into it."""
+    check_training_checkpoint(checkpoint)
+    if Path(checkpoint).resolve().parent != output_dir.resolve() or not CHECKPOINT_FOLDER.fullmatch(Path(checkpoint).name):
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint} is not a checkpoint-<step> folder of --output_dir {output_dir}: a "
+            "run resumes into its own folder."
+        )
+    recorded_file = output_dir / TRAINING_ARGS_FILE
+    try:
+        recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"Cannot read the options of the run to resume from {recorded_file} ({error_line(error)}); every run "
+            "writes them when it starts."
+        ) from error
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{recorded_file} does not hold the options of a run (a JSON object).")
+    changed = [
+        f"--{name} {json.dumps(recorded.get(name))} -> {json.dumps(options[name])}"
+        for name in RUN_OPTIONS if recorded.get(name) != options[name]
+    ]
+    if changed:
+        raise UsageError(
+            f"The resumed run must have the options of the run in {output_dir}; these differ: {'; '.join(changed)}. "
+            "Give the recorded values, or start a new run in another --output_dir."
+        )
+    if not overwrite:
+        entries = [child.name for child in output_dir.iterdir() if not CHECKPOINT_FOLDER.fullmatch(child.name)]
+        check_output_target(output_dir, True, (), "--resume_from_checkpoint", entries)
+
+
 def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, args: RunTrainingArguments):
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env, set_seed
 
     output_dir = Path(args.output_dir)
     inputs = (model_args.init_from, data_args.data_root, data_args.refcoco_root)
+    options = training_options(model_args, data_args, args)
     if args.resume_from_checkpoint:
-        check_training_checkpoint(args.resume_from_checkpoint)
+        check_resumable(output_dir, args.resume_from_checkpoint, options, args.overwrite)
     overwrite = args.overwrite or bool(args.resume_from_checkpoint)
-    check_output_target(output_dir, overwrite, inputs, "--overwrite (or --resume_from_checkpoint)", ALL_ENTRIES)
+    check_output_target(output_dir, overwrite, inputs, "--overwrite", ALL_ENTRIES)
     if model_args.init_from:
         check_referformer_source(model_args.init_from, "--init_from model")
     if not Path(data_args.data_root).is_dir():
@@ -588,7 +686,9 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
         logging.getLogger("referformer.training").setLevel(logging.INFO)
     set_seed(args.seed)
     if model_args.init_from:
-        model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(model_args.init_from)
+        with reading_weights(model_args.init_from, "--init_from model"):
+            model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(model_args.init_from)
+        check_finite_model(model, model_args.init_from, "--init_from model")
         processor = ReferFormerProcessor.from_pretrained(model_args.init_from)
     else:
         inference_size = data_args.inference_size or default_inference_size(data_args.dataset, data_args.data_root, data_args.split)
@@ -607,6 +707,9 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
         args, len(dataset), state.num_processes, schedule, args.num_train_epochs, args.lr_drop_epochs
     )
     collate = functools.partial(collate_clips, pad_token_id=processor.tokenizer.pad_token_id)
+    if state.is_main_process and not args.resume_from_checkpoint:  # the run's options, recorded before it starts
+        with staged_output(output_dir, overwrite=True, inputs=inputs, units=ALL_ENTRIES) as staging:
+            (staging / TRAINING_ARGS_FILE).write_text(json.dumps(options, indent=1, allow_nan=False), encoding="utf-8")
     model = train_with_accelerate(model, dataset, loop_args, collate, resume_from_checkpoint=args.resume_from_checkpoint)
 
     if not state.is_main_process:
@@ -615,8 +718,6 @@ def run_train(model_args: TrainModelArguments, data_args: TrainDataArguments, ar
     with staged_output(output_dir, overwrite=True, inputs=inputs, units=ALL_ENTRIES) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        options = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
-        (staging / "training_args.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
         results = {}
         if data_args.eval_split:
             eval_args = EvaluateArguments(
@@ -669,13 +770,23 @@ def run_demo(args: DemoArguments) -> dict:
 
 
 def run_serve(args: ServeArguments) -> None:
-    check_referformer_source(args.model)
+    """Loads the operator's models (each checked as `predict` checks it), then serves the page until interrupted or
+    terminated; the request results' temporary folder is deleted at exit."""
     try:
-        from referformer.web_demo import build_demo
+        from referformer.web_demo import ResultFolders, WebDemo, build_demo
     except ImportError as error:
         raise UsageError(f"The web demo needs Gradio: pip install -e \".[demo]\" ({error}).") from error
-    demo = build_demo(args.model, device=args.device, dtype=args.dtype, max_frames=args.max_frames)
-    demo.queue().launch(server_name=args.host, server_port=args.port)
+    segmenters = {
+        Path(model).name: load_model(ModelArguments(model=model, device=args.device, dtype=args.dtype))
+        for model in args.model
+    }
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminated: closes as on Ctrl-C, cleaning up
+    results = ResultFolders()
+    try:
+        demo = build_demo(WebDemo(segmenters, args.max_frames, results))
+        demo.queue().launch(server_name=args.host, server_port=args.port)
+    finally:
+        results.close()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -701,14 +812,35 @@ def usage() -> str:
     return f"{__doc__}\ncommands:\n{commands}\n"
 
 
+def _raise_usage_error(message: str):
+    raise UsageError(message)
+
+
+def check_integer_options(arguments) -> None:
+    """Every integer option (and every integer of a list option) must fit in 32 bits: larger values overflow the
+    libraries' C integers far from the option that caused it."""
+    for group in arguments:
+        for option in dataclasses.fields(group):
+            value = getattr(group, option.name)
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, int) and not isinstance(number, bool) and abs(number) > INTEGER_OPTION_LIMIT:
+                    raise UsageError(
+                        f"--{option.name} must be between {-INTEGER_OPTION_LIMIT} and {INTEGER_OPTION_LIMIT}, got {number}."
+                    )
+
+
 def parse(command: str, argv: list[str]):
     dataclass_types, _, description = COMMANDS[command]
     parser = HfArgumentParser(dataclass_types, prog=f"run_rvos.py {command}", description=description)
+    parser.error = _raise_usage_error  # a bad option value is one line, like every other error
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+        arguments = parser.parse_json_file(argv[0])
+    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        arguments = parser.parse_yaml_file(argv[0])
+    else:
+        arguments = parser.parse_args_into_dataclasses(argv)
+    check_integer_options(arguments)
+    return arguments
 
 
 def main(argv: list[str] | None = None):
@@ -722,8 +854,8 @@ def main(argv: list[str] | None = None):
     try:
         arguments = parse(command, options)
         return COMMANDS[command][1](*arguments)
-    except (ValueError, OSError, FloatingPointError) as error:  # bad options, inputs or files: one line, no traceback
-        sys.exit(f"run_rvos.py {command}: error: {error}")
+    except (ValueError, OSError, FloatingPointError, StrictDataclassError) as error:  # bad options, inputs, files
+        sys.exit(f"run_rvos.py {command}: error: {error_line(error)}")
 
 
 if __name__ == "__main__":

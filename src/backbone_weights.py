@@ -14,6 +14,7 @@ original ReferFormer checkpoints (`backbone.0.body.*`), into `model.model.backbo
 
 import argparse
 import collections
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers.utils import logging
 
+from .cli_presets import error_line
 from .modeling_referformer import (
     ReferFormerForReferringVideoObjectSegmentation,
     ReferFormerModel,
@@ -94,14 +96,17 @@ class BackboneWeightsReport:
 def load_checkpoint_file(path: str | Path):
     """Unpickles a `torch.save` file safely: `weights_only=True`, allowing only the globals official ReferFormer
     training checkpoints contain (`argparse.Namespace` arguments, `collections.Counter` in the LR-scheduler state).
-    Anything else raises a `ValueError` that names the refused global."""
+    Anything else raises a `ValueError` that names the refused global; an empty or damaged file one that says so."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace, collections.Counter]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the unpickler's message names the offending global
+    except pickle.UnpicklingError as error:  # the weights-only unpickler's message names the offending global
         raise ValueError(
-            f"Refusing to load {path}: it does not load with weights_only=True "
-            f"({error.__class__.__name__}: {str(error).splitlines()[0]})"
+            f"Refusing to load {path}: it does not load with weights_only=True ({error_line(error)})"
+        ) from error
+    except Exception as error:
+        raise ValueError(
+            f"Cannot read {path}: it is empty, truncated or not a torch.save file ({error_line(error)})."
         ) from error
 
 

@@ -1,6 +1,7 @@
 """Named model configurations and offline tokenizers for training new ReferFormer models from scratch
-(`scripts/run_rvos.py train --config_name ...`)."""
+(`scripts/run_rvos.py train --config_name ...`), and the one-line error messages of the command lines."""
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedTokenizerFast
 
 from .configuration_referformer import ReferFormerConfig
@@ -97,4 +98,14 @@ CONFIG_PRESETS = {
 DEFAULT_TOKENIZERS = {"resnet50": "FacebookAI/roberta-base"}
 
 
-__all__ = ["CONFIG_PRESETS", "DEFAULT_TOKENIZERS", "SHAPES_WORDS", "build_shapes_tokenizer", "tiny_config"]
+def error_line(error: BaseException) -> str:
+    """One line saying what went wrong: the lines of the message joined (of its cause for a config validation error,
+    whose own message first names the validator), or the exception's type name when it has no message."""
+    if isinstance(error, StrictDataclassError) and error.__cause__ is not None:
+        error = error.__cause__
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+__all__ = [
+    "CONFIG_PRESETS", "DEFAULT_TOKENIZERS", "SHAPES_WORDS", "build_shapes_tokenizer", "error_line", "tiny_config"
+]

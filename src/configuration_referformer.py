@@ -1,6 +1,7 @@
 """Configuration classes of ReferFormer and of the backbones it can use."""
 
 import os
+import re
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
@@ -27,6 +28,38 @@ ROBERTA_BASE_KWARGS = {
 }
 
 
+# The `timm.create_model` arguments a timm backbone config may carry: ones that shape the architecture (ResNet family:
+# depth, widths, stem, strides; ConvNeXt-style depths/dims). Anything else is refused, in particular the arguments that
+# make timm read or download weights (`checkpoint_path`, `pretrained*`, `pretrained_cfg_overlay`).
+TIMM_ARCHITECTURE_KWARGS = (
+    "avg_down",
+    "base_width",
+    "block_reduce_first",
+    "cardinality",
+    "channels",
+    "depths",
+    "dims",
+    "down_kernel_size",
+    "drop_block_rate",
+    "drop_path_rate",
+    "drop_rate",
+    "layers",
+    "output_stride",
+    "replace_stem_pool",
+    "stem_type",
+    "stem_width",
+    "zero_init_last",
+)
+TIMM_MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # an architecture name, without a `hf-hub:`/`local-dir:` source
+
+
+def _is_plain_value(value) -> bool:
+    """A number, string, boolean or a list of those (what architecture arguments are)."""
+    if isinstance(value, list):
+        return all(isinstance(item, (bool, int, float, str)) for item in value)
+    return isinstance(value, (bool, int, float, str))
+
+
 @strict
 class ReferFormerTimmBackboneConfig(PreTrainedConfig):
     r"""
@@ -35,7 +68,8 @@ class ReferFormerTimmBackboneConfig(PreTrainedConfig):
     model_name (`str`, defaults to `"resnet50"`):
         timm architecture name.
     model_kwargs (`dict`, *optional*):
-        Extra keyword arguments for `timm.create_model`, e.g. `{"layers": [3, 4, 23, 3]}` or `{"base_width": 16}`.
+        Extra keyword arguments for `timm.create_model`, e.g. `{"layers": [3, 4, 23, 3]}` or `{"base_width": 16}`:
+        only those of `TIMM_ARCHITECTURE_KWARGS`, with plain values (numbers, strings, booleans, lists of them).
     out_indices (`list[int]`, defaults to `(1, 2, 3, 4)`):
         The four feature stages used by ReferFormer, at strides 4, 8, 16 and 32 (res2..res5 for a ResNet).
     freeze_batch_norm (`bool`, defaults to `True`):
@@ -58,6 +92,16 @@ class ReferFormerTimmBackboneConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
+        if not isinstance(self.model_name, str) or not TIMM_MODEL_NAME.fullmatch(self.model_name):
+            raise ValueError(f"backbone_config.model_name must be a timm architecture name, got {self.model_name!r}.")
+        for key, value in self.model_kwargs.items():
+            if key not in TIMM_ARCHITECTURE_KWARGS:
+                raise ValueError(
+                    f"backbone_config.model_kwargs may only hold timm arguments that shape the architecture "
+                    f"({', '.join(TIMM_ARCHITECTURE_KWARGS)}); refusing {key!r}."
+                )
+            if not _is_plain_value(value):
+                raise ValueError(f"backbone_config.model_kwargs[{key!r}] must be a number, string, boolean or list of them.")
         if len(self.out_indices) != 4:
             raise ValueError(
                 f"ReferFormer needs exactly four backbone stages (strides 4, 8, 16, 32), got out_indices={self.out_indices}."

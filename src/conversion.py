@@ -16,6 +16,7 @@ import argparse
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ __all__ = [
     "check_weights_fit",
     "convert_checkpoint",
     "convert_state_dict",
+    "first_non_finite_weight",
     "infer_backbone_config",
     "infer_config",
     "infer_text_config",
@@ -145,6 +147,14 @@ class ConversionError(ValueError):
     """The checkpoint cannot be converted; the message says why."""
 
 
+def first_non_finite_weight(weights: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of `weights` holding a NaN or an infinity, or None."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
 def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Reads an original checkpoint safely and returns `(state_dict, args)`.
 
@@ -157,9 +167,18 @@ def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
         raise ConversionError(f"Checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path)), {}
+            state_dict, args = load_file(str(path)), {}
         except SafetensorError as error:
             raise ConversionError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+    else:
+        state_dict, args = _read_pth_checkpoint(path)
+    bad = first_non_finite_weight(state_dict)
+    if bad is not None:
+        raise ConversionError(f"{path}: the weight {bad} holds NaN or infinite values; nothing was converted.")
+    return state_dict, args
+
+
+def _read_pth_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         checkpoint = load_checkpoint_file(path)
     except ValueError as error:
@@ -167,9 +186,11 @@ def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, expected a dict of tensors.")
     args = checkpoint.get("args")
-    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    args = vars(args) if isinstance(args, argparse.Namespace) else args or {}
+    if not isinstance(args, dict):
+        raise ConversionError(f"{path}: its `args` entry is a {type(args).__name__}, expected the training arguments.")
     state_dict = checkpoint.get("model", checkpoint)
-    if not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise ConversionError(f"{path}: the weights (the `model` entry or the file itself) are not a dict of tensors.")
     return state_dict, args
 

@@ -19,7 +19,7 @@ Columns:
   annotated; the transforms lower-case it), `category` (object category name, "" when unknown).
 * `frames`: ordered frame file paths; `frame_names`: their names (used to name prediction files); `video_path`: a video
   file to decode instead, when `frames` is empty (A2D-Sentences without extracted frames).
-* `mask_type` and its source: "palette" (`mask_paths` = one index PNG per frame, object pixels == `obj_id`), "a2d_h5"
+* `mask_type` and its source: "palette" (`mask_paths` = one palette PNG of object ids per frame, object pixels == `obj_id`), "a2d_h5"
   (`mask_paths` = [h5 of the annotated frame], instance `obj_id`), "jhmdb_mat" (`mask_paths` = [puppet_mask.mat],
   frame `annotated_frame`), "coco" (`segmentation` as JSON and `bbox` xywh), "none" (no ground truth).
 * `annotated_frame`: 0-based index of the only annotated frame (A2D/JHMDB), -1 when every frame is annotated.
@@ -68,6 +68,7 @@ __all__ = [
     "ReferringVideoEvalTransform",
     "ReferringVideoTrainTransform",
     "centered_window_indices",
+    "check_meta_expressions",
     "clean_expression",
     "count_video_frames",
     "describe_attributes",
@@ -139,6 +140,27 @@ def _read_json(path: Path, description: str):
             raise ValueError(f"{description} {path} is not valid JSON: {error}") from error
 
 
+def check_meta_expressions(meta, source) -> dict:
+    """The `videos` of a Ref-YouTube-VOS `meta_expressions.json` content `meta` (read from `source`), each checked to
+    hold its `frames` (a list of names) and its `expressions` (an object of `{"exp": sentence, ...}` by id)."""
+    videos = meta.get("videos") if isinstance(meta, dict) else None
+    if not isinstance(videos, dict):
+        raise ValueError(f"{source} has no \"videos\" object: not a meta_expressions.json file.")
+    for video_id, video in videos.items():
+        if not isinstance(video, dict) or not isinstance(video.get("frames"), list):
+            raise ValueError(f"{source}: video {video_id!r} has no \"frames\" list.")
+        expressions = video.get("expressions")
+        if not isinstance(expressions, dict):
+            raise ValueError(
+                f"{source}: video {video_id!r} has no \"expressions\" object (expected e.g. "
+                '{"0": {"exp": "the red circle", "obj_id": "1"}}); remove the video or give it its expressions.'
+            )
+        for exp_id, expression in expressions.items():
+            if not isinstance(expression, dict) or not isinstance(expression.get("exp"), str):
+                raise ValueError(f"{source}: expression {exp_id!r} of video {video_id!r} has no \"exp\" sentence.")
+    return videos
+
+
 def _check_choice(value: str, choices: Iterable[str], what: str) -> None:
     choices = tuple(choices)
     if value not in choices:
@@ -184,7 +206,7 @@ def _to_dataset(rows: list[dict], split: str) -> Dataset:
 
 def _load_ytvos_layout(root: Path, split: str, dataset: str, description: str) -> Dataset:
     expressions_file = root / "meta_expressions" / split / "meta_expressions.json"
-    videos = _read_json(expressions_file, f"{description} expressions file")["videos"]
+    videos = check_meta_expressions(_read_json(expressions_file, f"{description} expressions file"), expressions_file)
     split_dir = _existing_dir(root / split, f"{description} {split} folder")
     image_dir = _existing_dir(split_dir / "JPEGImages", f"{description} {split} frames folder")
     annotation_dir = split_dir / "Annotations"

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,12 +51,14 @@ __all__ = [
     "ReferringVideoEvalTransform",
     "ReferringVideoTrainTransform",
     "centered_window_indices",
+    "check_object_occurs",
     "clean_expression",
     "collate_clips",
     "count_video_frames",
     "load_object_masks",
     "load_video_frames",
     "photometric_distort",
+    "read_annotation_png",
     "sample_train_frame_indices",
     "swap_left_right",
 ]
@@ -202,11 +204,35 @@ def load_video_frames(example: Mapping, frame_indices: Sequence[int]) -> list[Im
     return _open_video(example).read(list(frame_indices))
 
 
-def _read_index_png(path: str) -> np.ndarray:
+def read_annotation_png(path) -> np.ndarray:
+    """The object ids of a Ref-YouTube-VOS-layout annotation PNG (`[H, W]` uint8, 0 background).
+
+    Only palette (mode "P") images are accepted, as the datasets ship them: their pixel values are the object ids. A
+    grayscale, binary or colour PNG is refused, since its values (e.g. 0/255 of a saved binary mask) are not ids.
+    """
     with Image.open(path) as image:
-        if image.mode not in ("P", "L", "1", "I", "I;16"):
-            raise ValueError(f"{path}: expected a palette or grayscale index PNG, got mode {image.mode!r}.")
+        if image.mode != "P":
+            raise ValueError(
+                f"{path} is a mode {image.mode!r} image, not a palette (mode 'P') PNG of object ids: save the masks as "
+                "palette PNGs whose pixel values are the object ids (0 background), as Ref-YouTube-VOS ships them."
+            )
         return np.array(image)
+
+
+def check_object_occurs(label_maps: Iterable[np.ndarray], obj_id: int, video_id: str, exp_id: str) -> None:
+    """Raises a `ValueError` unless `obj_id` occurs in one of `label_maps` (all annotated frames of the video): an
+    expression whose object is in no mask would train on, or be scored against, empty masks."""
+    found, count = set(), 0
+    for labels in label_maps:
+        if (labels == obj_id).any():
+            return
+        found.update(np.unique(labels).tolist())
+        count += 1
+    ids = ", ".join(str(value) for value in sorted(found - {0})) or "none"
+    raise ValueError(
+        f"Video {video_id!r}, expression {exp_id!r}: object id {obj_id} occurs in none of the video's {count} "
+        f"annotated frames (object ids found: {ids})."
+    )
 
 
 def _read_a2d_mask(path: str, instance_id: int) -> np.ndarray:
@@ -259,7 +285,11 @@ def load_object_masks(example: Mapping, frame_indices: Sequence[int]) -> np.ndar
     mask_type = example["mask_type"]
     if mask_type == "palette":
         obj_id = int(example["obj_id"])
-        return np.stack([_read_index_png(example["mask_paths"][i]) == obj_id for i in frame_indices])
+        masks = np.stack([read_annotation_png(example["mask_paths"][i]) == obj_id for i in frame_indices])
+        if not masks.any():  # absent from these frames: it must be in another annotated frame of the video
+            labels = map(read_annotation_png, example["mask_paths"])
+            check_object_occurs(labels, obj_id, example["video_id"], example["exp_id"])
+        return masks
     if mask_type == "a2d_h5":
         return _read_a2d_mask(example["mask_paths"][0], int(example["obj_id"]))[None]
     if mask_type == "jhmdb_mat":

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .data import (
     ReferringVideoEvalTransform,
+    check_meta_expressions,
     load_a2d_sentences,
     load_jhmdb_sentences,
     load_ref_davis17,
@@ -84,10 +85,14 @@ def _check_path_component(name, what: str) -> str:
     return name
 
 
-def _read_png(path: Path) -> np.ndarray:
+def _existing_mask(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"Missing mask {path}.")
-    with Image.open(path) as image:
+    return path
+
+
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(_existing_mask(path)) as image:
         mode = image.mode
         array = np.asarray(image)
     if array.ndim != 2:
@@ -201,9 +206,10 @@ def evaluate_ytvos_folder(predictions_dir, annotations_dir, meta_expressions, bo
     Args:
         predictions_dir: folder with `<video>/<exp_id>/<frame>.png` masks (any non-zero value is foreground),
             i.e. the `Annotations` folder written by `write_ytvos_submission` (or the folder containing it).
-        annotations_dir: ground-truth folder with `<video>/<frame>.png` label maps (pixel value = object id).
+        annotations_dir: ground-truth folder with `<video>/<frame>.png` palette label maps (pixel value = object
+            id; see `referformer.data_transforms.read_annotation_png`).
         meta_expressions: path of `meta_expressions.json` (or its loaded content); every expression needs an
-            `obj_id`, as in the training split.
+            `obj_id` that occurs in at least one of its video's masks, as in the training split.
         bound_th: the boundary tolerance of F (see `contour_accuracy`).
 
     Returns:
@@ -213,7 +219,8 @@ def evaluate_ytvos_folder(predictions_dir, annotations_dir, meta_expressions, bo
     if (predictions_dir / YTVOS_ANNOTATIONS_DIR).is_dir():
         predictions_dir = predictions_dir / YTVOS_ANNOTATIONS_DIR
     annotations_dir = Path(annotations_dir)
-    videos = _load_json(meta_expressions)["videos"]
+    source = "`meta_expressions`" if isinstance(meta_expressions, Mapping) else meta_expressions
+    videos = check_meta_expressions(_load_json(meta_expressions), source)
 
     j_per_expression, f_per_expression = [], []
     for video_id, video in videos.items():
@@ -223,8 +230,11 @@ def evaluate_ytvos_folder(predictions_dir, annotations_dir, meta_expressions, bo
             if "obj_id" not in expression:
                 raise KeyError(f"Video {video_id!r}, expression {exp_id!r} has no `obj_id` to evaluate against.")
             if labels is None:
-                labels = np.stack([_read_png(annotations_dir / video_id / f"{frame}.png") for frame in frames])
+                labels = np.stack([read_annotation_png(_existing_mask(annotations_dir / video_id / f"{frame}.png"))
+                                   for frame in frames])
             gt = labels == int(expression["obj_id"])
+            if not gt.any():
+                check_object_occurs(labels, int(expression["obj_id"]), video_id, exp_id)
             pred = np.stack([_read_png(predictions_dir / video_id / exp_id / f"{frame}.png") for frame in frames])
             if pred.shape != gt.shape:
                 raise ValueError(

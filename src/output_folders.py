@@ -2,8 +2,11 @@
 
 A run writes into a fresh hidden sibling of its target (`.<name>.staging-<random>`), holds a lock on the target
 (`.<name>.lock`, so a second run into the same folder fails at once instead of mixing its files with the first's)
-and only publishes when it completes: the staging folder replaces the target in two renames. A failed or killed run
-leaves the previous results untouched. A target is only ever replaced when it is empty or was written by an earlier
+and only publishes when it completes: the staging folder replaces the target in two renames, the earlier results
+set aside in `.<name>.old-<random>` in between. A failed or killed run leaves the previous results untouched. The
+staging and aside folders carry an ownership marker (`OWNER_MARKER`, holding the folder's own name): only folders
+with it are ever cleaned up, and an aside folder holding the only copy of earlier results is moved back into place
+(or kept), never deleted. A target is only ever replaced when it is empty or was written by an earlier
 run of this project (its `.referformer-output.json` manifest lists every file in it): files of a user are never
 deleted. A target that is, or contains, one of the run's inputs is refused. Folders and files are created with the
 permissions the umask gives (never the 0700/0600 of `tempfile`).
@@ -12,6 +15,7 @@ permissions the umask gives (never the 0700/0600 of `tempfile`).
 import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -21,7 +25,12 @@ from pathlib import Path
 
 
 MANIFEST_NAME = ".referformer-output.json"
+OWNER_MARKER = ".referformer-scratch"  # in the staging and aside folders this project creates; holds the folder's name
 ALL_ENTRIES = "all"  # `units` value: publish every top-level entry of the staging folder into the target
+# Where an aside folder keeps what a publish moved out of the target: the whole target, or the replaced entries.
+ASIDE_TARGET, ASIDE_ENTRIES = "target", "entries"
+
+logger = logging.getLogger(__name__)
 
 
 class OutputFolderError(ValueError):
@@ -36,14 +45,29 @@ def current_umask() -> int:
 
 
 def make_sibling_dir(path: Path, tag: str) -> Path:
-    """Creates and returns a new hidden folder `.<name>.<tag>-<random>` next to `path`, with umask permissions."""
+    """Creates and returns a new hidden folder `.<name>.<tag>-<random>` next to `path`, with umask permissions,
+    marked as this project's ([`OWNER_MARKER`]); call [`disown_sibling_dir`] before moving it into place."""
     while True:
         candidate = path.parent / f".{path.name}.{tag}-{secrets.token_hex(4)}"
         try:
             candidate.mkdir()
-            return candidate
         except FileExistsError:
             continue
+        (candidate / OWNER_MARKER).write_text(candidate.name, encoding="utf-8")
+        return candidate
+
+
+def disown_sibling_dir(folder: Path) -> None:
+    """Removes the ownership marker of a folder made by [`make_sibling_dir`], before it becomes a result folder."""
+    (folder / OWNER_MARKER).unlink()
+
+
+def _owned(folder: Path) -> bool:
+    """Whether `folder` was created by [`make_sibling_dir`] under this very name (a renamed copy is not)."""
+    try:
+        return (folder / OWNER_MARKER).read_text(encoding="utf-8") == folder.name
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def temporary_sibling_file(path: Path) -> Path:
@@ -179,25 +203,38 @@ def _apply_umask(folder: Path) -> None:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def _remove_stale_siblings(target: Path) -> None:
-    """Removes staging/aside folders that killed runs of ours left next to `target` (called under the lock)."""
+def _recover_stale_siblings(target: Path) -> None:
+    """Cleans up after killed runs of ours (called under the lock). Only folders carrying this project's ownership
+    marker are touched: staging folders are removed; an aside folder whose target is missing (a run killed between
+    the two renames of its publish) is moved back into place; an aside folder holding replaced entries the target
+    lacks is kept; other aside folders are removed."""
     prefixes = (f".{target.name}.staging-", f".{target.name}.old-")
     for stale in target.parent.iterdir():
-        if stale.name.startswith(prefixes) and stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale)
+        if not stale.name.startswith(prefixes) or stale.is_symlink() or not stale.is_dir() or not _owned(stale):
+            continue
+        moved_target, moved_entries = stale / ASIDE_TARGET, stale / ASIDE_ENTRIES
+        if moved_target.is_dir() and not target.exists():
+            os.rename(moved_target, target)
+            logger.warning(f"restored the earlier results of {target} that an interrupted run had left in {stale}")
+        elif moved_entries.is_dir() and any(not (target / name).exists() for name in _files_under(moved_entries)):
+            logger.warning(f"kept {stale}: it holds the only copy of entries of {target} an interrupted run replaced")
+            continue
+        shutil.rmtree(stale)
 
 
 def _publish_folder(staging: Path, target: Path) -> None:
-    """Replaces `target` by `staging`: the old target is renamed aside and deleted once the new one is in place."""
+    """Replaces `target` by `staging`: the old target is moved into an aside folder and deleted once the new one is
+    in place."""
     aside = None
     if target.exists():
-        aside = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
-        os.rename(target, aside)
+        aside = make_sibling_dir(target, "old")
+        os.rename(target, aside / ASIDE_TARGET)
+    disown_sibling_dir(staging)
     try:
         os.rename(staging, target)
     except OSError:
         if aside is not None:
-            os.rename(aside, target)
+            os.rename(aside / ASIDE_TARGET, target)
         raise
     if aside is not None:
         shutil.rmtree(aside)
@@ -208,9 +245,10 @@ def _publish_entries(staging: Path, target: Path, units: list[str]) -> None:
     folder loadable) leaves first and arrives last, so a killed publish never looks like a complete model."""
     target.mkdir(parents=True, exist_ok=True)
     aside = make_sibling_dir(target, "old")
-    for index, unit in enumerate(sorted(units, key=lambda unit: unit != "config.json")):
+    for unit in sorted(units, key=lambda unit: unit != "config.json"):
         if (target / unit).exists() or (target / unit).is_symlink():
-            os.rename(target / unit, aside / str(index))
+            (aside / ASIDE_ENTRIES / unit).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(target / unit, aside / ASIDE_ENTRIES / unit)
     written = _manifest_files(target) or set()
     for unit in sorted(units, key=lambda unit: unit == "config.json"):
         (target / unit).parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +275,7 @@ def staged_output(target, overwrite: bool = False, inputs=(), option: str | None
     published = False
     try:
         with _lock(target):
-            _remove_stale_siblings(target)
+            _recover_stale_siblings(target)
             check_output_target(target, overwrite, inputs, option, units)  # again, now that no other run writes
             staging = make_sibling_dir(target, "staging")
             try:
@@ -245,9 +283,9 @@ def staged_output(target, overwrite: bool = False, inputs=(), option: str | None
                 _apply_umask(staging)
                 chosen = units
                 if units == ALL_ENTRIES:
-                    chosen = [child.name for child in staging.iterdir()]
+                    chosen = [child.name for child in staging.iterdir() if child.name != OWNER_MARKER]
                 if chosen is None:
-                    manifest = json.dumps({"files": sorted(_files_under(staging))}, indent=1)
+                    manifest = json.dumps({"files": sorted(_files_under(staging) - {OWNER_MARKER})}, indent=1)
                     (staging / MANIFEST_NAME).write_text(manifest, encoding="utf-8")
                     _publish_folder(staging, target)
                 else:
@@ -272,8 +310,10 @@ def staged_output(target, overwrite: bool = False, inputs=(), option: str | None
 __all__ = [
     "ALL_ENTRIES",
     "MANIFEST_NAME",
+    "OWNER_MARKER",
     "OutputFolderError",
     "check_output_target",
+    "disown_sibling_dir",
     "make_sibling_dir",
     "staged_output",
     "temporary_sibling_file",

@@ -91,5 +91,5 @@ def write_demo(segmenter, output_dir, num_videos: int = 8, seed: int = 1000, mod
         **scores,
         "J&F, expressions of another clip": swapped_scores["J&F"],
     }
-    (output_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False), encoding="utf-8")
     return results

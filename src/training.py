@@ -11,6 +11,7 @@ uses `remove_unused_columns=False` (the collator needs the raw columns; the labe
 
 import base64
 import copy
+import dataclasses
 import functools
 import json
 import pickle
@@ -26,6 +27,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
+from .cli_presets import error_line
 from .loss_referformer import upsample_mask_logits
 from .modeling_referformer import select_referred_query
 from .data_transforms import collate_clips
@@ -237,6 +239,20 @@ class CheckpointError(ValueError):
     """A folder that is not a training checkpoint this code wrote; nothing in it was executed or loaded."""
 
 
+@dataclass
+class TrainingState:
+    """What `training_state.json` holds: the step, the position in the data, Accelerate's step counter, the scheduler
+    (as JSON), the loss scaler and every process's random generators."""
+
+    step: int
+    epoch: int
+    batches_in_epoch: int
+    accelerator_step: int
+    scheduler: dict
+    scaler: dict | None
+    rng: list[dict]
+
+
 class NonFiniteTrainingError(FloatingPointError):
     """The loss or the weights became NaN or infinite; training stopped before saving them."""
 
@@ -405,25 +421,24 @@ def save_training_checkpoint(
     with the step, the position in the data, the scheduler, the loss scaler and every process's random generators.
     The folder appears complete or not at all."""
     from accelerate.utils import gather_object
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
     from .output_folders import staged_output
 
     rng_states = gather_object([_rng_state()])
     if accelerator.is_main_process:
-        state = {
-            "step": step,
-            "epoch": epoch,
-            "batches_in_epoch": batches_in_epoch,
-            "accelerator_step": accelerator.step,
-            "scheduler": _scheduler_state(scheduler),
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "rng": rng_states,
-        }
-        with staged_output(folder, overwrite=True) as staging:
-            save_model(accelerator.unwrap_model(model), str(staging / MODEL_STATE_FILE))
-            torch.save(optimizer.state_dict(), staging / OPTIMIZER_STATE_FILE)
-            (staging / TRAINING_STATE_FILE).write_text(json.dumps(state))
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        state = TrainingState(
+            step, epoch, batches_in_epoch, accelerator.step, _scheduler_state(scheduler), scaler, rng_states
+        )
+        try:
+            with staged_output(folder, overwrite=True) as staging:
+                save_model(accelerator.unwrap_model(model), str(staging / MODEL_STATE_FILE))
+                torch.save(optimizer.state_dict(), staging / OPTIMIZER_STATE_FILE)
+                (staging / TRAINING_STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), allow_nan=False))
+        except (OSError, SafetensorError, RuntimeError) as error:  # e.g. a full disk; nothing was published
+            raise OSError(f"Cannot write the checkpoint {folder}: {error_line(error)}") from error
     accelerator.wait_for_everyone()
 
 
@@ -445,26 +460,57 @@ def check_training_checkpoint(folder) -> None:
         )
 
 
+def _read_training_state(path: Path) -> TrainingState:
+    """The [`TrainingState`] of `path`; a [`CheckpointError`] when the file is not one (damaged, edited, truncated)."""
+    try:
+        state = TrainingState(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path} is not a valid training state ({error_line(error)}).") from error
+    counters = (state.step, state.epoch, state.batches_in_epoch, state.accelerator_step)
+    well_typed = (
+        all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in counters)
+        and isinstance(state.scheduler, dict)
+        and (state.scaler is None or isinstance(state.scaler, dict))
+        and isinstance(state.rng, list)
+        and all(isinstance(rng, dict) for rng in state.rng)
+    )
+    if not well_typed:
+        raise CheckpointError(f"{path} is not a valid training state (a field has the wrong type).")
+    return state
+
+
+def _scheduler_from_json(values: dict, reference: dict) -> dict:
+    """The scheduler state [`_scheduler_state`] stored, with its Python types restored after `reference` (the
+    scheduler's own state); raises `ValueError`, `TypeError` or `KeyError` when `values` is not such a state."""
+    if values.keys() != reference.keys():
+        raise ValueError(f"scheduler fields {sorted(values)} instead of {sorted(reference)}")
+    state = {}
+    for key, value in values.items():
+        if key == "milestones":
+            state[key] = Counter({int(step): int(count) for step, count in value})
+        elif isinstance(reference[key], list):
+            state[key] = [float(item) for item in value]
+        else:
+            state[key] = type(reference[key])(value)
+    return state
+
+
 def load_training_checkpoint(accelerator, folder, model, optimizer, scheduler) -> tuple[int, int, int]:
     """Restores what [`save_training_checkpoint`] wrote and returns `(step, epoch, batches_in_epoch)`.
 
     Only the three files it writes are read, none of them can run code (safetensors, a `weights_only` tensor file,
-    JSON); a folder holding anything else (e.g. Accelerate's pickles) is refused with a [`CheckpointError`].
+    JSON); a folder holding anything else (e.g. Accelerate's pickles), or a file that does not hold what this code
+    wrote, is refused with a [`CheckpointError`].
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     folder = Path(folder)
     check_training_checkpoint(folder)
-    try:
-        state = json.loads((folder / TRAINING_STATE_FILE).read_text(encoding="utf-8"))
-        scheduler_state = {**state["scheduler"], "milestones": Counter(dict(state["scheduler"]["milestones"]))}
-        rng_states = list(state["rng"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{folder / TRAINING_STATE_FILE} is not a valid training state: {error!r}") from error
-    if len(rng_states) != accelerator.num_processes:
+    state = _read_training_state(folder / TRAINING_STATE_FILE)
+    if len(state.rng) != accelerator.num_processes:
         raise CheckpointError(
-            f"{folder} was written by {len(rng_states)} process(es); resume it with as many (got "
+            f"{folder} was written by {len(state.rng)} process(es); resume it with as many (got "
             f"{accelerator.num_processes})."
         )
     try:
@@ -476,15 +522,25 @@ def load_training_checkpoint(accelerator, folder, model, optimizer, scheduler) -
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         raise CheckpointError(
             f"{folder / OPTIMIZER_STATE_FILE} holds more than tensors and numbers (or is damaged); refusing to load "
-            f"it: {str(error).splitlines()[0]}"
+            f"it: {error_line(error)}"
         ) from error
-    optimizer.load_state_dict(optimizer_state)
-    scheduler.load_state_dict(scheduler_state)
-    if state["scaler"] is not None and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(state["scaler"])
-    _set_rng_state(rng_states[accelerator.process_index])
-    accelerator.step = state["accelerator_step"]
-    return state["step"], state["epoch"], state["batches_in_epoch"]
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
+        raise CheckpointError(
+            f"{folder / OPTIMIZER_STATE_FILE} does not hold this optimizer's state ({error_line(error)})."
+        ) from error
+    try:
+        scheduler.load_state_dict(_scheduler_from_json(state.scheduler, _scheduler_state(scheduler)))
+        if state.scaler is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(state.scaler)
+        _set_rng_state(state.rng[accelerator.process_index])
+    except (KeyError, ValueError, TypeError, IndexError) as error:
+        raise CheckpointError(
+            f"{folder / TRAINING_STATE_FILE} is not a valid training state ({error_line(error)})."
+        ) from error
+    accelerator.step = state.accelerator_step
+    return state.step, state.epoch, state.batches_in_epoch
 
 
 __all__ = [

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .output_folders import make_sibling_dir, temporary_sibling_file
+from .output_folders import disown_sibling_dir, make_sibling_dir, temporary_sibling_file
 
 
 def voc_palette(num_colors: int = 256) -> list[int]:
@@ -170,6 +170,7 @@ class PaletteMaskWriter:
             if error_type is None:
                 if self.output_dir.exists():
                     shutil.rmtree(self.output_dir)
+                disown_sibling_dir(self._staging)
                 self._staging.rename(self.output_dir)
         finally:
             if self._staging.exists():

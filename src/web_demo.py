@@ -1,13 +1,21 @@
-"""A Gradio web demo: drop a video (or pick an example clip), type one or more sentences, and get the overlay video,
-the per-frame masks as a zip and the scores. Started by `python scripts/run_rvos.py serve` (needs the `demo` extra:
-`pip install -e ".[demo]"`)."""
+"""A Gradio web demo: drop a video (or pick an example clip), type one or more sentences, choose one of the models the
+operator named, and get the overlay video, the per-frame masks as a zip and the scores. Started by
+`python scripts/run_rvos.py serve` (needs the `demo` extra: `pip install -e ".[demo]"`).
+
+What a web user controls is bounded: the models are the operator's, loaded once at start-up; a video has at most
+`max_frames` frames, a request at most `MAX_SENTENCES` sentences of at most `MAX_SENTENCE_CHARACTERS` characters; the
+result files of only the last `KEPT_REQUESTS` requests stay on disk, in one temporary folder the server deletes when
+it stops (Gradio serves its own copies, deleted after `GRADIO_CACHE_LIFETIME`)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+import threading
 import zipfile
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +26,12 @@ from .video_io import iter_video_frames
 from .visualization import VideoWriter, overlay_masks, voc_palette
 
 
-__all__ = ["build_demo", "example_clips", "segment_upload"]
+__all__ = ["DemoResult", "ResultFolders", "WebDemo", "build_demo", "example_clips", "segment_upload"]
 
 MAX_SENTENCES = 5
+MAX_SENTENCE_CHARACTERS = 200
+KEPT_REQUESTS = 4  # requests whose result files stay on disk (Gradio has copied them into its cache by then)
+GRADIO_CACHE_LIFETIME = (600, 3600)  # every 10 minutes, Gradio deletes its cached files older than an hour
 EXAMPLE_ATTRIBUTES = ("size", "color", "shape", "position")  # what the demo model's expressions name (no motion)
 
 
@@ -58,14 +69,31 @@ def _sentences(text: str | None) -> list[str]:
         raise ValueError("Type at least one sentence naming the object to segment (one sentence per line).")
     if len(sentences) > MAX_SENTENCES:
         raise ValueError(f"At most {MAX_SENTENCES} sentences at a time, got {len(sentences)}.")
+    for index, sentence in enumerate(sentences, 1):
+        if len(sentence) > MAX_SENTENCE_CHARACTERS:
+            raise ValueError(
+                f"Sentence {index} has {len(sentence)} characters; this demo takes at most {MAX_SENTENCE_CHARACTERS}."
+            )
     return sentences
 
 
-def segment_upload(segmenter: ReferringVideoSegmenter, video, text, output_dir, max_frames: int, progress=None) -> dict:
+@dataclass
+class DemoResult:
+    """What one request returns: the overlay video, the masks zip and one `[sentence, query, mean score]` row per
+    sentence."""
+
+    overlay: Path
+    masks: Path
+    scores: list[list]
+
+
+def segment_upload(
+    segmenter: ReferringVideoSegmenter, video, text, output_dir, max_frames: int, progress=None
+) -> DemoResult:
     """Segments the sentences (one per line of `text`) in the uploaded `video` and writes, in `output_dir`, the overlay
-    video of all sentences (`overlay.mp4`), the masks zip (`masks.zip`: `<sentence index>/<frame>.png` palette masks
-    and `predictions.json`) and returns their paths and the per-sentence scores. Raises `ValueError` with a message
-    for the user on bad input: no video, not a decodable video, more than `max_frames` frames, no sentence."""
+    video of all sentences (`overlay.mp4`) and the masks zip (`masks.zip`: `<sentence index>/<frame>.png` palette
+    masks and `predictions.json`). Raises `ValueError` with a message for the user on bad input: no video, not a
+    decodable video, more than `max_frames` frames, no sentence, too many or too long sentences."""
     progress = progress or (lambda *args, **kwargs: None)
     if not video:
         raise ValueError("Upload a video (or pick an example clip) first.")
@@ -91,47 +119,89 @@ def segment_upload(segmenter: ReferringVideoSegmenter, video, text, output_dir, 
         for path in sorted((output_dir / "predictions").rglob("*")):
             if path.suffix in (".png", ".json"):
                 archive.write(path, path.relative_to(output_dir / "predictions").as_posix())
-    scores = [
-        {"sentence": result.sentence, "query": result.query_indices[0], "mean score": round(float(np.mean(result.scores)), 4)}
-        for result in results
-    ]
+    shutil.rmtree(output_dir / "predictions")  # in the zip now
+    scores = [[result.sentence, result.query_indices[0], round(float(np.mean(result.scores)), 4)] for result in results]
     progress(1.0, desc="done")
-    return {"overlay": str(output_dir / "overlay.mp4"), "masks": str(output_dir / "masks.zip"), "scores": scores}
+    return DemoResult(output_dir / "overlay.mp4", output_dir / "masks.zip", scores)
 
 
-def build_demo(default_model: str, device="auto", dtype="fp32", max_frames: int = 300, examples_dir=None):
-    """The Gradio app: a video, sentences and a model folder in; overlay video, masks zip and scores out. Models are
-    loaded once per folder and kept."""
+class ResultFolders:
+    """One temporary folder owned by the server, holding a folder per request; only the last `keep` requests' folders
+    are kept. `close()` deletes it all (at shutdown)."""
+
+    def __init__(self, keep: int = KEPT_REQUESTS):
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}.")
+        self.root = Path(tempfile.mkdtemp(prefix="referformer-demo-"))
+        self.keep = keep
+        self._folders: deque[Path] = deque()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def new(self) -> Path:
+        """A new empty folder for a request's results; the oldest beyond `keep` is deleted."""
+        with self._lock:
+            self._count += 1
+            folder = self.root / f"request-{self._count}"
+            folder.mkdir()
+            self._folders.append(folder)
+            while len(self._folders) > self.keep:
+                shutil.rmtree(self._folders.popleft(), ignore_errors=True)
+        return folder
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class WebDemo:
+    """What the web demo serves: the operator's models by name (loaded once), the longest video accepted and the
+    folders of the requests' results."""
+
+    segmenters: dict[str, ReferringVideoSegmenter]
+    max_frames: int
+    results: ResultFolders
+
+    def segment(self, video, text, model_name, progress=None) -> DemoResult:
+        """One request: `model_name` must be one of the served models (a web user names no path)."""
+        if model_name not in self.segmenters:
+            raise ValueError(f"Choose one of the models of the list: {', '.join(self.segmenters)}.")
+        folder = self.results.new()
+        try:
+            return segment_upload(self.segmenters[model_name], video, text, folder, self.max_frames, progress)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+
+def build_demo(web_demo: WebDemo):
+    """The Gradio app: a video, sentences and a choice among the served models in; overlay video, masks zip and scores
+    out."""
     import gradio as gr
 
-    segmenters = {}
-    examples_dir = Path(examples_dir or tempfile.mkdtemp(prefix="referformer-examples-"))
+    examples_dir = web_demo.results.root / "examples"
     examples = example_clips(examples_dir)
+    names = list(web_demo.segmenters)
 
-    def run(video, text, model, progress=gr.Progress()):
-        model = (model or default_model).strip()
+    def run(video, text, model_name, progress=gr.Progress()):
         try:
-            if model not in segmenters:
-                progress(0, desc="loading the model")
-                segmenters[model] = ReferringVideoSegmenter.from_pretrained(model, device=device, dtype=dtype)
-            output_dir = tempfile.mkdtemp(prefix="referformer-demo-")
-            result = segment_upload(segmenters[model], video, text, output_dir, max_frames, progress)
+            result = web_demo.segment(video, text, model_name, progress)
         except (ValueError, OSError) as error:
             raise gr.Error(str(error)) from error
-        rows = [[row["sentence"], row["query"], row["mean score"]] for row in result["scores"]]
-        return result["overlay"], result["masks"], rows
+        return str(result.overlay), str(result.masks), result.scores
 
-    with gr.Blocks(title="ReferFormer: referring video object segmentation") as demo:
+    with gr.Blocks(title="ReferFormer: referring video object segmentation", delete_cache=GRADIO_CACHE_LIFETIME) as demo:
         gr.Markdown(
             "# ReferFormer\nUpload a video or pick an example, type one sentence per line naming the object(s) to "
-            "segment, and press **Segment**. The default model is the small demo model trained on synthetic shapes "
-            "(sizes, colours, shapes, left/middle/right)."
+            f"segment (at most {MAX_SENTENCES}, {MAX_SENTENCE_CHARACTERS} characters each), choose a model and press "
+            "**Segment**. The demo model is a small model trained on synthetic shapes (sizes, colours, shapes, "
+            "left/middle/right)."
         )
         with gr.Row():
             with gr.Column():
                 video = gr.Video(label="Video", sources=["upload"], elem_id="input-video")
                 text = gr.Textbox(label="Sentences (one per line)", lines=3, elem_id="sentences")
-                model = gr.Textbox(label="Model folder", value=default_model, elem_id="model")
+                model = gr.Dropdown(choices=names, value=names[0], label="Model", elem_id="model")
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
             with gr.Column():
                 overlay = gr.Video(label="Overlay", elem_id="overlay")

@@ -41,39 +41,29 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path):
 
 
 def test_two_processes_equal_one_process_over_the_same_global_batch(tmp_path):
-    # Two CPU processes talking over gloo: torchrun-style launch, with Accelerate told to stay on the CPU.
+    # Two CPU processes talking over gloo, one clip each, against one process with both clips: the gradients of the
+    # first step (averaged across the processes, before the optimizer) must be the same.
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
     single, double = tmp_path / "single", tmp_path / "double"
     single.mkdir(), double.mkdir()
-    result = subprocess.run([sys.executable, str(SCRIPT), str(single), "2", "3"], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, str(SCRIPT), str(single), "2"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = subprocess.run(launch + [str(SCRIPT), str(double), "1", "3"], capture_output=True, text=True, env=env)
+    result = subprocess.run(launch + [str(SCRIPT), str(double), "1"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    reference = load_file(single / "weights_rank0.safetensors")
-    rank0, rank1 = load_file(double / "weights_rank0.safetensors"), load_file(double / "weights_rank1.safetensors")
-    assert_same_weights(rank0, rank1)
-    # Parameters the loss does not depend on (e.g. key biases, conv biases under a one-channel-per-group GroupNorm)
-    # get only rounding noise as gradient, which AdamW normalizes into full-size steps: they cannot agree.
-    insensitive = parameters_without_gradient()
-    assert "model.decoder.layers.0.self_attn.k_proj.bias" in insensitive
-    assert len(insensitive) < len(rank0) / 5
-    assert_same_weights(
-        {k: v for k, v in rank0.items() if k not in insensitive}, {k: v for k, v in reference.items() if k not in insensitive}, atol=1e-5
-    )
-
-
-def parameters_without_gradient():
-    """Names of the trainable parameters whose float64 gradient on a batch is zero (up to rounding)."""
-    model = tiny_training_model().double()
-    batch = collate_clips(synthetic_training_clips(2))
-    batch["pixel_values"] = batch["pixel_values"].double()
-    model(**batch).loss.backward()
-    return {
-        f"{name}" for name, parameter in model.named_parameters()
-        if parameter.requires_grad and (parameter.grad is None or parameter.grad.abs().max() < 1e-12)
-    }
+    reference = load_file(single / "gradients_rank0.safetensors")
+    assert len(reference) == sum(p.requires_grad for p in tiny_training_model().parameters())
+    # Each gradient entry is a sum, over the clips' frames and positions, of fp32 products; the runs add the same
+    # terms in another order (batched kernels, vs. one clip per process and an all-reduce). The rounding error of a
+    # sum of n fp32 terms is at most about n * eps times the sum of the terms' magnitudes, which the norm of the whole
+    # gradient bounds (a parameter whose gradient cancels to ~0 still sums large terms). n is the longest reduction:
+    # the stem convolution's weight gradient sums 2 clips x 2 frames x 32 x 32 positions of the 64x64 frames.
+    longest_reduction = 2 * 2 * 32 * 32
+    gradient_norm = torch.linalg.vector_norm(torch.cat([gradient.flatten() for gradient in reference.values()]))
+    tolerance = longest_reduction * torch.finfo(torch.float32).eps * gradient_norm.item()
+    for rank in (0, 1):
+        assert_same_weights(load_file(double / f"gradients_rank{rank}.safetensors"), reference, atol=tolerance)
 
 
 class EpochRecordingClips(torch.utils.data.Dataset):

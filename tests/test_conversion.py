@@ -299,6 +299,28 @@ def test_cli_errors_write_nothing(tmp_path, resnet_fixture):
     assert result.returncode == 1 and "not found" in result.stderr
 
 
+def test_non_finite_weights_are_never_converted(tmp_path):
+    weights = {"query_embed.weight": torch.zeros(5, 8), "transformer.level_embed": torch.zeros(4, 8)}
+    weights["transformer.level_embed"][2, 3] = float("nan")
+    for path in (tmp_path / "nan.safetensors", tmp_path / "nan.pth"):
+        if path.suffix == ".pth":
+            torch.save({"model": weights}, path)
+        else:
+            save_file(weights, path)
+        with pytest.raises(conversion.ConversionError, match=rf"^{path}: the weight transformer.level_embed holds NaN "
+                                                             r"or infinite values; nothing was converted\.$"):
+            conversion.load_original_checkpoint(path)
+    weights["transformer.level_embed"][2, 3] = float("inf")
+    save_file(weights, tmp_path / "inf.safetensors")
+    result = run_converter("--checkpoint", tmp_path / "inf.safetensors", "--output_dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'inf.safetensors'}: the weight transformer.level_embed holds NaN or infinite values; "
+        "nothing was converted."
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_offline_conversion_without_a_local_tokenizer_fails_clearly(tmp_path):
     fixture = require_fixture("original_resnet")
     args_file = tmp_path / "args.json"

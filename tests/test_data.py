@@ -228,6 +228,30 @@ def test_ref_youtube_vos_train_rows(ytvos_root):
     assert count_video_frames(row) == len(YTVOS_FRAMES)
 
 
+def test_ytvos_masks_must_be_palette_ids_and_name_the_object(ytvos_root):
+    rows = {(row["video_id"], row["exp_id"]): row for row in load_ref_youtube_vos(ytvos_root, "train")}
+    # Object 2 is visible in frames 0-2 only: frames without it are fine while it occurs elsewhere in the video.
+    assert not load_object_masks(rows["vid_a", "1"], [4, 5]).any()
+    # An obj_id that occurs in no mask of the video is refused, naming the video, the expression and the id.
+    absent = {**rows["vid_a", "1"], "obj_id": "3"}
+    with pytest.raises(ValueError) as raised:
+        load_object_masks(absent, [0, 1])
+    assert str(raised.value) == (
+        "Video 'vid_a', expression '1': object id 3 occurs in none of the video's 6 annotated frames (object ids "
+        "found: 1, 2)."
+    )
+    # The same masks saved as 0/255 grayscale PNGs (mode L): refused, not read as empty masks of object 1.
+    for t, name in enumerate(YTVOS_FRAMES):
+        Image.fromarray(ytvos_object_masks(t)[0].astype(np.uint8) * 255).save(
+            ytvos_root / "train" / "Annotations" / "vid_b" / f"{name}.png"
+        )
+    with pytest.raises(ValueError, match=r"vid_b/00000.png is a mode 'L' image, not a palette \(mode 'P'\) PNG of "
+                                         r"object ids: save the masks as palette PNGs"):
+        load_object_masks(rows["vid_b", "0"], [0])
+    with pytest.raises(ValueError, match="mode 'L'"):
+        ReferringVideoTrainTransform(2, seed=0).transform_example(rows["vid_b", "0"])
+
+
 def test_ref_youtube_vos_valid_drops_test_videos(ytvos_root):
     dataset = load_ref_youtube_vos(ytvos_root, "valid")
     assert dataset["video_id"] == ["val_a"]

@@ -855,6 +855,16 @@ def test_evaluate_ytvos_folder(tmp_path):
     with pytest.raises(KeyError, match="obj_id"):
         no_object = {"videos": {"vid": {"frames": frames, "expressions": {"0": {"exp": "a"}}}}}
         evaluate_ytvos_folder(tmp_path / "pred", tmp_path / "gt", no_object)
+    # An obj_id in none of the video's masks: an error, not J = F = 0 against empty masks.
+    absent = {"videos": {"vid": {"frames": frames, "expressions": {"0": {"exp": "a", "obj_id": "7"}}}}}
+    with pytest.raises(ValueError, match=r"^Video 'vid', expression '0': object id 7 occurs in none of the video's 2 "
+                                         r"annotated frames \(object ids found: 1, 2\)\.$"):
+        evaluate_ytvos_folder(tmp_path / "pred", tmp_path / "gt", absent)
+    # Ground truth saved as 0/255 grayscale PNGs: refused, not scored as empty masks (J&F 0).
+    for t, frame in enumerate(frames):
+        Image.fromarray((labels[t] == 1).astype(np.uint8) * 255).save(tmp_path / "gt" / "vid" / f"{frame}.png")
+    with pytest.raises(ValueError, match=r"00000.png is a mode 'L' image, not a palette \(mode 'P'\) PNG"):
+        evaluate_ytvos_folder(tmp_path / "pred", tmp_path / "gt", tmp_path / "meta.json")
 
 
 def test_evaluate_ref_davis_from_folder(tmp_path):

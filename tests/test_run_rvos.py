@@ -59,12 +59,24 @@ def train_options(model_dir, data_root, output_dir, max_steps):
     ]
 
 
-def test_interrupted_training_resumes_exactly_and_the_model_is_published(tmp_path, model_dir, data_root, one_thread):
-    # The interrupted run stops deterministically after its checkpoint at step 2 (what a run killed between steps 2
-    # and 4 leaves behind), then resumes from it up to step 4.
+def test_interrupted_training_resumes_exactly_and_the_model_is_published(tmp_path, model_dir, data_root, one_thread,
+                                                                         monkeypatch):
+    # The interrupted run is killed right after its checkpoint at step 2, then resumes from it up to step 4.
+    from referformer import training
+
+    save_checkpoint = training.save_training_checkpoint
+
+    def save_then_die(accelerator, folder, *args):
+        save_checkpoint(accelerator, folder, *args)
+        raise KeyboardInterrupt
+
     interrupted = tmp_path / "interrupted"
-    run_rvos.main(["train", *train_options(model_dir, data_root, interrupted, 2)])
+    monkeypatch.setattr(training, "save_training_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_rvos.main(["train", *train_options(model_dir, data_root, interrupted, 4)])
+    monkeypatch.undo()
     assert json.loads((interrupted / "checkpoint-2" / "training_state.json").read_text())["step"] == 2
+    assert not (interrupted / "config.json").exists()
     resume = ["--resume_from_checkpoint", str(interrupted / "checkpoint-2")]
     run_rvos.main(["train", *train_options(model_dir, data_root, interrupted, 4), *resume])
 

@@ -395,3 +395,362 @@ def test_outputs_get_the_permissions_the_umask_gives(tmp_path, umask):
         assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
     for path in (overlay, masks_dir / "0.png", tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors"):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+
+
+# 10. Issue 29: ground truth that would silently score or train on nothing ----------------------------------------
+
+
+def test_grayscale_masks_and_absent_object_ids_are_refused_by_train_and_evaluate(tmp_path, model_dir):
+    from referformer.data_synthetic import generate_referring_shapes
+
+    for split in ("train", "valid"):
+        generate_referring_shapes(tmp_path / "data", num_videos=2, num_frames=2, height=64, width=96, seed=0,
+                                  split=split, max_objects=2)
+    evaluate = ["evaluate", "--model", model_dir, "--dataset", "synthetic", "--data_root", tmp_path / "data",
+                "--output_dir", tmp_path / "eval"]
+    train = ["train", "--init_from", model_dir, "--dataset", "synthetic", "--data_root", tmp_path / "data",
+             "--output_dir", tmp_path / "run", "--max_steps", "1", "--num_frames", "2", "--log_every", "0"]
+    # The same masks saved as 0/255 grayscale PNGs (what many tools write): refused, not scored J&F 0.
+    originals = {}
+    for path in sorted((tmp_path / "data" / "valid" / "Annotations").rglob("*.png")):
+        originals[path] = path.read_bytes()
+        Image.fromarray(np.where(np.asarray(Image.open(path)) > 0, 255, 0).astype(np.uint8)).save(path)
+    message = cli_error(*evaluate)
+    assert "is a mode 'L' image, not a palette (mode 'P') PNG of object ids: save the masks as palette PNGs" in message
+    for path, content in originals.items():
+        path.write_bytes(content)
+    # An obj_id that is in no mask: refused by evaluate and by train, naming the video, the expression and the id.
+    for split in ("train", "valid"):
+        meta_path = tmp_path / "data" / "meta_expressions" / split / "meta_expressions.json"
+        meta = json.loads(meta_path.read_text())
+        video_id = next(iter(meta["videos"]))
+        for video in meta["videos"].values():
+            for expression in video["expressions"].values():
+                expression["obj_id"] = "9"
+        meta_path.write_text(json.dumps(meta))
+    expected = f"Video '{video_id}', expression '0': object id 9 occurs in none of the video's 2 annotated frames"
+    assert expected in cli_error(*evaluate)
+    assert "object id 9 occurs in none of the video's 2 annotated frames" in cli_error(*train)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "run" / "config.json").exists()
+
+
+def nan_model(model_dir, folder, key):
+    """A copy of `model_dir` whose weight `key` holds one NaN (every other file unchanged)."""
+    folder.mkdir()
+    for path in model_dir.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    weights = load_file(model_dir / "model.safetensors")
+    weights[key][0, 0] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_models_with_non_finite_weights_are_refused_and_nan_is_never_written(tmp_path, model_dir, monkeypatch):
+    key = "class_embed.1.weight"  # the last decoder layer's class head: every score becomes NaN
+    broken = nan_model(model_dir, tmp_path / "nan-model", key)
+    frames = write_frames(tmp_path / "dog")
+    expected = f"The model {broken} holds NaN or infinite weights (first: {key}); use a model with finite weights."
+    assert cli_error(*predict_args(broken, frames, tmp_path / "out")) == f"run_rvos.py predict: error: {expected}"
+    assert expected in cli_error("evaluate", "--model", broken, "--dataset", "synthetic", "--data_root", tmp_path,
+                                 "--output_dir", tmp_path / "eval")
+    assert f"The --init_from model {broken} holds NaN or infinite weights" in cli_error(
+        "train", "--init_from", broken, "--dataset", "synthetic", "--data_root", tmp_path, "--output_dir",
+        tmp_path / "run", "--max_steps", "1")
+    # Were such a model run anyway, its NaN scores would not be written as invalid JSON: the run fails, nothing is
+    # published.
+    monkeypatch.setattr(run_rvos, "first_non_finite_weight", lambda weights: None)
+    assert "Out of range float values are not JSON compliant" in cli_error(*predict_args(broken, frames, tmp_path / "out"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists() and not (tmp_path / "run").exists()
+
+
+# 11. Issue 29: clean-up deletes only this project's folders; set-aside results are restored -----------------------
+
+
+def test_cleanup_spares_user_folders_and_restores_results_a_killed_overwrite_set_aside(tmp_path, model_dir,
+                                                                                        monkeypatch):
+    from referformer.output_folders import OWNER_MARKER
+
+    frames = write_frames(tmp_path / "dog")
+    out = tmp_path / "out"
+    # A user's own folders named like our leftovers, one of them a renamed copy of a folder of ours (marker and all).
+    for name in (".dog.old-mine", ".dog.staging-mine", ".dog.old-copy"):
+        (out / name).mkdir(parents=True)
+        (out / name / "notes.txt").write_text(name)
+    (out / ".dog.old-copy" / OWNER_MARKER).write_text(".dog.old-1234abcd")
+    user_folders = {name: snapshot(out / name) for name in (".dog.old-mine", ".dog.staging-mine", ".dog.old-copy")}
+    run_rvos.main(predict_args(model_dir, frames, out))
+    results = snapshot(out / "dog")
+    assert OWNER_MARKER not in results and MANIFEST_NAME in results
+    assert {name: snapshot(out / name) for name in user_folders} == user_folders
+
+    # predict --overwrite killed between its two renames: the earlier results exist only in the aside folder.
+    real_rename = os.rename
+
+    def killed_on_second_rename(source, destination):
+        if Path(destination) == out / "dog":
+            raise KeyboardInterrupt  # the run dies here (its finally blocks still run, as on Ctrl-C)
+        real_rename(source, destination)
+
+    monkeypatch.setattr("referformer.output_folders.os.rename", killed_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        run_rvos.main(predict_args(model_dir, frames, out, "--overwrite"))
+    monkeypatch.undo()
+    assert not (out / "dog").exists()
+    (aside,) = [path for path in out.iterdir() if path.name.startswith(".dog.old-") and path.name not in user_folders]
+    assert snapshot(aside / "target") == results
+
+    # The next run, a failing one (an unreadable frame), first moves the earlier results back into place.
+    (frames / "00003.png").write_bytes(b"not a png")
+    assert "Cannot read frame image" in cli_error(*predict_args(model_dir, frames, out, "--overwrite"))
+    assert snapshot(out / "dog") == results and not aside.exists()
+    assert sorted(path.name for path in out.iterdir()) == sorted(["dog", *user_folders])
+    assert {name: snapshot(out / name) for name in user_folders} == user_folders
+    # generate cleans up next to its output folder the same way.
+    (tmp_path / ".shapes.old-backup").mkdir()
+    (tmp_path / ".shapes.old-backup" / "meta.json").write_text("my backup")
+    run_rvos.main(["generate", "--output_dir", str(tmp_path / "shapes"), "--num_videos", "1", "--num_frames", "2",
+                   "--height", "64", "--width", "96"])
+    assert (tmp_path / ".shapes.old-backup" / "meta.json").read_text() == "my backup"
+
+
+def test_replaced_entries_an_interrupted_publish_set_aside_are_kept(tmp_path, monkeypatch):
+    from referformer.output_folders import ASIDE_ENTRIES
+
+    target = tmp_path / "run"
+    with staged_output(target, units="all") as staging:
+        (staging / "config.json").write_text("old config")
+        (staging / "model.safetensors").write_text("old weights")
+    real_rename = os.rename
+
+    def killed_while_moving_in(source, destination):
+        if Path(destination) == target / "model.safetensors" and ".staging-" in str(source):
+            raise KeyboardInterrupt
+        real_rename(source, destination)
+
+    monkeypatch.setattr("referformer.output_folders.os.rename", killed_while_moving_in)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output(target, overwrite=True, units="all") as staging:
+            (staging / "config.json").write_text("new config")
+            (staging / "model.safetensors").write_text("new weights")
+    monkeypatch.undo()
+    (aside,) = tmp_path.glob(".run.old-*")
+    assert (aside / ASIDE_ENTRIES / "config.json").read_text() == "old config"
+    # The next publish into the folder keeps that aside folder: it holds the only copy of the old config.json.
+    with staged_output(target, overwrite=True, units=["README.md"]) as staging:
+        (staging / "README.md").write_text("card")
+    assert (aside / ASIDE_ENTRIES / "config.json").read_text() == "old config"
+    assert (aside / ASIDE_ENTRIES / "model.safetensors").read_text() == "old weights"
+
+
+# 12. Issue 29: a config.json cannot make timm read a file ---------------------------------------------------------
+
+
+def test_timm_arguments_that_load_files_are_refused_at_config_load(tmp_path, model_dir):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from referformer import ReferFormerConfig
+
+    marker = tmp_path / "code-was-executed"
+    payload = tmp_path / "payload.pth"
+    torch.save({"state_dict": WritesMarker(marker)}, payload)
+    backbone = {"model_type": "referformer_timm_backbone", "model_name": "resnet18",
+                "model_kwargs": {"layers": [1, 1, 1, 1], "checkpoint_path": str(payload)}}
+    refused = "backbone_config.model_kwargs may only hold timm arguments that shape the architecture"
+    with pytest.raises(StrictDataclassClassValidationError, match=f"{refused} .*; refusing 'checkpoint_path'"):
+        ReferFormerConfig(backbone_config=backbone)
+    for key, value in [("pretrained", True), ("pretrained_cfg_overlay", {"file": str(payload)}), ("in_chans", 4)]:
+        with pytest.raises(StrictDataclassClassValidationError, match=f"refusing '{key}'"):
+            ReferFormerConfig(backbone_config={**backbone, "model_kwargs": {key: value}})
+    with pytest.raises(StrictDataclassClassValidationError, match="must be a timm architecture name, got 'hf-hub:a/b'"):
+        ReferFormerConfig(backbone_config={**backbone, "model_name": "hf-hub:a/b", "model_kwargs": {}})
+
+    # A saved model whose config.json names the file: refused by from_pretrained and by the CLI, nothing unpickled.
+    folder = tmp_path / "hostile-model"
+    folder.mkdir()
+    for path in model_dir.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone_config"]["model_kwargs"]["checkpoint_path"] = str(payload)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StrictDataclassClassValidationError, match="refusing 'checkpoint_path'"):
+        ReferFormerForReferringVideoObjectSegmentation.from_pretrained(folder)
+    frames = write_frames(tmp_path / "dog")
+    assert cli_error(*predict_args(folder, frames, tmp_path / "out")).startswith(
+        f"run_rvos.py predict: error: {refused} (")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# 13. Issue 29: a resumed run keeps its options and replaces only its own files ------------------------------------
+
+
+def test_resume_refuses_changed_options_and_foreign_files(tmp_path, model_dir):
+    from referformer.data_synthetic import generate_referring_shapes
+
+    generate_referring_shapes(tmp_path / "data", num_videos=2, num_frames=2, height=64, width=96, seed=0,
+                              split="train", max_objects=2)
+    run = tmp_path / "run"
+    options = ["train", "--init_from", model_dir, "--dataset", "synthetic", "--data_root", tmp_path / "data",
+               "--output_dir", run, "--max_steps", "1", "--num_frames", "2", "--checkpoint_every", "1",
+               "--log_every", "0", "--learning_rate", "1e-3", "--lr_drop_steps", "5"]
+    run_rvos.main([str(value) for value in options])
+    recorded = (run / "training_args.json").read_text()
+    assert json.loads(recorded)["learning_rate"] == 1e-3 and json.loads(recorded)["lr_drop_steps"] == [5]
+    resume = [*options, "--resume_from_checkpoint", run / "checkpoint-1"]
+    # Alone, --resume_from_checkpoint replaces the run's own files (its final model) ...
+    run_rvos.main([str(value) for value in resume])
+    assert (run / "config.json").is_file()
+
+    # ... but not with other options: each difference is named, old -> new, and nothing is written.
+    before = snapshot(run)
+    changed = [*resume, "--learning_rate", "1e-2", "--lr_drop_steps", "3", "4"]
+    assert cli_error(*changed) == (
+        f"run_rvos.py train: error: The resumed run must have the options of the run in {run}; these differ: "
+        "--lr_drop_steps [5] -> [3, 4]; --learning_rate 0.001 -> 0.01. Give the recorded values, or start a new run "
+        "in another --output_dir."
+    )
+    # ... nor into a folder holding a user's file, nor from another run's checkpoint.
+    (run / "notes.txt").write_text("mine")
+    assert "holds files this project did not write (e.g. notes.txt); --resume_from_checkpoint only replaces" in (
+        cli_error(*resume))
+    (run / "notes.txt").unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    message = cli_error(*[value if value != run else other for value in resume[:-1]], run / "checkpoint-1")
+    assert "is not a checkpoint-<step> folder of --output_dir" in message and "resumes into its own folder" in message
+    assert snapshot(run) == before and not any(other.iterdir())
+    (run / "training_args.json").unlink()
+    assert "Cannot read the options of the run to resume from" in cli_error(*resume)
+
+
+# 14. Issue 29: the one-line errors promised ----------------------------------------------------------------------
+
+
+def test_empty_and_damaged_files_and_overflowing_options_are_one_line_errors(tmp_path, model_dir):
+    from referformer.cli_presets import error_line
+
+    assert error_line(EOFError()) == "EOFError" and error_line(ValueError("first\n  second\n")) == "first second"
+    # A model folder whose weights file is empty (0 bytes), as --model and as --init_from.
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    for path in model_dir.iterdir():
+        if path.is_file():
+            (empty / path.name).write_bytes(b"" if path.name == "model.safetensors" else path.read_bytes())
+    frames = write_frames(tmp_path / "dog")
+    assert f"Cannot load the model {empty}: a weights file is empty or damaged (" in cli_error(
+        *predict_args(empty, frames, tmp_path / "out"))
+    (empty / "model.safetensors").unlink()
+    (empty / "pytorch_model.bin").write_bytes(b"")
+    assert cli_error("train", "--init_from", empty, "--dataset", "synthetic", "--data_root", tmp_path, "--output_dir",
+                     tmp_path / "run") == (f"run_rvos.py train: error: Cannot load the --init_from model {empty}: a "
+                                           "weights file is empty or damaged (EOFError).")
+    # Original checkpoints: an empty .pth, a .pth whose "model" is a list.
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save({"model": [torch.zeros(2)]}, tmp_path / "list.pth")
+    for name, expected in [("empty.pth", "it is empty, truncated or not a torch.save file (EOFError)."),
+                           ("list.pth", "the weights (the `model` entry or the file itself) are not a dict of tensors.")]:
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "convert_checkpoint.py"), "--checkpoint",
+                                 str(tmp_path / name), "--output_dir", str(tmp_path / "converted")],
+                                capture_output=True, text=True)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith(expected)
+    # Overflowing numbers.
+    train = ["train", "--config_name", "tiny", "--dataset", "synthetic", "--data_root", tmp_path, "--output_dir",
+             tmp_path / "run"]
+    assert cli_error(*train, "--max_steps", "1e400") == (
+        "run_rvos.py train: error: argument --max_steps/--max-steps: invalid int value: '1e400'")
+    assert cli_error(*train, "--num_frames", "99999999999999999999") == (
+        "run_rvos.py train: error: --num_frames must be between -2147483647 and 2147483647, got 99999999999999999999.")
+    assert "--lr_drop_steps must be between" in cli_error(*train, "--lr_drop_steps", "3", "-99999999999999999999")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists() and not (tmp_path / "converted").exists()
+
+
+def test_damaged_checkpoint_files_and_a_failed_checkpoint_save_are_one_line_errors(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from safetensors import SafetensorError
+
+    def setup():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(cpu=True)
+        model = tiny_training_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3], gamma=0.1)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        return accelerator, model, optimizer, scheduler
+
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    accelerator, model, optimizer, scheduler = setup()
+    save_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler, 2, 0, 2)
+    state_file, optimizer_file = checkpoint / "training_state.json", checkpoint / "optimizer.pt"
+    good_state, good_optimizer = state_file.read_text(), optimizer_file.read_bytes()
+
+    def load_error() -> str:
+        with pytest.raises(CheckpointError) as raised:
+            accelerator, model, optimizer, scheduler = setup()
+            load_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
+        assert "\n" not in str(raised.value)
+        return str(raised.value)
+
+    state = json.loads(good_state)
+    damaged = {
+        "truncated": good_state[: len(good_state) // 2],
+        "no step": json.dumps({key: value for key, value in state.items() if key != "step"}),
+        "step as text": json.dumps({**state, "step": "two"}),
+        "scheduler edited": json.dumps({**state, "scheduler": {**state["scheduler"], "last_epoch": "x"}}),
+        "random state cut": json.dumps({**state, "rng": [{**state["rng"][0], "python": [3]}]}),
+    }
+    expected = {
+        "truncated": "is not a valid training state (",
+        "no step": "missing 1 required positional argument: 'step'",
+        "step as text": "is not a valid training state (a field has the wrong type).",
+        "scheduler edited": "invalid literal for int() with base 10: 'x'",
+        "random state cut": "is not a valid training state (",
+    }
+    for case, text in damaged.items():
+        state_file.write_text(text)
+        assert expected[case] in load_error(), case
+    state_file.write_text(good_state)
+    optimizer_file.write_bytes(b"")
+    assert load_error().endswith("(or is damaged); refusing to load it: EOFError")
+    torch.save({"state": {}, "param_groups": "not groups"}, optimizer_file)
+    assert "does not hold this optimizer's state" in load_error()
+    optimizer_file.write_bytes(good_optimizer)
+
+    # A full disk while a checkpoint is written: one line, and no checkpoint folder, complete-looking or not.
+    def disk_full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')
+
+    monkeypatch.setattr("safetensors.torch.save_model", disk_full)
+    from referformer.data_synthetic import generate_referring_shapes
+
+    generate_referring_shapes(tmp_path / "data", num_videos=2, num_frames=2, height=64, width=96, seed=0,
+                              split="train", max_objects=2)
+    message = cli_error("train", "--config_name", "tiny", "--dataset", "synthetic", "--data_root", tmp_path / "data",
+                        "--output_dir", tmp_path / "full", "--max_steps", "1", "--num_frames", "2",
+                        "--checkpoint_every", "1", "--log_every", "0")
+    assert message == (f"run_rvos.py train: error: Cannot write the checkpoint {tmp_path / 'full' / 'checkpoint-1'}: "
+                       'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on '
+                       'device" })')
+    assert sorted(path.name for path in (tmp_path / "full").iterdir()) == [MANIFEST_NAME, "training_args.json"]
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".full")] == []
+
+
+def test_a_video_without_expressions_is_named(tmp_path, model_dir):
+    from referformer.data_synthetic import generate_referring_shapes
+
+    generate_referring_shapes(tmp_path / "data", num_videos=2, num_frames=2, height=64, width=96, seed=0,
+                              split="valid", max_objects=2)
+    meta_path = tmp_path / "data" / "meta_expressions" / "valid" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video_id = sorted(meta["videos"])[1]
+    del meta["videos"][video_id]["expressions"]
+    meta_path.write_text(json.dumps(meta))
+    message = cli_error("evaluate", "--model", model_dir, "--dataset", "synthetic", "--data_root", tmp_path / "data",
+                        "--output_dir", tmp_path / "eval")
+    assert message == (f"run_rvos.py evaluate: error: {meta_path}: video '{video_id}' has no \"expressions\" object "
+                       '(expected e.g. {"0": {"exp": "the red circle", "obj_id": "1"}}); remove the video or give it '
+                       "its expressions.")
+    assert not (tmp_path / "eval").exists()
