@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .data_synthetic import generate_referring_shapes
-from .inference import ReferringVideoSegmenter, write_predictions
+from .inference import PredictionWriter, ReferringVideoSegmenter
 from .video_io import iter_video_frames
 from .visualization import VideoWriter, overlay_masks, voc_palette
 
@@ -32,6 +32,7 @@ MAX_SENTENCES = 5
 MAX_SENTENCE_CHARACTERS = 200
 KEPT_REQUESTS = 4  # requests whose result files stay on disk (Gradio has copied them into its cache by then)
 GRADIO_CACHE_LIFETIME = (600, 3600)  # every 10 minutes, Gradio deletes its cached files older than an hour
+STREAM_WINDOW, STREAM_OVERLAP = 36, 8  # windows of the streamed segmentation (progress frame by frame)
 EXAMPLE_ATTRIBUTES = ("size", "color", "shape", "position")  # what the demo model's expressions name (no motion)
 
 
@@ -80,7 +81,7 @@ def _sentences(text: str | None) -> list[str]:
 @dataclass
 class DemoResult:
     """What one request returns: the overlay video, the masks zip and one `[sentence, query, mean score]` row per
-    sentence."""
+    sentence (the query of the first window)."""
 
     overlay: Path
     masks: Path
@@ -90,39 +91,45 @@ class DemoResult:
 def segment_upload(
     segmenter: ReferringVideoSegmenter, video, text, output_dir, max_frames: int, progress=None
 ) -> DemoResult:
-    """Segments the sentences (one per line of `text`) in the uploaded `video` and writes, in `output_dir`, the overlay
-    video of all sentences (`overlay.mp4`) and the masks zip (`masks.zip`: `<sentence index>/<frame>.png` palette
-    masks and `predictions.json`). Raises `ValueError` with a message for the user on bad input: no video, not a
-    decodable video, more than `max_frames` frames, no sentence, too many or too long sentences."""
+    """Segments the sentences (one per line of `text`) in the uploaded `video`, streamed in windows of `STREAM_WINDOW`
+    frames sharing `STREAM_OVERLAP` (one window, the whole-video protocol, for a video up to `STREAM_WINDOW` frames;
+    an online model frame by frame), reporting progress frame by frame as each frame becomes final. Writes, in
+    `output_dir`, the overlay video of all sentences (`overlay.mp4`) and the masks zip (`masks.zip`:
+    `<sentence index>/<frame>.png` palette masks and `predictions.json`). Raises `ValueError` with a message for the
+    user on bad input: no video, not a decodable video, more than `max_frames` frames, no sentence, too many or too
+    long sentences."""
     progress = progress or (lambda *args, **kwargs: None)
     if not video:
         raise ValueError("Upload a video (or pick an example clip) first.")
     sentences = _sentences(text)
-    progress(0.05, desc="reading the video")
+    progress(0.0, desc="reading the video")
     num_frames = sum(1 for _ in iter_video_frames(video, max_frames=max_frames + 1))  # decodes, one frame at a time
     if num_frames > max_frames:
         raise ValueError(f"The video is too long: this demo takes at most {max_frames} frames.")
-    progress(0.2, desc="segmenting")
-    results = segmenter(video, sentences)
-    progress(0.7, desc="writing masks and overlays")
     output_dir = Path(output_dir)
-    names = [f"{index:05d}" for index in results[0].frame_indices]
-    write_predictions(output_dir / "predictions", iter_video_frames(video), results, names, overlay_format="mp4", fps=8)
-    colors = [tuple(voc_palette()[3 * (index + 1) : 3 * (index + 2)]) for index in range(len(results))]
-    masks = [result.iter_masks() for result in results]
-    with VideoWriter(output_dir / "overlay.mp4", fps=8) as writer:
-        for position, (_, frame) in enumerate(iter_video_frames(video)):
-            for result, mask_iterator, color in zip(results, masks, colors):
-                frame = overlay_masks([frame], next(mask_iterator)[None], result.boxes[position : position + 1], color=color)[0]
-            writer.write(frame)
+    colors = [tuple(voc_palette()[3 * (index + 1) : 3 * (index + 2)]) for index in range(len(sentences))]
+    outputs = segmenter.stream(video, sentences, window=STREAM_WINDOW, overlap=STREAM_OVERLAP, keep_frames=True)
+    scores, first_queries = [], None
+    with PredictionWriter(output_dir / "predictions", sentences, overlay_format="mp4", fps=8) as writer, VideoWriter(
+        output_dir / "overlay.mp4", fps=8
+    ) as overlay:
+        for position, output in enumerate(outputs):
+            writer.write(f"{output.frame_index:05d}", output)
+            frame = output.frame
+            for index, color in enumerate(colors):
+                frame = overlay_masks([frame], output.masks[index][None], output.boxes[index : index + 1], color=color)[0]
+            overlay.write(frame)
+            scores.append(output.scores)
+            first_queries = first_queries or output.query_indices
+            progress((position + 1) / num_frames, desc=f"frame {position + 1} of {num_frames}")
     with zipfile.ZipFile(output_dir / "masks.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted((output_dir / "predictions").rglob("*")):
             if path.suffix in (".png", ".json"):
                 archive.write(path, path.relative_to(output_dir / "predictions").as_posix())
     shutil.rmtree(output_dir / "predictions")  # in the zip now
-    scores = [[result.sentence, result.query_indices[0], round(float(np.mean(result.scores)), 4)] for result in results]
-    progress(1.0, desc="done")
-    return DemoResult(output_dir / "overlay.mp4", output_dir / "masks.zip", scores)
+    mean_scores = np.mean(scores, axis=0)
+    rows = [[sentence, query, round(float(score), 4)] for sentence, query, score in zip(sentences, first_queries, mean_scores)]
+    return DemoResult(output_dir / "overlay.mp4", output_dir / "masks.zip", rows)
 
 
 class ResultFolders:

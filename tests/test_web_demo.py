@@ -39,7 +39,14 @@ def segmenter():
 
 def test_segment_upload_writes_overlay_masks_and_scores(example, segmenter, tmp_path):
     video, sentences = example
-    result = segment_upload(segmenter, video, sentences + "\n\n", tmp_path, max_frames=10)
+    reports = []
+    result = segment_upload(
+        segmenter, video, sentences + "\n\n", tmp_path, max_frames=10,
+        progress=lambda fraction, desc: reports.append((fraction, desc)),
+    )
+    # Progress frame by frame, as each frame becomes final.
+    assert [desc for _, desc in reports[1:]] == [f"frame {index} of 6" for index in range(1, 7)]
+    assert [fraction for fraction, _ in reports] == [0.0] + [index / 6 for index in range(1, 7)]
     assert [row[0] for row in result.scores] == sentences.splitlines()
     assert all(0 <= row[2] <= 1 for row in result.scores)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["masks.zip", "overlay.mp4"]
