@@ -63,6 +63,16 @@ def make_inputs(num_frames: int, num_sentences: int, device):
     return pixel_values.to(device), input_ids.to(device)
 
 
+def timing(seconds: float, num_frames: int, warm_up_seconds: float, device: str) -> dict:
+    """A row's figures: time, time per frame, the process's peak memory (RSS on CPU, max allocated on CUDA)."""
+    if device == "cuda":
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"seconds": seconds, "seconds_per_frame": seconds / num_frames, "peak_gib": peak_gib,
+            "warm_up_seconds": warm_up_seconds}
+
+
 def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, device: str, masks_file: str) -> dict:
     """One configuration: returns its timing and memory, and saves the selected masks and scores to `masks_file`."""
     from referformer.modeling_referformer import select_referred_query
@@ -101,12 +111,7 @@ def run(path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int, 
         seconds = time.perf_counter() - start
     scores = logits.float().sigmoid()[torch.arange(len(selected)), :, selected].max(-1).values  # [N, T]
     torch.save({"masks": masks.float().cpu() > 0, "scores": scores.cpu(), "selected": selected.cpu()}, masks_file)
-    if device == "cuda":
-        peak_gib = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"seconds": seconds, "seconds_per_frame": seconds / num_frames, "peak_gib": peak_gib,
-            "warm_up_seconds": warm_up_seconds}
+    return timing(seconds, num_frames, warm_up_seconds, device)
 
 
 def run_stream(num_frames: int, chunk: int, device: str, window: int, overlap: int, online: bool) -> dict:
@@ -132,12 +137,7 @@ def run_stream(num_frames: int, chunk: int, device: str, window: int, overlap: i
     count = sum(1 for _ in segmenter.stream(frames(num_frames), ["the red square"], window=window, overlap=overlap))
     seconds = time.perf_counter() - start
     assert count == num_frames, (count, num_frames)
-    if device == "cuda":
-        peak_gib = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"seconds": seconds, "seconds_per_frame": seconds / num_frames, "peak_gib": peak_gib,
-            "warm_up_seconds": warm_up_seconds}
+    return timing(seconds, num_frames, warm_up_seconds, device)
 
 
 def count_gflop(num_frames: int, chunk: int, device: str) -> float:

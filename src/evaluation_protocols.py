@@ -40,7 +40,7 @@ from .data import (
     load_ref_davis17,
     load_ref_youtube_vos,
 )
-from .data_transforms import collate_clips
+from .data_transforms import check_object_occurs, collate_clips, read_annotation_png
 from .evaluation import (
     A2DEvaluator,
     RefDavisEvaluator,

@@ -207,3 +207,25 @@ def save_shapes_model(folder):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def moving_square_clip(num_frames, height=48, width=72, seed=0):
+    """RGB frames `[T, H, W, 3]` uint8 with a bright square moving over noise."""
+    generator = np.random.default_rng(seed)
+    frames = generator.integers(0, 120, (num_frames, height, width, 3), dtype=np.uint8)
+    for index in range(num_frames):
+        left = (3 * index) % (width - 16)
+        frames[index, 10:26, left : left + 16] = (250, 240, 30)
+    return frames
+
+
+def tiny_segmenter(shortest_edge=40, **config_overrides):
+    """A `ReferringVideoSegmenter` of a random-weight unit-test model and the shapes tokenizer, on the CPU."""
+    from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+    from referformer.cli_presets import build_shapes_tokenizer
+    from referformer.inference import ReferringVideoSegmenter
+
+    torch.manual_seed(0)
+    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config(**config_overrides)).eval())
+    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": shortest_edge}), build_shapes_tokenizer())
+    return ReferringVideoSegmenter(model, processor, device="cpu")

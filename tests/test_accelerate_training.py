@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO_ROOT, synthetic_training_clips, tiny_training_model
-from referformer.data_transforms import collate_clips
 from referformer.training import AccelerateTrainingArguments, train_with_accelerate
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from scipy.io import savemat
 from scipy.ndimage import binary_dilation, binary_erosion
 
+from referformer import data_transforms
 from referformer.processing_referformer import ReferFormerVideoProcessor, get_resize_output_size
 from referformer.data import (
     DATASET_FEATURES,
@@ -266,7 +267,6 @@ def test_ref_youtube_vos_valid_drops_test_videos(ytvos_root):
 def test_eval_transform_and_video_processor_give_the_same_pixels(ytvos_root):
     """Training/evaluation transforms normalize with the video processor's rule: the same frames give the same
     pixel values, and `collate_clips` pads them as the processor pads a batch."""
-    training = pytest.importorskip("referformer.training", reason="the collator module referformer.training is absent")
     row = load_ref_youtube_vos(ytvos_root, "valid")[0]
     sample = ReferringVideoEvalTransform(size=360, max_size=640).transform_example(row)
     processor = ReferFormerVideoProcessor(size={"shortest_edge": 360, "longest_edge": 640}, size_divisor=32)
@@ -388,7 +388,6 @@ def test_with_transform_batches_and_category_ids(ytvos_root):
 
 
 def test_samples_collate_into_a_padded_batch(ytvos_root):
-    training = pytest.importorskip("referformer.training", reason="the collator module referformer.training is absent")
 
     def tokenizer(text):
         return {"input_ids": [0] + [3] * len(text.split()) + [2], "attention_mask": [1] * (len(text.split()) + 2)}

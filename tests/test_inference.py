@@ -9,9 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import FP32_ROUNDING, assert_masks_equal_up_to_rounding, randomize_weights, unit_test_config
-from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
-from referformer.cli_presets import build_shapes_tokenizer
+from helpers import FP32_ROUNDING, assert_masks_equal_up_to_rounding, moving_square_clip, tiny_segmenter
 from referformer.inference import PREPROCESS_CHUNK, ReferringVideoSegmenter, write_predictions
 from referformer.video_io import iter_video_frames
 
@@ -19,22 +17,12 @@ from referformer.video_io import iter_video_frames
 SENTENCES = ["the bright square", "the dark background"]
 
 
-def clip(num_frames, height=48, width=72, seed=0):
-    """RGB frames with a square moving over noise."""
-    generator = np.random.default_rng(seed)
-    frames = generator.integers(0, 120, (num_frames, height, width, 3), dtype=np.uint8)
-    for index in range(num_frames):
-        left = (3 * index) % (width - 16)
-        frames[index, 10:26, left : left + 16] = (250, 240, 30)
-    return frames
+clip = moving_square_clip
 
 
 @pytest.fixture(scope="module")
 def segmenter():
-    torch.manual_seed(0)
-    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval())
-    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), build_shapes_tokenizer())
-    return ReferringVideoSegmenter(model, processor, device="cpu")
+    return tiny_segmenter()
 
 
 @torch.no_grad()

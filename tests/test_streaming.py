@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import randomize_weights, unit_test_config
-from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor, ReferFormerVideoProcessor
+from helpers import moving_square_clip, tiny_segmenter
+from referformer import ReferFormerProcessor, ReferFormerVideoProcessor
 from referformer.cli_presets import build_shapes_tokenizer
 from referformer.inference import ReferringVideoSegmenter
 from referformer.inference_session import WindowLink, select_linked_queries
@@ -21,22 +21,12 @@ from referformer.modeling_referformer import ReferFormerSegmentationOutput
 SENTENCES = ["the bright square", "the dark background"]
 
 
-def clip(num_frames, height=48, width=72, seed=0):
-    """RGB frames with a square moving over noise."""
-    generator = np.random.default_rng(seed)
-    frames = generator.integers(0, 120, (num_frames, height, width, 3), dtype=np.uint8)
-    for index in range(num_frames):
-        left = (3 * index) % (width - 16)
-        frames[index, 10:26, left : left + 16] = (250, 240, 30)
-    return frames
+clip = moving_square_clip
 
 
 @pytest.fixture(scope="module")
 def segmenter():
-    torch.manual_seed(0)
-    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval())
-    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 40}), build_shapes_tokenizer())
-    return ReferringVideoSegmenter(model, processor, device="cpu")
+    return tiny_segmenter()
 
 
 class TrackedFrame(np.ndarray):
@@ -185,12 +175,9 @@ def test_a_thousand_frame_stream_keeps_memory_bounded(segmenter):
 
 @pytest.fixture(scope="module")
 def online_segmenter():
-    """A random-weight OnlineRefer model (`online=True`) with the shapes tokenizer; frames resized to 80 pixels, so that
-    one frame's stride-64 level has more than one value per GroupNorm group of the tiny config."""
-    torch.manual_seed(0)
-    model = randomize_weights(ReferFormerForReferringVideoObjectSegmentation(unit_test_config(online=True)).eval())
-    processor = ReferFormerProcessor(ReferFormerVideoProcessor(size={"shortest_edge": 80}), build_shapes_tokenizer())
-    return ReferringVideoSegmenter(model, processor, device="cpu")
+    """A random-weight OnlineRefer model (`online=True`); frames resized to 80 pixels, so that one frame's stride-64
+    level has more than one value per GroupNorm group of the tiny config."""
+    return tiny_segmenter(shortest_edge=80, online=True)
 
 
 @torch.no_grad()
