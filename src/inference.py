@@ -232,7 +232,7 @@ class ReferringVideoSegmenter:
         `video=None`, from `session.add_frame`. Frames are stored on `video_storage_device` (default: the CPU);
         `keep_frames` keeps the decoded frames for overlays (`FrameSegmentation.frame`)."""
         sentences = sentence_list(text)
-        tokens = self.processor(text=sentences, return_tensors="pt")
+        tokens = self.processor.tokenize(sentences)
         return ReferFormerInferenceSession(
             sentences=sentences,
             input_ids=tokens["input_ids"],

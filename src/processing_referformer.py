@@ -387,26 +387,27 @@ class ReferFormerProcessor(ProcessorMixin):
 
     def __call__(self, videos=None, text=None, return_tensors="pt", **kwargs) -> BatchFeature:
         """Video kwargs go to the video processor, tokenizer kwargs (`padding`, `max_length`, `truncation`, ...) to
-        the tokenizer. Without `videos`, the sentences' tokens alone (for an inference session)."""
+        the tokenizer."""
         text_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in TextKwargs.__annotations__}
         video_kwargs = kwargs
-        if text is None:
-            raise ValueError("ReferFormerProcessor needs text (one referring expression per video).")
-        sentences = [" ".join(sentence.lower().split()) for sentence in sentence_list(text)]
-        if videos is None:
-            return BatchFeature(data=self._tokenize(sentences, **text_kwargs), tensor_type=return_tensors)
+        if videos is None or text is None:
+            raise ValueError("ReferFormerProcessor needs both videos and text (one referring expression per video).")
+        sentences = sentence_list(text)
         videos = _as_list_of_videos(videos)
         if len(videos) != len(sentences) and len(videos) != 1:
             raise ValueError(f"Got {len(videos)} videos and {len(sentences)} sentences: give one sentence per video, or one video.")
         inputs = self.video_processor(videos, return_tensors="pt", **video_kwargs)
         if len(videos) == 1 and len(sentences) > 1:
             inputs = BatchFeature({key: value.expand(len(sentences), *value.shape[1:]) for key, value in inputs.items()})
-        inputs.update(self._tokenize(sentences, **text_kwargs))
+        inputs.update(self.tokenize(sentences, **text_kwargs))
         return BatchFeature(data=dict(inputs), tensor_type=return_tensors)
 
-    def _tokenize(self, sentences: list[str], **text_kwargs) -> dict:
-        """Pads to the longest sentence and truncates (with a warning) to `max_length`, by default the tokenizer's
-        `model_max_length`, which `max_length` may not exceed (the text encoder has no positions beyond it)."""
+    def tokenize(self, text, **text_kwargs) -> BatchFeature:
+        """The tokens (`input_ids`, `attention_mask` `[N, L]`) of one referring expression or a list of them, as the
+        original cleans them (lower-cased, white space collapsed): padded to the longest sentence and truncated (with
+        a warning) to `max_length`, by default the tokenizer's `model_max_length`, which `max_length` may not exceed
+        (the text encoder has no positions beyond it). An inference session tokenizes its sentences once with it."""
+        sentences = [" ".join(sentence.lower().split()) for sentence in sentence_list(text)]
         limit = self.tokenizer.model_max_length if self.tokenizer.model_max_length < VERY_LARGE_INTEGER else None
         max_length = text_kwargs.pop("max_length", None) or limit
         if limit is not None and max_length > limit:
