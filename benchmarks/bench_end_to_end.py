@@ -63,6 +63,13 @@ def make_inputs(num_frames: int, num_sentences: int, device):
     return pixel_values.to(device), input_ids.to(device)
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used: unlike wall time, it barely moves when other processes load
+    the machine, so a row's CPU seconds per frame compare across rows of a loaded run."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timing(seconds: float, num_frames: int, warm_up_seconds: float, device: str) -> dict:
     """A row's figures: time, time per frame, the process's peak memory (RSS on CPU, max allocated on CUDA)."""
     if device == "cuda":
@@ -133,11 +140,11 @@ def run_stream(num_frames: int, chunk: int, device: str, window: int, overlap: i
     start = time.perf_counter()
     sum(1 for _ in segmenter.stream(frames(WARM_UP_FRAMES), ["the red square"], window=window, overlap=overlap))
     warm_up_seconds = time.perf_counter() - start
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     count = sum(1 for _ in segmenter.stream(frames(num_frames), ["the red square"], window=window, overlap=overlap))
-    seconds = time.perf_counter() - start
+    seconds, used_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
     assert count == num_frames, (count, num_frames)
-    return timing(seconds, num_frames, warm_up_seconds, device)
+    return timing(seconds, num_frames, warm_up_seconds, device) | {"cpu_seconds_per_frame": used_cpu / num_frames}
 
 
 def count_gflop(num_frames: int, chunk: int, device: str) -> float:
@@ -234,14 +241,17 @@ def main(args) -> None:
                         if path == "compiled":
                             compile_times.append(f"{dtype} T={num_frames} sentences={num_sentences}: "
                                                  f"{result['warm_up_seconds']:.0f} s")
-    for online, lengths in ((False, args.stream_frames if args.stream else []), (True, args.online_frames)):
+    if args.stream or args.online_frames:
+        print("\nstreamed rows, also in CPU seconds per frame (user + system of the row's process):\n", flush=True)
+        print("| path | T | s/frame | CPU s/frame | peak GiB |\n|---|---|---|---|---|", flush=True)
+    for online, lengths in ((True, args.online_frames), (False, args.stream_frames if args.stream else [])):
         for num_frames in lengths:
             options = ["--online"] if online else []
             result = in_subprocess(args, "--task", "stream", "--num_frames", str(num_frames), "--window",
                                    str(args.window), "--overlap", str(args.overlap), *options)
             name = "OnlineRefer stream (frame by frame)" if online else f"stream (window {args.window}, overlap {args.overlap})"
-            row = (name, "fp32", num_frames, 1, f"{result['seconds_per_frame']:.2f}", f"{result['peak_gib']:.2f}",
-                   "-", "-", "-")
+            row = (name, num_frames, f"{result['seconds_per_frame']:.2f}", f"{result['cpu_seconds_per_frame']:.2f}",
+                   f"{result['peak_gib']:.2f}")
             print("| " + " | ".join(str(value) for value in row) + " |", flush=True)
     if compile_times:
         print("compile + first forward of the compiled rows: " + ", ".join(compile_times), flush=True)
