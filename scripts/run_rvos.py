@@ -785,6 +785,8 @@ def run_serve(args: ServeArguments) -> None:
     try:
         demo = build_demo(WebDemo(segmenters, args.max_frames, results))
         demo.queue().launch(server_name=args.host, server_port=args.port)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, whenever it arrives: a normal stop
+        pass
     finally:
         results.close()
 

@@ -1121,16 +1121,17 @@ class ReferFormerPixelDecoder(nn.Module):
         output = None
         for stage in reversed(range(len(self.adapters))):
             key_values = clip_key_values[stage]
+            # Positional tensors: a checkpointed layer (reentrant gradient checkpointing) sees only those as inputs.
             fused = self.blocks[stage](
-                vision_features=self.adapters[stage](stage_features[stage]),
-                vision_position_embeddings=stage_position_embeddings[stage],
-                num_frames=num_frames,
-                clip_key_states=key_values.key_states,
-                clip_value_states=key_values.value_states,
-                clip_key_padding_mask=key_values.padding_mask,
-                text_features=text.word_features,
-                text_position_embeddings=text.position_embeddings,
-                text_padding_mask=text.padding_mask,
+                self.adapters[stage](stage_features[stage]),
+                stage_position_embeddings[stage],
+                num_frames,
+                key_values.key_states,
+                key_values.value_states,
+                key_values.padding_mask,
+                text.word_features,
+                text.position_embeddings,
+                text.padding_mask,
             )
             if output is not None:
                 fused = fused + F.interpolate(output, size=fused.shape[-2:], mode="nearest")
