@@ -354,8 +354,8 @@ def _identifier(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
 
 
-def usage_section(model_id: str, sentence: str) -> list[str]:
-    """Markdown lines of a model card's "Usage" section: segmenting a video file with the processor and the model."""
+def _usage_opening(model_id: str, sentence: str) -> list[str]:
+    """The first lines of a card's "Usage" section: loading the processor and the model, preprocessing a video."""
     return [
         "## Usage",
         "",
@@ -365,6 +365,12 @@ def usage_section(model_id: str, sentence: str) -> list[str]:
         f'processor = ReferFormerProcessor.from_pretrained("{model_id}")',
         f'model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("{model_id}").eval()',
         f'inputs = processor(videos="video.mp4", text="{sentence}")',
+    ]
+
+
+def usage_section(model_id: str, sentence: str) -> list[str]:
+    """Markdown lines of a model card's "Usage" section: segmenting a video file with the processor and the model."""
+    return _usage_opening(model_id, sentence) + [
         "outputs = model(**inputs)",
         "results = processor.post_process_referring_video_segmentation(",
         '    outputs, target_sizes=inputs["original_sizes"], resized_sizes=inputs["resized_sizes"]',
@@ -376,15 +382,7 @@ def usage_section(model_id: str, sentence: str) -> list[str]:
 
 def online_usage_section(model_id: str, sentence: str) -> list[str]:
     """Markdown lines of an OnlineRefer card's "Usage" section: the model run frame by frame, carrying the track."""
-    return [
-        "## Usage",
-        "",
-        "```python",
-        "from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor",
-        "",
-        f'processor = ReferFormerProcessor.from_pretrained("{model_id}")',
-        f'model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("{model_id}").eval()',
-        f'inputs = processor(videos="video.mp4", text="{sentence}")',
+    return _usage_opening(model_id, sentence) + [
         "track, masks = None, []",
         'for frame in range(inputs["pixel_values"].shape[1]):',
         "    outputs = model(",

@@ -86,29 +86,32 @@ def predict_args(model_dir, video, output_dir, *extra):
 # 1. Resume loads only what training wrote -------------------------------------------------------------------------
 
 
-def test_resume_never_unpickles_and_refuses_foreign_files(tmp_path):
+
+def prepared_training():
+    """A fresh CPU Accelerator with the tiny training model, its AdamW and learning-rate schedule prepared."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=True)
+    model = tiny_training_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3], gamma=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return accelerator, model, optimizer, scheduler
+
+def test_resume_never_unpickles_and_refuses_foreign_files(tmp_path):
+
     marker = tmp_path / "code-was-executed"
 
-    def setup():
-        AcceleratorState._reset_state(reset_partial_state=True)
-        accelerator = Accelerator(cpu=True)
-        model = tiny_training_model()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3], gamma=0.1)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        return accelerator, model, optimizer, scheduler
-
     checkpoint = tmp_path / "run" / "checkpoint-2"
-    accelerator, model, optimizer, scheduler = setup()
+    accelerator, model, optimizer, scheduler = prepared_training()
     save_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler, 2, 0, 2)
     assert sorted(path.name for path in checkpoint.iterdir()) == [
         MANIFEST_NAME, "model.safetensors", "optimizer.pt", "training_state.json"
     ]
     def load():
-        accelerator, model, optimizer, scheduler = setup()
+        accelerator, model, optimizer, scheduler = prepared_training()
         return load_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
 
     assert load() == (2, 0, 2)
@@ -667,28 +670,17 @@ def test_empty_and_damaged_files_and_overflowing_options_are_one_line_errors(tmp
 
 
 def test_damaged_checkpoint_files_and_a_failed_checkpoint_save_are_one_line_errors(tmp_path, monkeypatch):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from safetensors import SafetensorError
 
-    def setup():
-        AcceleratorState._reset_state(reset_partial_state=True)
-        accelerator = Accelerator(cpu=True)
-        model = tiny_training_model()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3], gamma=0.1)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        return accelerator, model, optimizer, scheduler
-
     checkpoint = tmp_path / "run" / "checkpoint-2"
-    accelerator, model, optimizer, scheduler = setup()
+    accelerator, model, optimizer, scheduler = prepared_training()
     save_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler, 2, 0, 2)
     state_file, optimizer_file = checkpoint / "training_state.json", checkpoint / "optimizer.pt"
     good_state, good_optimizer = state_file.read_text(), optimizer_file.read_bytes()
 
     def load_error() -> str:
         with pytest.raises(CheckpointError) as raised:
-            accelerator, model, optimizer, scheduler = setup()
+            accelerator, model, optimizer, scheduler = prepared_training()
             load_training_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
         assert "\n" not in str(raised.value)
         return str(raised.value)
