@@ -263,7 +263,7 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, nargs="+", default=[5, 36, 100, 300], help="Clip lengths T.")
+    parser.add_argument("--frames", type=int, nargs="*", default=[5, 36, 100, 300], help="Clip lengths T (none: only the streamed rows).")
     parser.add_argument("--sentences", type=int, nargs="+", default=[1, 5], help="Sentences per video.")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Intra-op threads (default: all cores).")
