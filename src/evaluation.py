@@ -144,6 +144,20 @@ def region_similarity(gt, pred, void=None):
     Returns:
         A float for a `[H, W]` input, a float64 array of `T` values for a `[T, H, W]` input. A frame whose
         union is empty (both masks empty, or everything void) scores 1.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import region_similarity
+    >>> gt = np.zeros((8, 8), dtype=bool); gt[2:6, 2:6] = True  # a 4x4 square
+    >>> pred = np.zeros((8, 8), dtype=bool); pred[2:6, 3:7] = True  # the same square, one pixel to the right
+    >>> round(region_similarity(gt, pred), 3)  # 12 shared pixels out of 20
+    0.6
+    >>> region_similarity(np.stack([gt, gt]), np.stack([pred, gt])).round(3).tolist()  # [T, H, W]: one J per frame
+    [0.6, 1.0]
+
+    ```
     """
     gt_mask, pred_mask, void_mask = _check_mask_pair(gt, pred, void)
     intersection = gt_mask & pred_mask
@@ -174,6 +188,20 @@ def boundary_map(mask) -> np.ndarray:
 
     Returns:
         A boolean array of the same shape.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import boundary_map
+    >>> mask = np.zeros((4, 5), dtype=bool); mask[1:3, 1:4] = True
+    >>> boundary_map(mask).astype(int)  # pixels that differ from their east, south or south-east neighbour
+    array([[1, 1, 1, 1, 0],
+           [1, 0, 0, 1, 0],
+           [1, 1, 1, 1, 0],
+           [0, 0, 0, 0, 0]])
+
+    ```
     """
     mask = np.asarray(mask)
     if mask.ndim < 2:
@@ -280,6 +308,20 @@ def contour_accuracy(gt, pred, void=None, bound_th=0.008):
 
     Returns:
         A float for a `[H, W]` input, a float64 array of `T` values for a `[T, H, W]` input.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import contour_accuracy
+    >>> gt = np.zeros((8, 8), dtype=bool); gt[2:6, 2:6] = True
+    >>> pred = np.zeros((8, 8), dtype=bool); pred[2:6, 3:7] = True  # one pixel to the right
+    >>> round(contour_accuracy(gt, pred), 3)  # radius ceil(0.008 * sqrt(8**2 + 8**2)) = 1 pixel: all pixels match
+    1.0
+    >>> round(contour_accuracy(gt, pred, bound_th=0), 3)  # no tolerance: only the boundary pixels that coincide match
+    0.5
+
+    ```
     """
     gt_mask, pred_mask, void_mask = _check_mask_pair(gt, pred, void)
     radius = _dilation_radius(gt_mask.shape[-2:], bound_th)
@@ -308,6 +350,16 @@ def sequence_statistics(values) -> tuple[float, float, float]:
     quarter (four overlapping bins). The official code stores the bin edges as uint8: from 256 frames on
     they wrap around and the decay is meaningless (NaN at exactly 256 frames under NumPy 2); this is
     reproduced, with a warning.
+
+    Example:
+
+    ```python
+    >>> from referformer.evaluation import sequence_statistics
+    >>> mean, recall, decay = sequence_statistics([1.0, 0.9, 0.4, 0.2])  # J of four frames
+    >>> round(mean, 3), round(recall, 3), round(decay, 3)  # decay: mean of frames 0-1 minus mean of frames 2-3
+    (0.625, 0.5, 0.65)
+
+    ```
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
@@ -342,6 +394,18 @@ def jf_statistics(j_per_object, f_per_object) -> dict[str, float]:
 
     Returns:
         `{"J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"}`.
+
+    Example:
+
+    ```python
+    >>> from referformer.evaluation import jf_statistics
+    >>> j = [[1.0, 0.6], [0.8, 0.6]]  # two objects, two frames each
+    >>> f = [[1.0, 0.2], [0.6, 0.6]]
+    >>> {key: round(value, 3) for key, value in jf_statistics(j, f).items()}
+    {'J&F-Mean': 0.675, 'J-Mean': 0.75, 'J-Recall': 1.0, 'J-Decay': 0.3, 'F-Mean': 0.6, 'F-Recall': 0.75,
+     'F-Decay': 0.4}
+
+    ```
     """
     if len(j_per_object) != len(f_per_object):
         raise ValueError(f"Got J for {len(j_per_object)} objects but F for {len(f_per_object)}.")
@@ -437,6 +501,19 @@ def davis_unsupervised_jf(ground_truth, prediction, max_proposals: int = DAVIS_M
 
     Returns:
         `(j, f)`, two float64 arrays `[num_objects, T]`, rows in the official order (by matched predicted id).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import davis_unsupervised_jf
+    >>> gt = np.zeros((2, 8, 8), dtype=np.uint8); gt[:, 1:4, 1:4] = 1; gt[:, 5:8, 5:8] = 2  # two objects
+    >>> pred = gt.copy(); pred[1, 5:8, 4:8] = 2  # object 2 one column too wide in frame 1
+    >>> j, f = davis_unsupervised_jf(gt, pred)
+    >>> j.round(3).tolist(), f.round(3).tolist()  # [num_objects, T]; the extra column is within F's 1-pixel tolerance
+    ([[1.0, 1.0], [1.0, 0.75]], [[1.0, 1.0], [1.0, 1.0]])
+
+    ```
     """
     return _DavisSequence(ground_truth).match(prediction, max_proposals=max_proposals)
 
@@ -460,6 +537,19 @@ def ref_davis_label_maps(expression_probabilities) -> list[np.ndarray]:
 
     Returns:
         Four uint8 label maps `[T, H, W]`, one per annotator set.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import ref_davis_label_maps
+    >>> first = np.array([[[0.9, 0.7, 0.2, 0.1]]], dtype=np.float32)  # [T=1, H=1, W=4]
+    >>> second = np.array([[[0.1, 0.8, 0.6, 0.3]]], dtype=np.float32)
+    >>> expressions = [first, first, first, np.zeros_like(first)] + [second] * 4  # 4 per object; set 3 misses object 1
+    >>> [labels.ravel().tolist() for labels in ref_davis_label_maps(expressions)]
+    [[1, 2, 2, 0], [1, 2, 2, 0], [1, 2, 2, 0], [0, 2, 2, 0]]
+
+    ```
     """
     if isinstance(expression_probabilities, Mapping):
         expression_probabilities = list(expression_probabilities.values())
@@ -497,7 +587,19 @@ def ref_davis_label_maps(expression_probabilities) -> list[np.ndarray]:
 
 
 def ref_davis_summary(per_run: Sequence[Mapping[str, float]]) -> dict:
-    """Average the global results of the four Ref-DAVIS17 runs, as the reported numbers are."""
+    """Average the global results of the four Ref-DAVIS17 runs, as the reported numbers are.
+
+    Example:
+
+    ```python
+    >>> from referformer.evaluation import jf_statistics, ref_davis_summary
+    >>> per_run = [jf_statistics([[j, j]], [[1.0, 1.0]]) for j in (1.0, 0.8, 0.6, 0.6)]  # one object, F = 1
+    >>> summary = ref_davis_summary(per_run)
+    >>> round(summary["J-Mean"], 3), round(summary["J&F-Mean"], 3), len(summary["per_run"])
+    (0.75, 0.875, 4)
+
+    ```
+    """
     if len(per_run) != REF_DAVIS_NUM_RUNS:
         raise ValueError(f"Ref-DAVIS17 averages {REF_DAVIS_NUM_RUNS} runs, got {len(per_run)}.")
     summary = {key: float(np.mean([run[key] for run in per_run])) for key in DAVIS_KEYS}
@@ -512,9 +614,19 @@ class RefDavisEvaluator:
     Sequences are added one by one; only their per-frame J and F are kept.
 
     Example:
-        >>> evaluator = RefDavisEvaluator()
-        >>> evaluator.add_probabilities("bike-packing", gt_labels, expression_probabilities)  # doctest: +SKIP
-        >>> scores = evaluator.compute()  # doctest: +SKIP
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import RefDavisEvaluator
+    >>> labels = np.zeros((2, 8, 8), dtype=np.uint8); labels[:, 2:6, 2:6] = 1  # one object, two frames
+    >>> found = (labels == 1).astype(np.float32)  # the probability map of an expression that finds it
+    >>> evaluator = RefDavisEvaluator()
+    >>> evaluator.add_probabilities("square", labels, [found, found, found, np.zeros_like(found)])  # its 4 expressions
+    >>> scores = evaluator.compute()
+    >>> round(scores["J&F-Mean"], 3), [round(run["J&F-Mean"], 3) for run in scores["per_run"]]
+    (0.75, [1.0, 1.0, 1.0, 0.0])
+
+    ```
     """
 
     def __init__(self):
@@ -577,6 +689,21 @@ def ref_davis_scores(ground_truth: Mapping, predictions: Sequence[Mapping]) -> d
     Returns:
         `{"J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"}` averaged over the
         four runs (fractions, not percentages), and `per_run` with the same keys for each run.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import ref_davis_scores
+    >>> labels = np.zeros((2, 8, 8), dtype=np.uint8); labels[:, 1:4, 1:4] = 1; labels[:, 5:8, 5:8] = 2
+    >>> swapped = np.where(labels == 0, 0, 3 - labels).astype(np.uint8)  # ids swapped: still matched perfectly
+    >>> only_first = np.where(labels == 1, 1, 0).astype(np.uint8)  # object 2 missed
+    >>> predictions = [{"squares": pred} for pred in (swapped, only_first, swapped, swapped)]  # one per expression set
+    >>> scores = ref_davis_scores({"squares": labels}, predictions)
+    >>> round(scores["J&F-Mean"], 3), [round(run["J-Mean"], 3) for run in scores["per_run"]]
+    (0.875, [1.0, 0.5, 1.0, 1.0])
+
+    ```
     """
     if not isinstance(ground_truth, Mapping):
         raise TypeError("`ground_truth` must be a mapping sequence name -> label map.")
@@ -601,6 +728,15 @@ def top_prediction_index(scores) -> int:
     """Index of the prediction used for P@K and IoU: the highest score, the *last* one on ties.
 
     This is `sorted(predictions, key=score)[-1]` of the reference code (the opposite of COCOeval's order).
+
+    Example:
+
+    ```python
+    >>> from referformer.evaluation import top_prediction_index
+    >>> top_prediction_index([0.2, 0.9, 0.9])  # a tie: the last one wins
+    2
+
+    ```
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size == 0:
@@ -616,6 +752,17 @@ def a2d_iou_metrics(intersections, unions) -> dict[str, float]:
     The per-sample IoU is `(I + 1e-6) / (U + 1e-6)` in float32 as the reference computes it in torch (an
     empty prediction against an empty ground truth scores 1, and float32 rounding decides exact ties
     such as 0.6 or 0.7); P@K counts IoUs strictly above K; overall IoU is `sum(I) / sum(U)`.
+
+    Example:
+
+    ```python
+    >>> from referformer.evaluation import a2d_iou_metrics
+    >>> metrics = a2d_iou_metrics(intersections=[15, 10, 0], unions=[20, 16, 10])  # IoUs 0.75, 0.625, 0
+    >>> {key: round(value, 3) for key, value in metrics.items()}
+    {'P@0.5': 0.667, 'P@0.6': 0.667, 'P@0.7': 0.333, 'P@0.8': 0.0, 'P@0.9': 0.0, 'overall_iou': 0.543,
+     'mean_iou': 0.458}
+
+    ```
     """
     intersections = np.asarray(intersections)
     unions = np.asarray(unions)
@@ -663,6 +810,21 @@ class A2DEvaluator:
 
     Each sample is one annotated frame and one referred object. All queries' masks are kept (RLE-encoded)
     for the mAP; the top-scoring one gives the IoU metrics.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import A2DEvaluator
+    >>> gt = np.zeros((8, 8), dtype=bool); gt[2:6, 2:6] = True
+    >>> evaluator = A2DEvaluator()
+    >>> evaluator.add("v_abc_f_12_i_0", gt, np.stack([gt, ~gt]), scores=[0.9, 0.2])  # the top query is right
+    >>> evaluator.add("v_abc_f_15_i_0", gt, np.stack([gt, ~gt]), scores=[0.4, 0.7])  # the top query is wrong
+    >>> metrics = evaluator.compute()  # the mAP scores every query; top1_only=True only the top ones
+    >>> metrics["P@0.5"], round(metrics["mAP"], 3), round(evaluator.compute(top1_only=True)["mAP"], 3)
+    (0.5, 0.835, 0.505)
+
+    ```
     """
 
     def __init__(self):
@@ -766,6 +928,20 @@ def a2d_metrics(samples, top1_only: bool = False) -> dict:
 
     Returns:
         `P@0.5` .. `P@0.9`, `overall_iou`, `mean_iou`, `mAP` and `coco_stats` (see `A2DEvaluator.compute`).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.evaluation import a2d_metrics
+    >>> gt = np.zeros((8, 8), dtype=bool); gt[2:6, 2:6] = True  # 16 pixels
+    >>> wide = np.zeros((8, 8), dtype=bool); wide[2:6, 1:7] = True  # 24 pixels covering them: IoU 2/3
+    >>> sample = {"image_id": "v_abc_f_12_i_0", "gt": gt, "pred_masks": np.stack([wide, ~gt]), "scores": [0.8, 0.3]}
+    >>> metrics = a2d_metrics([sample])
+    >>> metrics["P@0.6"], metrics["P@0.7"], round(metrics["overall_iou"], 3), round(metrics["mAP"], 3)
+    (1.0, 0.0, 0.667, 0.4)
+
+    ```
     """
     evaluator = A2DEvaluator()
     for sample in samples:
@@ -782,5 +958,20 @@ def a2d_metrics(samples, top1_only: bool = False) -> dict:
 
 
 def rvos_metric_path() -> str:
-    """Local path of the `evaluate` module wrapping these metrics: `evaluate.load(rvos_metric_path())`."""
+    """Local path of the `evaluate` module wrapping these metrics: `evaluate.load(rvos_metric_path())`.
+
+    Example:
+
+    ```python
+    >>> import evaluate, numpy as np
+    >>> from referformer.evaluation import rvos_metric_path
+    >>> metric = evaluate.load(rvos_metric_path())  # one [T, H, W] prediction and ground truth per (video, expression)
+    >>> gt = np.zeros((2, 8, 8), dtype=bool); gt[:, 2:6, 2:6] = True
+    >>> pred = gt.copy(); pred[1] = np.roll(gt[1], 1, axis=1)  # one pixel to the right in frame 1
+    >>> results = metric.compute(predictions=[pred], references=[gt])
+    >>> round(results["J&F"], 3), round(results["J"], 3), round(results["F"], 3)
+    (0.9, 0.8, 1.0)
+
+    ```
+    """
     return str(Path(__file__).resolve().parent / "evaluate_metrics" / "rvos")

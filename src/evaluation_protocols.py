@@ -40,7 +40,7 @@ from .data import (
     load_ref_davis17,
     load_ref_youtube_vos,
 )
-from .data_transforms import check_object_occurs, collate_clips, read_annotation_png
+from .data_transforms import check_object_occurs, collate_clips, iter_row_frames, read_annotation_png
 from .evaluation import (
     A2DEvaluator,
     RefDavisEvaluator,
@@ -359,7 +359,7 @@ def predict_a2d(segmenter, rows, num_frames: int, threshold: float = 0.5, progre
     )
     indices = range(len(rows)) if indices is None else indices
     for index in tqdm(indices, desc="samples", disable=not progress):
-        sample = {key: values[0] for key, values in transform(rows[index : index + 1]).items()}
+        sample = transform(rows[index])
         batch = collate_clips([sample], pad_token_id=segmenter.processor.tokenizer.pad_token_id)
         batch.pop("labels", None)
         with segmenter.autocast():
@@ -502,7 +502,7 @@ def evaluate_ytvos_layout(segmenter, data_root, split: str, output_dir, window=N
 
     def segment(video_rows):
         sentences = [row["expression"] for row in video_rows]
-        results = segmenter(video_rows[0]["frames"], sentences, window, threshold=threshold)
+        results = segmenter(iter_row_frames(video_rows[0]), sentences, window, threshold=threshold)
         return [(row["exp_id"], row["frame_names"], CompressedArray(result.masks)) for row, result in zip(video_rows, results)]
 
     videos = group_by_video(rows)
@@ -535,7 +535,7 @@ def evaluate_ref_davis17_benchmark(
     def label_maps(video_rows):
         video_rows = sorted(video_rows, key=lambda row: int(row["exp_id"]))
         sentences = [row["expression"] for row in video_rows]
-        results = segmenter(video_rows[0]["frames"], sentences, window, threshold=threshold)
+        results = segmenter(iter_row_frames(video_rows[0]), sentences, window, threshold=threshold)
         return CompressedArray(np.stack(ref_davis_label_maps([result.probabilities() for result in results])))
 
     segmented = run_sharded(label_maps, videos.values(), "videos")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import AutoTokenizer
 
 from .cli_presets import CONFIG_PRESETS, DEFAULT_TOKENIZERS, build_shapes_tokenizer, tiny_config
@@ -28,6 +27,7 @@ from .data import (
     load_a2d_sentences,
     load_ref_youtube_vos,
     load_refcoco,
+    load_video_frames,
 )
 from .modeling_referformer import ReferFormerForReferringVideoObjectSegmentation
 from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor
@@ -87,14 +87,12 @@ class SeededClips(torch.utils.data.Dataset):
         rows, make_transform = self.parts[part]
         row = index - int(self.offsets[part])
         seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        sample = make_transform(seed=seed)(rows[row : row + 1])
-        return {key: values[0] for key, values in sample.items()}
+        return make_transform(seed=seed)(rows[row])
 
 
 def synthetic_frame_height(rows) -> int:
     """Height of the first frame of a table's first row (the synthetic clips all have one size)."""
-    with Image.open(rows[0]["frames"][0]) as image:
-        return image.height
+    return load_video_frames(rows[0], [0])[0].height
 
 
 def default_inference_size(dataset: str, data_root, split: str = "train") -> int:

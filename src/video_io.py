@@ -135,26 +135,40 @@ def frame_to_rgb(frame) -> np.ndarray:
     return np.ascontiguousarray(frame[:, :, :3])
 
 
-def read_frame_image(path) -> np.ndarray:
-    """One frame image file as an RGB uint8 array `[H, W, 3]` (16-bit images scaled, see [`frame_to_rgb`])."""
+def file_name(source) -> str:
+    """How messages name a file given as a path or as a binary file object (its `name`)."""
+    return str(source.name) if hasattr(source, "read") else str(source)
+
+
+def read_frame_image(source) -> np.ndarray:
+    """One frame image file (a path, or a binary file object such as a named `io.BytesIO` of its bytes) as an RGB
+    uint8 array `[H, W, 3]` (16-bit images scaled, see [`frame_to_rgb`])."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return frame_to_rgb(image)
     except OSError as error:
-        raise ValueError(f"Cannot read frame image {path}: {error}") from error
+        raise ValueError(f"Cannot read frame image {file_name(source)}: {error}") from error
+
+
+def _open_container(av, source):
+    """PyAV's container of a video file given as a path or as a binary file object (read from its start)."""
+    if hasattr(source, "read"):
+        source.seek(0)
+        return av.open(source)
+    return av.open(str(source))
 
 
 def count_video_file_frames(path) -> int:
-    """Number of frames of a video file: its container header's count, or the decoded frames when the header has
-    none."""
+    """Number of frames of a video file (a path or a binary file object): its container header's count, or the
+    decoded frames when the header has none."""
     av = _import_av(path)
     try:
-        with av.open(str(path)) as container:
+        with _open_container(av, path) as container:
             if not container.streams.video:
-                raise ValueError(f"The file {path} has no video stream.")
+                raise ValueError(f"The file {file_name(path)} has no video stream.")
             count = container.streams.video[0].frames
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
-        raise ValueError(f"Cannot decode video file {path}: {error}") from error
+        raise ValueError(f"Cannot decode video file {file_name(path)}: {error}") from error
     return count if count > 0 else sum(1 for _ in decode_video_file(path, lambda index: False))
 
 
@@ -164,18 +178,18 @@ def _import_av(path):
     try:
         import av
     except ImportError as error:
-        raise ImportError(f"Decoding the video file {path} needs PyAV: `pip install av`.") from error
+        raise ImportError(f"Decoding the video file {file_name(path)} needs PyAV: `pip install av`.") from error
     return av
 
 
 def decode_video_file(path, keep):
-    """Yields `(index, frame)` for the frames of a video file whose index satisfies `keep(index)`; decoding stops at
-    the first index for which `keep` returns None (past the last frame wanted)."""
+    """Yields `(index, frame)` for the frames of a video file (a path or a binary file object) whose index satisfies
+    `keep(index)`; decoding stops at the first index for which `keep` returns None (past the last frame wanted)."""
     av = _import_av(path)
     try:
-        with av.open(str(path)) as container:
+        with _open_container(av, path) as container:
             if not container.streams.video:
-                raise ValueError(f"The file {path} has no video stream.")
+                raise ValueError(f"The file {file_name(path)} has no video stream.")
             for index, frame in enumerate(container.decode(video=0)):
                 decision = keep(index)
                 if decision is None:
@@ -183,7 +197,7 @@ def decode_video_file(path, keep):
                 if decision:
                     yield index, frame.to_ndarray(format="rgb24")
     except (av.error.FFmpegError, UnicodeDecodeError, IndexError) as error:
-        raise ValueError(f"Cannot decode video file {path}: {error}") from error
+        raise ValueError(f"Cannot decode video file {file_name(path)}: {error}") from error
 
 
 def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = None):
@@ -262,6 +276,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "count_video_file_frames",
     "decode_video_file",
+    "file_name",
     "frame_file_names",
     "frame_to_rgb",
     "is_frame_path_list",

@@ -5,8 +5,10 @@ Every test builds a miniature copy of the official layout in `tmp_path` (real JP
 checked after augmentation.
 """
 
+import io
 import json
 import os
+import shutil
 
 import av
 import numpy as np
@@ -18,16 +20,21 @@ from scipy.ndimage import binary_dilation, binary_erosion
 
 from referformer import data_transforms
 from referformer.processing_referformer import ReferFormerVideoProcessor, get_resize_output_size
+from datasets import Image as ImageFeature
+from datasets import List, load_from_disk
+
 from referformer.data import (
     DATASET_FEATURES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MEDIA_DATASET_FEATURES,
     ReferringVideoEvalTransform,
     ReferringVideoTrainTransform,
     centered_window_indices,
     clean_expression,
     count_video_frames,
     expand_clip_starts,
+    iter_row_frames,
     load_a2d_sentences,
     load_jhmdb_sentences,
     load_object_masks,
@@ -131,6 +138,49 @@ def assert_sample_consistent(sample, num_frames, num_label_frames=None):
         np.testing.assert_allclose(boxes[t], expected, atol=8 / min(height, width))
 
 
+def assert_samples_equal(first, second):
+    """Two transformed samples hold the same values (exactly: one process, the same operations on the same inputs)."""
+    assert first.keys() == second.keys()
+    for key in ("pixel_values", "frame_indices", "original_size", "resized_size"):
+        assert torch.equal(first[key], second[key]), key
+    for key in ("expression", "video_id", "exp_id", "image_id", "valid_frame_index"):
+        assert first[key] == second[key], key
+    if "labels" in first:
+        assert first["labels"].keys() == second["labels"].keys()
+        for key, value in first["labels"].items():
+            assert torch.equal(value, second["labels"][key]), key
+
+
+def row_media(row):
+    """Every frame (`[T, H, W, 3]`) and the referred object's masks of a row, decoded by the row readers."""
+    num_frames = count_video_frames(row)
+    frames = np.stack([np.asarray(image) for image in load_video_frames(row, range(num_frames))])
+    masks = load_object_masks(row, range(num_frames)) if row["mask_type"] != "none" else None
+    return frames, masks
+
+
+def assert_same_media(path_rows, media_rows):
+    """The rows of a path-form and an `embed_media` dataset decode to the same frames and masks."""
+    assert len(path_rows) == len(media_rows)
+    for path_row, media_row in zip(path_rows, media_rows, strict=True):
+        (frames, masks), (media_frames, media_masks) = row_media(path_row), row_media(media_row)
+        np.testing.assert_array_equal(media_frames, frames)
+        np.testing.assert_array_equal(np.stack(list(iter_row_frames(media_row))), frames)
+        if masks is not None:
+            np.testing.assert_array_equal(media_masks, masks)
+            assert masks.any()
+
+
+def save_elsewhere_and_delete(dataset, tmp_path, *sources):
+    """`dataset` saved with `save_to_disk`, the saved folder moved to another folder, `sources` deleted: what
+    `load_from_disk` then reads can only come from the saved bytes."""
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    shutil.copytree(tmp_path / "saved", tmp_path / "elsewhere" / "copy")
+    for folder in (tmp_path / "saved", *sources):
+        shutil.rmtree(folder)
+    return load_from_disk(str(tmp_path / "elsewhere" / "copy"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Ref-YouTube-VOS
 # ---------------------------------------------------------------------------------------------------
@@ -217,7 +267,7 @@ def test_ref_youtube_vos_train_rows(ytvos_root):
     assert (row["obj_id"], row["category"], row["expression"]) == ("1", "person", "A  Person on the LEFT")
     assert row["frame_names"] == YTVOS_FRAMES
     assert row["frames"] == [str(ytvos_root / "train" / "JPEGImages" / "vid_a" / f"{n}.jpg") for n in YTVOS_FRAMES]
-    assert row["mask_paths"] == [str(ytvos_root / "train" / "Annotations" / "vid_a" / f"{n}.png") for n in YTVOS_FRAMES]
+    assert row["masks"] == [str(ytvos_root / "train" / "Annotations" / "vid_a" / f"{n}.png") for n in YTVOS_FRAMES]
     assert (row["mask_type"], row["annotated_frame"], row["start_frame"]) == ("palette", -1, -1)
     assert rows["vid_a", "1"]["obj_id"] == "2" and rows["vid_a", "1"]["category"] == "dog"
 
@@ -227,6 +277,87 @@ def test_ref_youtube_vos_train_rows(ytvos_root):
     frames = load_video_frames(row, [1])
     assert frames[0].size == (WIDTH, HEIGHT)
     assert count_video_frames(row) == len(YTVOS_FRAMES)
+
+
+def test_media_form_is_saved_with_its_bytes_and_reads_as_the_path_form(ytvos_root, tmp_path):
+    paths = load_ref_youtube_vos(ytvos_root, "train")
+    media = load_ref_youtube_vos(ytvos_root, "train", embed_media=True)
+    assert media.features == MEDIA_DATASET_FEATURES
+    assert media.column_names == paths.column_names
+    assert media[0]["video"] is None and media[0]["mask_type"] == "palette"
+    expected = [row_media(row) for row in paths]
+    eval_samples = [ReferringVideoEvalTransform(size=96)(row) for row in paths]
+    train = ReferringVideoTrainTransform(3, seed=5)
+    train_samples = [train(row) for row in paths]
+
+    loaded = save_elsewhere_and_delete(media, tmp_path, ytvos_root)
+    assert loaded.features == MEDIA_DATASET_FEATURES
+    row = loaded[0]
+    # The saved values are the files' bytes, named by their file name only.
+    assert [frame["path"] for frame in row["frames"]] == [f"{name}.jpg" for name in YTVOS_FRAMES]
+    assert [mask["path"] for mask in row["masks"]] == [f"{name}.png" for name in YTVOS_FRAMES]
+    assert all(frame["bytes"][:2] == b"\xff\xd8" for frame in row["frames"])  # JPEG files, kept as they were
+    for row, (frames, masks) in zip(loaded, expected, strict=True):
+        np.testing.assert_array_equal(row_media(row)[0], frames)
+        np.testing.assert_array_equal(row_media(row)[1], masks)
+    for row, sample in zip(loaded, eval_samples, strict=True):
+        assert_samples_equal(ReferringVideoEvalTransform(size=96)(row), sample)
+    # The same seed draws the same clips from either form (reading a row draws nothing).
+    train = ReferringVideoTrainTransform(3, seed=5)
+    for row, sample in zip(loaded, train_samples, strict=True):
+        assert_samples_equal(train(row), sample)
+    # Streamed rows, and frames and masks decoded to PIL images by `datasets`, read the same.
+    for row, sample in zip(loaded.to_iterable_dataset(), eval_samples, strict=True):
+        assert_samples_equal(ReferringVideoEvalTransform(size=96)(row), sample)
+    decoded = loaded.cast_column("frames", List(ImageFeature())).cast_column("masks", List(ImageFeature()))
+    assert isinstance(decoded[0]["frames"][0], Image.Image) and decoded[0]["masks"][0].mode == "P"
+    assert_samples_equal(ReferringVideoEvalTransform(size=96)(decoded[1]), eval_samples[1])
+
+
+def test_transform_takes_one_row_or_a_batch(ytvos_root):
+    """`transform(row)`, `dataset.map(transform)`, `dataset.map(transform, batched=True)` and `with_transform` give the
+    same samples: each fresh transform seeded alike draws the rows' clips in the same order from the same stream."""
+    dataset = load_ref_youtube_vos(ytvos_root, "train")
+
+    def transform():
+        return ReferringVideoTrainTransform(3, seed=7, scales=(96,), max_size=160)
+
+    one_by_one = transform()
+    expected = [one_by_one(row) for row in dataset]
+    other_seed = ReferringVideoTrainTransform(3, seed=8, scales=(96,), max_size=160)(dataset[0])
+    assert not torch.equal(other_seed["pixel_values"], expected[0]["pixel_values"])  # the seed matters
+    batch = dataset.with_transform(transform())[0:3]
+    for index, sample in enumerate(expected):
+        assert_samples_equal({key: values[index] for key, values in batch.items()}, sample)
+    for options in ({}, {"batched": True, "batch_size": 2}):
+        mapped = dataset.map(transform(), remove_columns=dataset.column_names, **options).with_format("torch")
+        for index, sample in enumerate(expected):
+            assert_samples_equal(mapped[index], sample)
+    # Anything else is refused with one line.
+    for value, error in (
+        (["a row"], "got list"),
+        ({"video_id": 3}, "got `video_id` 3"),
+        ({"video_id": ["vid_a", "vid_b"], "exp_id": "0"}, "every column as a list of one length"),
+        ({"video_id": ["vid_a"], "exp_id": ["0", "1"]}, "every column as a list of one length"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=error) as raised:
+            transform()(value)
+        assert "\n" not in str(raised.value)
+
+
+def test_row_media_values_are_checked(ytvos_root):
+    row = load_ref_youtube_vos(ytvos_root, "train")[0]
+    with pytest.raises(TypeError, match=r"A row's frame must be a file path, a PIL image or a `datasets.Image` value"):
+        load_video_frames({**row, "frames": [{"bytes": None, "path": None}]}, [0])
+    with pytest.raises(ValueError, match="Cannot read frame image broken.jpg"):
+        load_video_frames({**row, "frames": [{"bytes": b"not a jpeg", "path": "broken.jpg"}]}, [0])
+    with pytest.raises(TypeError, match=r"cast a decoded column with `datasets.Video\(decode=False\)`"):
+        count_video_frames({**row, "frames": [], "video": object()})
+    with pytest.raises(ValueError, match="Cannot decode video file clip.mp4"):
+        count_video_frames({**row, "frames": [], "video": {"bytes": b"not a video", "path": "clip.mp4"}})
+    binary = {**row, "mask_type": "binary"}  # palette PNGs are not binary masks
+    with pytest.raises(ValueError, match=r"00000.png is a mode 'P' image, not a binary \(mode '1'\) mask"):
+        load_object_masks(binary, [0])
 
 
 def test_ytvos_masks_must_be_palette_ids_and_name_the_object(ytvos_root):
@@ -257,7 +388,7 @@ def test_ref_youtube_vos_valid_drops_test_videos(ytvos_root):
     dataset = load_ref_youtube_vos(ytvos_root, "valid")
     assert dataset["video_id"] == ["val_a"]
     row = dataset[0]
-    assert (row["obj_id"], row["mask_type"], row["mask_paths"]) == ("", "none", [])
+    assert (row["obj_id"], row["mask_type"], row["masks"]) == ("", "none", [])
     sample = dataset.with_transform(ReferringVideoEvalTransform())[0]
     assert "labels" not in sample
     assert sample["pixel_values"].shape == (3, 3, 360, 480)
@@ -410,6 +541,9 @@ def test_expand_clip_starts(ytvos_root):
     assert expanded["start_frame"] == [0, 4, 0, 4, 0, 4]
     sample = expanded.with_transform(ReferringVideoTrainTransform(1, seed=0))[1]
     assert sample["frame_indices"].tolist() == [4]
+    media = expand_clip_starts(load_ref_youtube_vos(ytvos_root, "train", embed_media=True), num_frames=4)
+    assert media.features == MEDIA_DATASET_FEATURES and media["start_frame"] == expanded["start_frame"]
+    assert_samples_equal(ReferringVideoTrainTransform(1, seed=0)(media[1]), sample)
 
 
 def test_eval_transform_full_video(ytvos_root):
@@ -460,6 +594,7 @@ def test_ref_davis17(tmp_path):
     assert_mask_on_color(denormalize(sample["pixel_values"])[0], sample["labels"]["masks"][0].numpy(), CYAN)
     with pytest.raises(ValueError, match="Unknown Ref-DAVIS17 split 'test'"):
         load_ref_davis17(root, "test")
+    assert_same_media(dataset, load_ref_davis17(root, "valid", embed_media=True))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -530,9 +665,9 @@ def test_a2d_sentences_rows_and_masks(a2d_root):
         "2",
         "the man running RIGHT",
     )
-    assert row["frames"] == [] and row["video_path"] == str(a2d_root / "Release" / "clips320H" / "clipA.mp4")
+    assert row["frames"] == [] and row["video"] == str(a2d_root / "Release" / "clips320H" / "clipA.mp4")
     assert row["mask_type"] == "a2d_h5" and row["annotated_frame"] == 2
-    assert row["mask_paths"] == [
+    assert row["masks"] == [
         str(a2d_root / "text_annotations" / "a2d_annotation_with_instances" / "clipA" / "00003.h5")
     ]
     assert row["image_id"] == "v_clipA_f_3_i_2"
@@ -567,6 +702,32 @@ def test_a2d_sentences_eval_window(a2d_root, extracted):
     assert sample["frame_indices"].tolist() == [4, 5, 6, 7, 7] and sample["valid_frame_index"] == 2
     with pytest.raises(ValueError, match="num_frames"):
         ReferringVideoEvalTransform().transform_example(dataset[0])
+
+
+@pytest.mark.parametrize("extracted", [False, True], ids=["mp4", "extracted-frames"])
+def test_a2d_sentences_media_form_carries_the_video_and_the_masks(a2d_root, tmp_path, extracted):
+    frames_dir = a2d_root.parent / "a2d_frames" if extracted else None
+    paths = load_a2d_sentences(a2d_root, "train", frames_dir=frames_dir)
+    media = load_a2d_sentences(a2d_root, "train", frames_dir=frames_dir, embed_media=True)
+    expected = [row_media(row) for row in paths]
+    samples = [ReferringVideoEvalTransform(num_frames=5)(row) for row in paths]
+
+    loaded = save_elsewhere_and_delete(media, tmp_path, a2d_root, *([frames_dir] if extracted else []))
+    row = loaded[0]
+    # The .h5 masks, not images, were decoded into the referred instance's binary mask of the annotated frame.
+    assert row["mask_type"] == "binary" and len(row["masks"]) == 1
+    assert Image.open(io.BytesIO(row["masks"][0]["bytes"])).mode == "1"
+    if extracted:
+        assert row["video"] is None and [frame["path"] for frame in row["frames"]] == [
+            f"{t:05d}.png" for t in range(1, A2D_FRAMES + 1)
+        ]
+    else:  # the MP4 itself, as a `datasets.Video`
+        assert row["frames"] == [] and row["video"]["path"] == "clipA.mp4" and len(row["video"]["bytes"]) > 0
+    for row, (frames, masks) in zip(loaded, expected, strict=True):
+        np.testing.assert_array_equal(row_media(row)[0], frames)
+        np.testing.assert_array_equal(row_media(row)[1], masks)
+    for row, sample in zip(loaded, samples, strict=True):
+        assert_samples_equal(ReferringVideoEvalTransform(num_frames=5)(row), sample)
 
 
 def test_a2d_sentences_train_window(a2d_root):
@@ -621,7 +782,7 @@ def test_jhmdb_sentences(tmp_path):
         1,
     )
     assert row["frames"] == [str(video_dir / f"{t:05d}.png") for t in range(1, 7)]
-    assert row["mask_paths"] == [str(mask_file)] and row["mask_type"] == "jhmdb_mat"
+    assert row["masks"] == [str(mask_file)] and row["mask_type"] == "jhmdb_mat"
     assert row["image_id"] == "v_girl_brushing_1_f_2"
     np.testing.assert_array_equal(load_object_masks(row, [])[0], jhmdb_mask(1))
 
@@ -632,6 +793,10 @@ def test_jhmdb_sentences(tmp_path):
     pixels = denormalize(sample["pixel_values"])
     assert_mask_on_color(pixels[2], sample["labels"]["masks"][0].numpy(), ORANGE)
     assert not np.allclose(pixels[3], pixels[2])
+
+    media = load_jhmdb_sentences(root, embed_media=True)
+    assert media[0]["mask_type"] == "binary"
+    assert_same_media(dataset, media)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -707,6 +872,7 @@ def test_refcoco(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="instances_refcocog_val.json"):
         load_refcoco(root, "refcocog", "val")
+    assert_same_media(dataset, load_refcoco(root, "refcoco", "train", embed_media=True))
 
 
 # ---------------------------------------------------------------------------------------------------

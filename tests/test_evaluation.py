@@ -961,47 +961,132 @@ def test_rvos_metric_path_points_to_the_module():
     assert os.path.isfile(os.path.join(rvos_metric_path(), "rvos.py"))
 
 
-def test_evaluate_module_matches_plain_functions(load_rvos_metric):
-    rng = np.random.default_rng(7)
-    # Ref-DAVIS17: rows of matched per-frame J and F, tagged with their expression set.
-    gt = np.zeros((4, 12, 12), dtype=np.uint8)
-    gt[:, 1:5, 1:6] = 1
-    gt[:3, 6:9, 5:11] = 2
-    predictions = [np.where(rng.random(gt.shape) < 0.1, 0, gt).astype(np.uint8) for _ in range(4)]
-    expected = ref_davis_scores({"seq": gt}, [{"seq": prediction} for prediction in predictions])
-    metric = load_rvos_metric("ref_davis")
-    for run, prediction in enumerate(predictions):
-        j, f = davis_unsupervised_jf(gt, prediction)
-        metric.add_batch(run=[run] * len(j), j=j.tolist(), f=f.tolist())
-    assert metric.compute() == expected
+def _hand_built_rows():
+    """Two (video, expression) rows on 10x10 frames (F's radius is ceil(0.008 * 14.1) = 1 pixel).
 
-    # J&F statistics per (video, expression).
-    j_rows = [rng.random(n).tolist() for n in (3, 5, 1)]
-    f_rows = [rng.random(n).tolist() for n in (3, 5, 1)]
+    Row 0, frame 0: the prediction is the 4x4 ground-truth block: J = F = 1. Frame 1: the prediction is a 4x7 block
+    with the same top-left corner: J = 16/28 = 4/7. Boundaries (pixels differing from their east, south or south-east
+    neighbour) are rings around the blocks, 16 pixels for the ground truth and 22 for the prediction; within one pixel
+    of the other ring lie 15 of the 16 (the middle of the ground truth's right side is 3 pixels from the prediction's)
+    and 15 of the 22 (the prediction's right side and the last two pixels of its top and bottom rows are not): R =
+    15/16, P = 15/22, F = 2PR / (P + R) = 15/19.
+    Row 1, one frame: an empty prediction of a non-empty ground truth: J = F = 0.
+    """
+    ground_truth = np.zeros((2, 10, 10), dtype=bool)
+    ground_truth[:, 2:6, 2:6] = True
+    prediction = ground_truth.copy()
+    prediction[1, 2:6, 2:9] = True
+    empty_truth = np.zeros((1, 10, 10), dtype=bool)
+    empty_truth[0, 2:6, 2:6] = True
+    return [prediction, np.zeros((1, 10, 10), dtype=bool)], [ground_truth, empty_truth]
+
+
+def test_evaluate_module_computes_j_and_f_from_masks(load_rvos_metric, tmp_path):
+    predictions, references = _hand_built_rows()
+    np.testing.assert_array_equal(region_similarity(references[0], predictions[0]), [1.0, 4 / 7])
+    np.testing.assert_allclose(contour_accuracy(references[0], predictions[0]), [1.0, 15 / 19], rtol=1e-15)
+    result = load_rvos_metric().compute(predictions=predictions, references=references)
+    # The hand-derived fractions, up to the float64 rounding of their sums and divisions.
+    j, f = (1 + 4 / 7) / 2 / 2, (1 + 15 / 19) / 2 / 2
+    expected = {"J": j, "F": f, "J&F": (j + f) / 2, "J-Mean": j, "F-Mean": f, "J&F-Mean": (j + f) / 2,
+                "J-Recall": 0.5, "F-Recall": 0.5, "J-Decay": (1 - 4 / 7) / 2, "F-Decay": (1 - 15 / 19) / 2}
+    assert result.keys() == expected.keys()
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, rel=1e-15, abs=1e-15), key
+    # Exactly what the J and F functions give, in this process, on the same masks.
+    rows_j = [region_similarity(gt, pred) for gt, pred in zip(references, predictions)]
+    rows_f = [contour_accuracy(gt, pred) for gt, pred in zip(references, predictions)]
+    statistics = jf_statistics(rows_j, rows_f)
+    assert result == {"J&F": statistics["J&F-Mean"], "J": statistics["J-Mean"], "F": statistics["F-Mean"], **statistics}
+
+    # The Ref-YouTube-VOS offline score of the same masks written as files.
+    for video, labels in (("vid0", references[0]), ("vid1", references[1])):
+        (tmp_path / "gt" / video).mkdir(parents=True)
+        for t, frame in enumerate(labels):
+            image = Image.fromarray(frame.astype(np.uint8), mode="P")
+            image.putpalette([0, 0, 0, 255, 0, 0] + [0] * (256 * 3 - 6))
+            image.save(tmp_path / "gt" / video / f"{t:05d}.png")
+    submission = {video: {"0": {f"{t:05d}": frame for t, frame in enumerate(masks)}}
+                  for video, masks in (("vid0", predictions[0]), ("vid1", predictions[1]))}
+    write_ytvos_submission(submission, tmp_path / "pred")
+    meta = {"videos": {video: {"frames": [f"{t:05d}" for t in range(len(masks))],
+                               "expressions": {"0": {"exp": "the block", "obj_id": "1"}}}
+                       for video, masks in (("vid0", predictions[0]), ("vid1", predictions[1]))}}
+    assert evaluate_ytvos_folder(tmp_path / "pred", tmp_path / "gt", meta) == {
+        key: result[key] for key in ("J&F", "J", "F")
+    }
+
+    # Row by row, as lists of frames, and with a wider boundary tolerance (3 pixels: row 0's F becomes 1).
     metric = load_rvos_metric()
-    for j, f in zip(j_rows, f_rows):
-        metric.add(j=j, f=f)
-    assert metric.compute() == jf_statistics(j_rows, f_rows)
+    metric.add(prediction=list(predictions[0]), reference=list(references[0]))
+    metric.add_batch(predictions=predictions[1:], references=references[1:])
+    assert metric.compute() == result
+    assert load_rvos_metric().compute(predictions=predictions, references=references, bound_th=3)["F"] == 0.5
 
-    # A2D: per-query intersections, unions and scores of each sample.
+
+def test_evaluate_module_refuses_bad_masks_in_one_line(load_rvos_metric):
+    predictions, references = _hand_built_rows()
+    cases = (
+        ([predictions[0] * 0.5], references[:1], r"`predictions\[0\]` is a floating-point array with values other"),
+        ([predictions[0][0]], references[:1], r"`predictions\[0\]` must be 3-D"),
+        ([[predictions[0][0], predictions[0][0, :5]]], references[:1], r"`predictions\[0\]` is not a 3-D array"),
+        (predictions[:1], [references[0][:, :5]], r"`gt` and `pred` shapes differ"),
+        ([predictions[0][:0]], [references[0][:0]], r"`predictions\[0\]` is empty \(shape \(0, 10, 10\)\)"),
+    )
+    for bad_predictions, bad_references, message in cases:
+        with pytest.raises(ValueError, match=message) as raised:
+            load_rvos_metric().compute(predictions=bad_predictions, references=bad_references)
+        assert "\n" not in str(raised.value)
+    labels = np.zeros((4, 1, 4, 4), dtype=np.int64)
+    labels[0, 0, 0, 0] = 300
+    with pytest.raises(ValueError, match=r"`predictions\[0\]` must hold labels in 0..255, got \[0, 300\]"):
+        load_rvos_metric("ref_davis").compute(predictions=[labels], references=[labels[0]])
+
+
+def test_evaluate_module_ref_davis_and_a2d_from_masks(load_rvos_metric):
+    rng = np.random.default_rng(7)
+    # Ref-DAVIS17: one row per sequence, the label maps of its four expression sets and its ground truth.
+    sequences = {}
+    for name, num_frames in (("seq", 4), ("other", 3)):
+        gt = np.zeros((num_frames, 12, 12), dtype=np.uint8)
+        gt[:, 1:5, 1:6] = 1
+        gt[:3, 6:9, 5:11] = 2
+        gt[0, 0, :] = 255  # void
+        sequences[name] = (gt, [np.where(rng.random(gt.shape) < 0.1, 0, gt % 255).astype(np.uint8) for _ in range(4)])
+    expected = ref_davis_scores(
+        {name: gt for name, (gt, _) in sequences.items()},
+        [{name: runs[run] for name, (_, runs) in sequences.items()} for run in range(4)],
+    )
+    result = load_rvos_metric("ref_davis").compute(
+        predictions=[np.stack(runs) for _, runs in sequences.values()], references=[gt for gt, _ in sequences.values()]
+    )
+    assert result == expected
+
+    # A2D: every query's mask, the scores and the ground truth of each sample, with its id.
     shape = (10, 20)
     samples = []
     for index in range(5):
         gt_mask = _block(shape, slice(index, index + 6), slice(0, 8 + index))
         pred_masks = np.stack([(rng.random(shape) < 0.3) | gt_mask.astype(bool) for _ in range(3)])
-        samples.append({"image_id": str(index), "gt": gt_mask, "pred_masks": pred_masks, "scores": [0.4, 0.9, 0.9]})
-    expected = a2d_metrics(samples)
-    metric = load_rvos_metric("a2d")
-    for sample in samples:
-        gt_mask = sample["gt"].astype(bool)
-        metric.add(
-            intersections=[int((mask & gt_mask).sum()) for mask in sample["pred_masks"]],
-            unions=[int((mask | gt_mask).sum()) for mask in sample["pred_masks"]],
-            scores=sample["scores"],
+        samples.append(
+            {"image_id": f"v_clip_f_{index}", "gt": gt_mask, "pred_masks": pred_masks, "scores": [0.4, 0.9, 0.9]}
         )
-    result = metric.compute()
-    assert result == {key: expected[key] for key in result}
-    assert set(result) == {"P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "overall_iou", "mean_iou"}
+    metric = load_rvos_metric("a2d")
+    result = metric.compute(
+        predictions=[sample["pred_masks"] for sample in samples],
+        references=[sample["gt"] for sample in samples],
+        scores=[sample["scores"] for sample in samples],
+        image_ids=[sample["image_id"] for sample in samples],
+    )
+    assert result == a2d_metrics(samples)
+    top1 = metric.compute(
+        predictions=[sample["pred_masks"] for sample in samples],
+        references=[sample["gt"] for sample in samples],
+        scores=[sample["scores"] for sample in samples],
+        image_ids=[sample["image_id"] for sample in samples],
+        top1_only=True,
+    )
+    assert top1 == a2d_metrics(samples, top1_only=True) and top1["mAP"] != result["mAP"]
 
 
 def test_evaluate_module_rejects_unknown_config(load_rvos_metric):

@@ -1,5 +1,5 @@
-"""Synthetic Ref-YouTube-VOS data through `datasets`, the transforms, the collator, `ReferFormerTrainer` (training
-and evaluation with `compute_metrics`)."""
+"""Synthetic Ref-YouTube-VOS data through `datasets` (file paths for training, media features for evaluation), the
+transforms, the collator, `ReferFormerTrainer` (training and evaluation with `compute_metrics`)."""
 
 import math
 
@@ -21,7 +21,8 @@ def test_trainer_finetunes_and_evaluates_on_a_datasets_dataset(tmp_path):
     train = load_ref_youtube_vos(tmp_path, "train").with_transform(
         ReferringVideoTrainTransform(2, scales=(64,), max_size=96, crop_prob=0.0, tokenizer=tokenizer, seed=0)
     )
-    valid = load_ref_youtube_vos(tmp_path, "valid").with_transform(
+    # The evaluation rows carry their frames and masks as `datasets` media features, the training rows file paths.
+    valid = load_ref_youtube_vos(tmp_path, "valid", embed_media=True).with_transform(
         ReferringVideoEvalTransform(size=64, max_size=96, tokenizer=tokenizer)
     )
     model = randomize_weights(

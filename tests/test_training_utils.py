@@ -298,7 +298,7 @@ def test_schedule_steps_turns_epochs_into_optimizer_steps():
 
 def test_seeded_clips_draw_from_seed_epoch_and_index_only():
     def transform_factory(seed):
-        return lambda rows: {"seed": [seed], "row": [rows[0]]}
+        return lambda row: {"seed": seed, "row": row}
 
     clips = SeededClips([(["a", "b"], transform_factory), (["c"], transform_factory)], seed=3)
     expected = [int(np.random.SeedSequence([3, 0, index]).generate_state(1)[0]) for index in range(3)]
