@@ -1,8 +1,11 @@
 """Decoding, clip sampling and augmentation of referring-video rows, as ReferFormer's data pipelines do.
 
-The rows come from the loaders of `referformer.data` (one row per video, expression and referred object, holding
-file paths only). The transforms of this module decode the sampled frames and the referred object's masks, and
-turn a row into model inputs:
+The rows come from the loaders of `referformer.data` (one row per video, expression and referred object), holding
+file paths or, with `embed_media=True`, `datasets` Image/Video values; rows whose images were decoded to PIL images
+are read too. The transforms of this module decode the sampled frames and the referred object's masks (through the
+readers of the "Decoding" section, the one place that reads a row's media), and turn a row into model inputs, one
+row at a time (`transform(row)`, `dataset.map(transform)`) or a batch of rows (`dataset.with_transform(transform)`,
+`dataset.map(transform, batched=True)`, every key then a list):
 
 ```python
 {
@@ -30,9 +33,12 @@ turn a row into model inputs:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +48,7 @@ from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
 from .processing_referformer import ReferFormerVideoProcessor, get_resize_output_size, normalize_frames
-from .video_io import count_video_file_frames, decode_video_file, iter_video_frames, read_frame_image
+from .video_io import count_video_file_frames, decode_video_file, file_name, frame_to_rgb, read_frame_image
 
 
 __all__ = [
@@ -55,10 +61,12 @@ __all__ = [
     "clean_expression",
     "collate_clips",
     "count_video_frames",
+    "iter_row_frames",
     "load_object_masks",
     "load_video_frames",
     "photometric_distort",
     "read_annotation_png",
+    "read_binary_mask",
     "sample_train_frame_indices",
     "swap_left_right",
 ]
@@ -149,53 +157,106 @@ def centered_window_indices(num_video_frames: int, num_frames: int, center: int)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Decoding
+# Decoding: the one place a row (path form or `embed_media` form) becomes frames and masks
 # ---------------------------------------------------------------------------------------------------
 
+_MEDIA_VALUES = {
+    "frame": "a file path, a PIL image or a `datasets.Image` value (bytes or path)",
+    "mask": "a file path, a PIL image or a `datasets.Image` value (bytes or path)",
+    "video": (
+        "a file path or an undecoded `datasets.Video` value (bytes or path; cast a decoded column with "
+        "`datasets.Video(decode=False)`)"
+    ),
+}
 
-class _FrameFiles:
-    """A video stored as one image file per frame."""
 
-    def __init__(self, paths: Sequence[str]):
-        self.paths = list(paths)
-        self.num_frames = len(self.paths)
+def _media_file(value, what: str):
+    """A file of a row (`what`: a frame, a mask or a video) as PIL and PyAV open it: a path as it is, a `datasets`
+    Image/Video value `{"bytes", "path"}` as a `io.BytesIO` of its bytes named by its path (or its path when it holds
+    no bytes)."""
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return value
+    if isinstance(value, Mapping) and set(value) == {"bytes", "path"} and (value["bytes"] or value["path"]):
+        if value["bytes"] is None:
+            return value["path"]
+        buffer = io.BytesIO(value["bytes"])
+        buffer.name = value["path"] or f"({what} bytes)"
+        return buffer
+    raise TypeError(f"A row's {what} must be {_MEDIA_VALUES[what]}, got {type(value).__name__} {str(value)[:60]!r}.")
+
+
+@contextlib.contextmanager
+def _open_image(value, what: str) -> Iterator[tuple[Image.Image, str]]:
+    """`(image, name for messages)` of a row's frame or mask; a PIL image given as is is neither copied nor closed."""
+    if isinstance(value, Image.Image):
+        yield value, getattr(value, "filename", "") or f"({what} image)"
+        return
+    source = _media_file(value, what)
+    try:
+        image = Image.open(source)
+    except OSError as error:
+        raise ValueError(f"Cannot read {what} image {file_name(source)}: {error}") from error
+    with image:
+        yield image, file_name(source)
+
+
+def _frame_array(value) -> np.ndarray:
+    """One frame of a row (path, `datasets.Image` value or PIL image) as RGB uint8 `[H, W, 3]`."""
+    if isinstance(value, Image.Image):
+        return frame_to_rgb(value)
+    return read_frame_image(_media_file(value, "frame"))
+
+
+class _FrameSequence:
+    """A video stored as one image per frame: file paths, `datasets.Image` values or PIL images."""
+
+    def __init__(self, frames: Sequence):
+        self.frames = list(frames)
+        self.num_frames = len(self.frames)
 
     def read(self, indices: Sequence[int]) -> list[Image.Image]:
-        images = {index: Image.fromarray(read_frame_image(self.paths[index])) for index in set(indices)}
+        images = {index: Image.fromarray(_frame_array(self.frames[index])) for index in set(indices)}
         return [images[index] for index in indices]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (_frame_array(frame) for frame in self.frames)
 
 
 class _VideoFile:
-    """A video file decoded with PyAV; the frame count comes from the container header when it has one."""
+    """A video file (a path or a `datasets.Video` value) decoded with PyAV; the frame count comes from the container
+    header when it has one."""
 
-    def __init__(self, path: str):
-        self.path = path
-        self.num_frames = count_video_file_frames(path)
+    def __init__(self, value):
+        self.source = _media_file(value, "video")
+        self.num_frames = count_video_file_frames(self.source)
         if self.num_frames <= 0:
-            raise ValueError(f"Video {path} has no frames.")
+            raise ValueError(f"Video {file_name(self.source)} has no frames.")
 
     def read(self, indices: Sequence[int]) -> list[Image.Image]:
         """Decodes up to the last requested frame; indices past the decoded end map to the last decoded frame."""
         wanted, last = set(indices), max(indices)
-        frames = dict(decode_video_file(self.path, lambda index: index in wanted if index <= last else None))
+        frames = dict(decode_video_file(self.source, lambda index: index in wanted if index <= last else None))
         missing = wanted - frames.keys()
         if missing:  # the header counted more frames than the stream decodes
-            *_, (_, last_frame) = iter_video_frames(self.path)
+            *_, (_, last_frame) = decode_video_file(self.source, lambda index: True)
             frames.update(dict.fromkeys(missing, last_frame))
         images = {index: Image.fromarray(frame) for index, frame in frames.items()}
         return [images[index] for index in indices]
 
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (frame for _, frame in decode_video_file(self.source, lambda index: True))
 
-def _open_video(example: Mapping) -> _FrameFiles | _VideoFile:
+
+def _open_video(example: Mapping) -> _FrameSequence | _VideoFile:
     if example["frames"]:
-        return _FrameFiles(example["frames"])
-    if example["video_path"]:
-        return _VideoFile(example["video_path"])
-    raise ValueError(f"Row {example['video_id']!r}/{example['exp_id']!r} has neither frame files nor a video file.")
+        return _FrameSequence(example["frames"])
+    if example["video"]:
+        return _VideoFile(example["video"])
+    raise ValueError(f"Row {example['video_id']!r}/{example['exp_id']!r} has neither frames nor a video file.")
 
 
 def count_video_frames(example: Mapping) -> int:
-    """Number of frames of a row's video (frame files, or the header of its video file)."""
+    """Number of frames of a row's video (its frames, or the header of its video file)."""
     return _open_video(example).num_frames
 
 
@@ -204,17 +265,36 @@ def load_video_frames(example: Mapping, frame_indices: Sequence[int]) -> list[Im
     return _open_video(example).read(list(frame_indices))
 
 
-def read_annotation_png(path) -> np.ndarray:
-    """The object ids of a Ref-YouTube-VOS-layout annotation PNG (`[H, W]` uint8, 0 background).
+def iter_row_frames(example: Mapping) -> Iterator[np.ndarray]:
+    """Every frame of a row's video in order, RGB uint8 `[H, W, 3]`, decoded one at a time (a video
+    `ReferringVideoSegmenter` reads lazily)."""
+    return iter(_open_video(example))
+
+
+def read_annotation_png(source) -> np.ndarray:
+    """The object ids of a Ref-YouTube-VOS-layout annotation PNG (a path, a `datasets.Image` value or a PIL image) as
+    `[H, W]` uint8, 0 background.
 
     Only palette (mode "P") images are accepted, as the datasets ship them: their pixel values are the object ids. A
     grayscale, binary or colour PNG is refused, since its values (e.g. 0/255 of a saved binary mask) are not ids.
     """
-    with Image.open(path) as image:
+    with _open_image(source, "mask") as (image, name):
         if image.mode != "P":
             raise ValueError(
-                f"{path} is a mode {image.mode!r} image, not a palette (mode 'P') PNG of object ids: save the masks as "
+                f"{name} is a mode {image.mode!r} image, not a palette (mode 'P') PNG of object ids: save the masks as "
                 "palette PNGs whose pixel values are the object ids (0 background), as Ref-YouTube-VOS ships them."
+            )
+        return np.array(image)
+
+
+def read_binary_mask(source) -> np.ndarray:
+    """A binary mask image (a path, a `datasets.Image` value or a PIL image of mode "1", as
+    `PIL.Image.fromarray(mask)` makes it from a bool array) as `[H, W]` bool."""
+    with _open_image(source, "mask") as (image, name):
+        if image.mode != "1":
+            raise ValueError(
+                f"{name} is a mode {image.mode!r} image, not a binary (mode '1') mask: save binary masks with "
+                "`PIL.Image.fromarray(mask.astype(bool))`."
             )
         return np.array(image)
 
@@ -271,8 +351,8 @@ def _decode_coco_segmentation(segmentation: str, height: int, width: int) -> np.
     return mask_utils.decode(rle).astype(bool)
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    with Image.open(path) as image:
+def _image_size(value) -> tuple[int, int]:
+    with _open_image(value, "frame") as (image, _):
         return image.height, image.width
 
 
@@ -282,18 +362,21 @@ def load_object_masks(example: Mapping, frame_indices: Sequence[int]) -> np.ndar
     Returns `[len(frame_indices), H, W]` bool for per-frame annotations (Ref-YouTube-VOS, Ref-DAVIS17, RefCOCO), or
     `[1, H, W]` for the annotated frame of A2D-Sentences / JHMDB-Sentences rows.
     """
-    mask_type = example["mask_type"]
+    mask_type, masks = example["mask_type"], example["masks"]
     if mask_type == "palette":
         obj_id = int(example["obj_id"])
-        masks = np.stack([read_annotation_png(example["mask_paths"][i]) == obj_id for i in frame_indices])
-        if not masks.any():  # absent from these frames: it must be in another annotated frame of the video
-            labels = map(read_annotation_png, example["mask_paths"])
-            check_object_occurs(labels, obj_id, example["video_id"], example["exp_id"])
-        return masks
+        selected = np.stack([read_annotation_png(masks[i]) == obj_id for i in frame_indices])
+        if not selected.any():  # absent from these frames: it must be in another annotated frame of the video
+            check_object_occurs(map(read_annotation_png, masks), obj_id, example["video_id"], example["exp_id"])
+        return selected
+    if mask_type == "binary":
+        if example["annotated_frame"] >= 0:
+            return read_binary_mask(masks[0])[None]
+        return np.stack([read_binary_mask(masks[i]) for i in frame_indices])
     if mask_type == "a2d_h5":
-        return _read_a2d_mask(example["mask_paths"][0], int(example["obj_id"]))[None]
+        return _read_a2d_mask(masks[0], int(example["obj_id"]))[None]
     if mask_type == "jhmdb_mat":
-        return _read_jhmdb_mask(example["mask_paths"][0], example["annotated_frame"])[None]
+        return _read_jhmdb_mask(masks[0], example["annotated_frame"])[None]
     if mask_type == "coco":
         mask = _decode_coco_segmentation(example["segmentation"], *_image_size(example["frames"][0]))
         return np.repeat(mask[None], len(frame_indices), axis=0)
@@ -486,10 +569,24 @@ class _ReferringTransform:
         self.mean = tuple(mean)
         self.std = tuple(std)
 
-    def __call__(self, examples: Mapping[str, list]) -> dict[str, list]:
-        """Transforms a batch of rows (the format `Dataset.with_transform` passes) into a batch of samples."""
+    def __call__(self, examples: Mapping) -> dict:
+        """One row (`transform(dataset[i])`, `dataset.map(transform)`) into one sample, or a batch of rows, every
+        column a list (`dataset.with_transform(transform)`, `dataset.map(transform, batched=True)`), into a batch of
+        samples, every key a list."""
+        video_id = examples.get("video_id") if isinstance(examples, Mapping) else None
+        if isinstance(video_id, str):
+            return self.transform_example(examples)
+        if not isinstance(video_id, list):
+            given = f"`video_id` {video_id!r}" if isinstance(examples, Mapping) else type(examples).__name__
+            raise TypeError(
+                "A transform takes one row of a `referformer.data` dataset (a mapping whose `video_id` is a string) or "
+                f"a batch of rows (a mapping whose every column is a list), got {given}."
+            )
+        lengths = {column: len(values) if isinstance(values, list) else None for column, values in examples.items()}
+        if len(set(lengths.values())) != 1 or None in lengths.values():
+            raise ValueError(f"A batch of rows needs every column as a list of one length, got lengths {lengths}.")
         columns = list(examples)
-        rows = [dict(zip(columns, values, strict=True)) for values in zip(*(examples[c] for c in columns), strict=True)]
+        rows = [dict(zip(columns, values)) for values in zip(*(examples[column] for column in columns))]
         samples = [self.transform_example(row) for row in rows]
         if not samples:
             return {}
@@ -572,7 +669,7 @@ class _ReferringTransform:
 
 
 class ReferringVideoTrainTransform(_ReferringTransform):
-    """ReferFormer's training pipeline (`datasets/transforms_video.py`), for `Dataset.with_transform`.
+    """ReferFormer's training pipeline (`datasets/transforms_video.py`), on one row or a batch (see `__call__`).
 
     Per row: a clip of `num_frames` frames sampled around a center frame (the annotated frame for A2D/JHMDB rows, the
     `start_frame` column when set by `expand_clip_starts`, otherwise a uniformly random frame), then, with one random
@@ -682,7 +779,7 @@ class ReferringVideoTrainTransform(_ReferringTransform):
         return self._draw(example, video, rng, require_object=False)
 
     def _draw(
-        self, example: Mapping, video: _FrameFiles | _VideoFile, rng: np.random.Generator, require_object: bool
+        self, example: Mapping, video: _FrameSequence | _VideoFile, rng: np.random.Generator, require_object: bool
     ) -> dict | None:
         """One draw of frames and augmentation; `None` when `require_object` and no frame keeps the object."""
         annotated = example["annotated_frame"]
