@@ -2,6 +2,7 @@
 
 import os
 import re
+from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
@@ -342,6 +343,11 @@ class ReferFormerConfig(PreTrainedConfig):
     """
 
     model_type = "referformer"
+    # Pipeline tasks served by the package that imports this class (`referformer` sets its task). A config.json's
+    # `custom_pipelines` entry for such a task names the folder's copy of the pipeline, for where the package is not
+    # installed: it is dropped on load, so that `pipeline(task, model=folder)` runs the package's pipeline, never the
+    # folder's code, without `trust_remote_code`. The folder's copy of this class (remote code) keeps it.
+    package_pipeline_tasks: ClassVar[frozenset[str]] = frozenset()
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type=ReferFormerTimmBackboneConfig.model_type),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="roberta", init_kwargs=ROBERTA_BASE_KWARGS),
@@ -419,6 +425,13 @@ class ReferFormerConfig(PreTrainedConfig):
         kwargs.setdefault("is_encoder_decoder", True)
         # `num_labels`, the generic name of the number of classes, sets `num_classes`.
         num_classes = kwargs.get("num_labels", self.num_classes)
+        custom_pipelines = {
+            task: pipeline
+            for task, pipeline in (kwargs.pop("custom_pipelines", None) or {}).items()
+            if task not in self.package_pipeline_tasks
+        }
+        if custom_pipelines:
+            kwargs["custom_pipelines"] = custom_pipelines
         super().__post_init__(**kwargs)
         self.num_classes = num_classes
         # `id2label` follows `num_classes`; generated names ("LABEL_i") of another length are replaced.

@@ -1,6 +1,6 @@
 """Model cards (README.md with Hub front matter) of converted official checkpoints and of models trained with
-`scripts/run_rvos.py train`, both on the metadata of [`card_metadata`]: license, library, the pipeline task, datasets,
-base model and a `model-index` with the scores the card states.
+`scripts/run_rvos.py train`, both on the metadata of [`card_metadata`]: license, library, the Hub task and tags,
+datasets, base model and a `model-index` with the scores the card states.
 
 Converted checkpoints ([`model_card`]): the backbone is recognized from the (inferred) config; the training data comes
 from the checkpoint's training arguments (`dataset_file`, `pretrained_weights`) or is given by name (one of
@@ -37,7 +37,14 @@ ONLINEREFER_CITATION = """@inproceedings{wu2023onlinerefer,
   booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
   year={2023},
 }"""
-TAGS = ["referring-video-object-segmentation", "video-object-segmentation", "referformer"]
+# The Hub task of the cards (`pipeline_tag`, one of the Hub's tasks: huggingface.js `packages/tasks/src/pipelines.ts`).
+# The Hub has no video or referring segmentation task; "image-segmentation" is its segmentation task (a mask per
+# object, text-prompted CLIPSeg is there), which a video model does frame by frame. Not "mask-generation": SAM's
+# class-agnostic masks from point or box prompts (or a point grid), without text. The task the package's pipeline
+# registers, "referring-video-object-segmentation", is in `TAGS`; `pipeline(model=folder, trust_remote_code=True)`
+# reads it from config.json's `custom_pipelines`, not from the card.
+HUB_PIPELINE_TAG = "image-segmentation"
+TAGS = [TASK, "video-object-segmentation", "referformer"]
 LICENSE = "apache-2.0"  # the license of the original code and weights
 
 
@@ -316,7 +323,7 @@ def _count(number: int, singular: str, plural: str | None = None) -> str:
 
 
 def card_metadata(model_name: str, datasets=(), results=None, base_model: str | None = None, split=None) -> ModelCardData:
-    """The front matter of every ReferFormer card: license, library, pipeline task, tags, the training `datasets`
+    """The front matter of every ReferFormer card: license, library, Hub task, tags, the training `datasets`
     (ids), the `base_model` (a Hub id) when known, and a `model-index` of `results`, `{benchmark: {metric: value}}`
     with benchmark names of `BENCHMARK_IDS` (others get an id from their name), scored on `split` when known."""
     eval_results = [
@@ -336,7 +343,7 @@ def card_metadata(model_name: str, datasets=(), results=None, base_model: str | 
         model_name=model_name,
         license=LICENSE,
         library_name="transformers",
-        pipeline_tag=TASK,
+        pipeline_tag=HUB_PIPELINE_TAG,
         tags=TAGS,
         datasets=list(datasets) or None,
         base_model=base_model,

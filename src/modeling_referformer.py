@@ -605,6 +605,26 @@ class ReferFormerPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = [r"ReferFormerEncoderLayer", r"ReferFormerDecoderLayer", r"ReferFormerPixelDecoderBlock"]
     accepts_loss_kwargs = False
+    # The pipeline whose code `save_pretrained` writes with the model (`referformer` sets the segmentation model's when
+    # it registers its pipeline; None in remote code, loaded from a folder that already carries it).
+    pipeline_class = None
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with config.json's `auto_map` naming every model class registered for an
+        Auto class (`AutoModel`: the base model, the task Auto class: the segmentation model), not only the saved one,
+        and, with a `pipeline_class`, that pipeline's code, named in `custom_pipelines`."""
+        registered = (cls for cls in (ReferFormerModel, ReferFormerForReferringVideoObjectSegmentation) if cls._auto_class)
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            **{cls._auto_class: f"{cls.__module__.rpartition('.')[2]}.{cls.__name__}" for cls in registered},
+        }
+        if self.pipeline_class is None or not self.should_save_on_this_rank(is_main_process):
+            return super().save_pretrained(save_directory, is_main_process, **kwargs)
+        self.pipeline_class.save_code(save_directory, self.config)
+        try:
+            return super().save_pretrained(save_directory, is_main_process, **kwargs)
+        finally:  # only the saved config names the pipeline: `pipeline(task, model=self)` runs the package's
+            del self.config.custom_pipelines
 
     def _initialize_weights(self, module, is_custom_code: bool = False):
         # The special initializations live on container modules without parameters of their own (e.g. the deformable

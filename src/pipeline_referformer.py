@@ -8,14 +8,18 @@
     segmenter("dog.mp4", text=["a brown dog", "the ball"])         # one dict per sentence
     segmenter(["a.mp4", "b.mp4"], text="a dog", batch_size=2)      # one dict per video
 
-A folder written by the pipeline's `save_pretrained` carries this code, so that
-`pipeline(model=folder, trust_remote_code=True)` works where the package is not installed.
+A model folder written by `save_pretrained` (the segmentation model's or the pipeline's) carries this code, named in
+config.json's `custom_pipelines`, so that `pipeline(model=folder, trust_remote_code=True)` infers the task and runs
+where the package is not installed. With the package imported, name the task: its registered pipeline then serves it
+and the folder's copy is not run.
 """
 
+import os
 from collections.abc import Iterator
 
 import torch
 from transformers import Pipeline
+from transformers.dynamic_module_utils import custom_object_save
 
 from .data_transforms import collate_clips
 from .inference import prepare_inputs, segmentation_from_output
@@ -174,13 +178,27 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
             "frame_indices": segmentation.frame_indices,
         }
 
+    @classmethod
+    def save_code(cls, save_directory, config) -> None:
+        """Copies this pipeline's code (its module and the modules it imports) into `save_directory` and names it in
+        `config.custom_pipelines` as `Pipeline.save_pretrained` does: the task it is registered for, with the task Auto
+        class that loads its model. `pipeline(model=folder, trust_remote_code=True)` then infers the task and runs this
+        code, also where the package is not installed. Called by the segmentation model's `save_pretrained`."""
+        config.custom_pipelines = {
+            task: {
+                **info,
+                "impl": f"{cls.__module__.rpartition('.')[2]}.{cls.__name__}",
+                "pt": tuple(model_class.__name__ for model_class in info["pt"]),
+            }
+            for task, info in cls._registered_impl.items()
+        }
+        os.makedirs(save_directory, exist_ok=True)
+        custom_object_save(cls, save_directory)
+
     def save_pretrained(self, save_directory, **kwargs):
-        """Saves the model, the processor and this pipeline's code. The folder's config names the pipeline with the
-        `AutoModel` class, through which remote code loads the complete segmentation model."""
+        """Saves the model (with this pipeline's code, see `save_code`) and the processor."""
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
-        self.model.config.custom_pipelines[TASK]["pt"] = ("AutoModel",)
-        self.model.config.save_pretrained(save_directory)
 
 
 class _Outputs:

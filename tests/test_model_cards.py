@@ -8,11 +8,11 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import InferenceClient, ModelCard
 from safetensors.torch import load_file
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from helpers import load_script, require_fixture
+from helpers import REPO_ROOT, load_script, require_fixture
 
 from referformer import (
     ReferFormerConfig,
@@ -23,6 +23,7 @@ from referformer import (
 from referformer.cli_presets import build_shapes_tokenizer
 from referformer.conversion import convert_checkpoint
 from referformer.model_cards import (
+    HUB_PIPELINE_TAG,
     PAPER_SCORES,
     TRAINING_SETTINGS,
     backbone_name,
@@ -162,10 +163,10 @@ def test_card_front_matter_and_ref_youtube_vos_scores():
     card_text = model_card(config_with(swin("B", video=True)), training_data, "ytvos_video_swin_b.pth", "org/model")
     card = ModelCard(card_text)
     assert card.data.library_name == "transformers" and card.data.license == "apache-2.0"
+    # The Hub task (the pipeline's task is no Hub task) and, in the tags, the task the package's pipeline registers.
+    assert card.data.pipeline_tag == "image-segmentation"
     assert card.data.tags == ["referring-video-object-segmentation", "video-object-segmentation", "referformer"]
-    # The pipeline task the package registers, so that the Hub widget and `pipeline(model=...)` agree.
-    assert card.data.pipeline_tag == "referring-video-object-segmentation" == PIPELINE_TASK
-    assert PIPELINE_TASK in PIPELINE_REGISTRY.get_supported_tasks()
+    assert card.data.tags[0] == PIPELINE_TASK and PIPELINE_TASK in PIPELINE_REGISTRY.get_supported_tasks()
     assert card.data.datasets == ["ref-youtube-vos", "refcoco", "refcoco+", "refcocog"] and card.data.base_model is None
     assert card.data.model_name == "ReferFormer (Video-Swin-B, Ref-YouTube-VOS)"
     assert [(r.task_type, r.dataset_type, r.dataset_name, r.metric_type, r.metric_name, r.metric_value)
@@ -187,6 +188,16 @@ def test_card_front_matter_and_ref_youtube_vos_scores():
         "| Ref-DAVIS17 | J | 58.1 |",
         "| Ref-DAVIS17 | F | 64.1 |",
     ]
+
+
+def test_hub_pipeline_tag_is_a_hub_task_and_the_demo_card_uses_it():
+    """The cards' `pipeline_tag` is a task of the Hub's inference API (`InferenceClient` has a method per task; the
+    pipeline's own task has none), and the committed demo model's hand-written card has the same front matter."""
+    assert callable(getattr(InferenceClient, HUB_PIPELINE_TAG.replace("-", "_")))
+    assert not hasattr(InferenceClient, PIPELINE_TASK.replace("-", "_"))
+    demo_card = ModelCard.load(REPO_ROOT / "checkpoints" / "referformer-tiny-shapes" / "README.md").data
+    assert (demo_card.library_name, demo_card.pipeline_tag) == ("transformers", HUB_PIPELINE_TAG)
+    assert PIPELINE_TASK in demo_card.tags
 
 
 @pytest.mark.parametrize(
@@ -222,7 +233,7 @@ def test_card_scores_per_setting(backbone_config, setting, expected_rows):
 def test_card_without_scores():
     unknown = model_card(config_with(resnet("resnet50")), None, "model.pth", "m")
     metadata = ModelCard(unknown).data
-    assert metadata.eval_results is None and metadata.datasets is None and metadata.pipeline_tag == PIPELINE_TASK
+    assert metadata.eval_results is None and metadata.datasets is None and metadata.pipeline_tag == HUB_PIPELINE_TAG
     assert "## Training data\n\nUnknown" in unknown and score_rows(unknown) == []
     assert "# ReferFormer (ResNet-50)\n" in unknown
     unreported = model_card(config_with(swin("T")), training_data_from_setting("joint"), "model.pth", "m")
@@ -257,7 +268,8 @@ def test_trained_model_card_front_matter_recipe_and_results(tmp_path):
         results=results, eval_split="valid",
     )
     metadata = ModelCard(card_text).data
-    assert (metadata.license, metadata.library_name, metadata.pipeline_tag) == ("apache-2.0", "transformers", PIPELINE_TASK)
+    assert (metadata.license, metadata.library_name, metadata.pipeline_tag) == ("apache-2.0", "transformers", HUB_PIPELINE_TAG)
+    assert PIPELINE_TASK in metadata.tags
     assert metadata.datasets == ["ref-youtube-vos"] and metadata.base_model == "someone/referformer-r50"
     assert [(r.dataset_type, r.dataset_split, r.metric_name, r.metric_value) for r in metadata.eval_results] == [
         ("ref-youtube-vos", "valid", "J&F", 0.5), ("ref-youtube-vos", "valid", "J", 0.375), ("ref-youtube-vos", "valid", "F", 0.625),

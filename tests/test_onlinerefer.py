@@ -392,10 +392,10 @@ REMOTE_ONLINE = (
     """
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModel
+    from transformers import AutoModelForZeroShotObjectDetection
 
     folder, data = sys.argv[1], sys.argv[2]
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
     assert model.config.online
     inputs = load_file(data + "/inputs.safetensors")

@@ -2,6 +2,7 @@
 
 import os
 import re
+from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
@@ -76,6 +77,20 @@ class ReferFormerTimmBackboneConfig(PreTrainedConfig):
         Replace batch norms by frozen batch norms, as the original does.
     freeze_stem_and_first_stage (`bool`, defaults to `True`):
         Do not train the stem and the first output stage (the original freezes conv1 and layer1 of its ResNets).
+
+    Example:
+
+    ```python
+    >>> from referformer import ReferFormerConfig, ReferFormerTimmBackboneConfig
+    >>> resnet101 = ReferFormerTimmBackboneConfig(model_name="resnet50", model_kwargs={"layers": [3, 4, 23, 3]})
+    >>> ReferFormerConfig(backbone_config=resnet101).to_dict()["backbone_config"]["model_kwargs"]  # in config.json
+    {'layers': [3, 4, 23, 3]}
+    >>> ReferFormerTimmBackboneConfig(model_kwargs={"pretrained": True})  # arguments that load weights are refused
+    Traceback (most recent call last):
+    ...
+    huggingface_hub.errors.StrictDataclassClassValidationError: ...refusing 'pretrained'.
+
+    ```
     """
 
     model_type = "referformer_timm_backbone"
@@ -114,6 +129,21 @@ class ReferFormerSwinBackboneConfig(PreTrainedConfig):
     The image Swin Transformer exactly as the original ReferFormer uses it (mmdet style: per-stage output norms, window
     never shrunk on small maps). Sizes of the released models: T (96, [2,2,6,2], [3,6,12,24]), S (96, [2,2,18,2],
     [3,6,12,24]), B (128, [2,2,18,2], [4,8,16,32]), L (192, [2,2,18,2], [6,12,24,48]).
+
+    Example:
+
+    ```python
+    >>> from referformer import ReferFormerConfig, ReferFormerSwinBackboneConfig
+    >>> swin_b = ReferFormerSwinBackboneConfig(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32])
+    >>> config = ReferFormerConfig.from_dict(ReferFormerConfig(backbone_config=swin_b).to_dict())  # a config.json trip
+    >>> type(config.backbone_config).__name__, config.backbone_config.num_heads
+    ('ReferFormerSwinBackboneConfig', [4, 8, 16, 32])
+    >>> ReferFormerSwinBackboneConfig(embed_dim=100)  # each stage's width must split evenly into its heads
+    Traceback (most recent call last):
+    ...
+    huggingface_hub.errors.StrictDataclassClassValidationError: ...Swin stage 0: width 100 is not divisible by 3 heads.
+
+    ```
     """
 
     model_type = "referformer_swin"
@@ -142,6 +172,18 @@ class ReferFormerVideoSwinBackboneConfig(PreTrainedConfig):
     The Video Swin Transformer (3-D windows) as the original ReferFormer uses it: per-frame features taken before patch
     merging, no output norms. Sizes of the released models: T (96, [2,2,6,2], [3,6,12,24]), S (96, [2,2,18,2],
     [3,6,12,24]), B (128, [2,2,18,2], [4,8,16,32]).
+
+    Example:
+
+    ```python
+    >>> from referformer import ReferFormerConfig, ReferFormerVideoSwinBackboneConfig
+    >>> video_swin_s = ReferFormerVideoSwinBackboneConfig(depths=[2, 2, 18, 2])
+    >>> video_swin_s.window_size, video_swin_s.patch_size  # (time, height, width): time is never patched
+    ([8, 7, 7], [1, 4, 4])
+    >>> ReferFormerConfig(backbone_config=video_swin_s).backbone_config.model_type
+    'referformer_video_swin'
+
+    ```
     """
 
     model_type = "referformer_video_swin"
@@ -276,16 +318,36 @@ class ReferFormerConfig(PreTrainedConfig):
         chunks of this many frames, so that peak memory grows linearly with the clip length; the cross-frame
         attention of the FPN still sees every frame, and results equal an unchunked pass up to fp32 rounding. `None`
         processes all frames at once.
-    stride4_features_hold_bytes (`int`, defaults to `2**30`):
+    stride4_features_hold_bytes (`int`, defaults to `2**28`):
         With several frame chunks, the stride-4 backbone maps of the clip (14.7 MB per 360x640 ResNet frame) are held
-        from the encoding pass for the FPN pass while they take at most this many bytes; beyond it the FPN pass
-        recomputes them chunk by chunk (the backbone's first stage only).
+        from the encoding pass for the FPN pass while they take at most this many bytes (256 MiB: up to 17 such
+        frames); beyond it the FPN pass recomputes them chunk by chunk (the backbone's first stage only: about 4% of
+        a frame's FLOPs, against 0.5 GiB held for a 36-frame streaming window).
     chunk_size_feed_forward (`int`, defaults to 1024):
         Rows (tokens) per chunk of the feed-forward blocks of the encoder, decoder and FPN (transformers' name), so
         that the wide hidden layer never exists for all tokens at once; `0` runs each block as one product.
+
+    Example:
+
+    ```python
+    >>> from referformer import ReferFormerConfig
+    >>> config = ReferFormerConfig()  # the released checkpoints: ResNet-50, RoBERTa-base
+    >>> config.backbone_config.model_name, config.text_config.model_type, config.hidden_size
+    ('resnet50', 'roberta', 256)
+    >>> config.dynamic_weight_sizes, config.num_dynamic_params  # what the controller generates per query
+    ([2064, 64, 8], 2153)
+    >>> ReferFormerConfig(mask_dim=8, rel_coord=False).num_dynamic_params  # a tiny mask head: 8*8+8 + 8*8+8 + 8*1+1
+    153
+
+    ```
     """
 
     model_type = "referformer"
+    # Pipeline tasks served by the package that imports this class (`referformer` sets its task). A config.json's
+    # `custom_pipelines` entry for such a task names the folder's copy of the pipeline, for where the package is not
+    # installed: it is dropped on load, so that `pipeline(task, model=folder)` runs the package's pipeline, never the
+    # folder's code, without `trust_remote_code`. The folder's copy of this class (remote code) keeps it.
+    package_pipeline_tasks: ClassVar[frozenset[str]] = frozenset()
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type=ReferFormerTimmBackboneConfig.model_type),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="roberta", init_kwargs=ROBERTA_BASE_KWARGS),
@@ -351,7 +413,7 @@ class ReferFormerConfig(PreTrainedConfig):
     online: bool = False
     disable_custom_kernels: bool | None = None
     frame_chunk_size: int | None = None
-    stride4_features_hold_bytes: int = 2**30
+    stride4_features_hold_bytes: int = 2**28
     chunk_size_feed_forward: int = 1024
 
     def __post_init__(self, **kwargs):
@@ -363,6 +425,13 @@ class ReferFormerConfig(PreTrainedConfig):
         kwargs.setdefault("is_encoder_decoder", True)
         # `num_labels`, the generic name of the number of classes, sets `num_classes`.
         num_classes = kwargs.get("num_labels", self.num_classes)
+        custom_pipelines = {
+            task: pipeline
+            for task, pipeline in (kwargs.pop("custom_pipelines", None) or {}).items()
+            if task not in self.package_pipeline_tasks
+        }
+        if custom_pipelines:
+            kwargs["custom_pipelines"] = custom_pipelines
         super().__post_init__(**kwargs)
         self.num_classes = num_classes
         # `id2label` follows `num_classes`; generated names ("LABEL_i") of another length are replaced.
