@@ -2,7 +2,7 @@
 """Referring video object segmentation with ReferFormer: predict, evaluate, train, generate data and demo.
 
     python scripts/run_rvos.py demo                              # the embedded demo model on fresh synthetic clips
-    python scripts/run_rvos.py predict --model MODEL --video dog.mp4 --text "a brown dog" --output_dir out
+    python scripts/run_rvos.py predict --model MODEL --videos dog.mp4 --text "a brown dog" --output_dir out
     python scripts/run_rvos.py evaluate --model MODEL --dataset ref-davis17 --data_root DIR --davis_root DAVIS --output_dir out
     python scripts/run_rvos.py train --dataset ref-youtube-vos --data_root DIR --config_name resnet50 --output_dir run
     accelerate launch scripts/run_rvos.py train args.json        # any number of processes / GPUs
@@ -137,14 +137,17 @@ class ModelArguments:
 class PredictArguments:
     """A video and sentences in; masks, overlays and boxes out."""
 
-    video: str = field(
+    videos: str = field(
         metadata={
             "help": "Video file (any format PyAV decodes), folder of frame images, or a folder of such videos (split "
             "across the processes of `accelerate launch`)."
         }
     )
     text: list[str] = field(
-        metadata={"help": "One or more referring expressions, each quoted: --text 'the red car' 'the dog'."}
+        metadata={
+            "help": "One or more referring expressions, each quoted, all applied to every video: --text 'the red car' "
+            "'the dog'."
+        }
     )
     output_dir: str = field(
         metadata={"help": "Writes <output_dir>/<video>/<exp>/<frame>.png masks, overlay_<exp>.gif and predictions.json."}
@@ -498,7 +501,7 @@ def check_video_source(video: str) -> None:
 
 
 def list_videos(path: Path) -> list[Path]:
-    """The videos of `--video`: a video file, a folder of frames, or a folder of video files and frame folders."""
+    """The videos of `--videos`: a video file, a folder of frames, or a folder of video files and frame folders."""
     check_video_source(path)
     if path.is_file() or list_frame_files(path):
         return [path]
@@ -535,10 +538,10 @@ def stream_predictions(segmenter, video: Path, output_dir: Path, args: PredictAr
 
 def run_predict(model_args: ModelArguments, args: PredictArguments) -> list[Path] | None:
     check_referformer_source(model_args.model)
-    videos = list_videos(Path(args.video))
+    videos = list_videos(Path(args.videos))
     video_dirs = [Path(args.output_dir) / video_output_name(video) for video in videos]
     if len(set(video_dirs)) != len(video_dirs):
-        raise UsageError(f"Two videos of {args.video} have the same name (without extension).")
+        raise UsageError(f"Two videos of {args.videos} have the same name (without extension).")
     for video, video_dir in zip(videos, video_dirs):
         check_output_target(video_dir, args.overwrite, inputs=(video, model_args.model))
     segmenter = load_model(model_args)

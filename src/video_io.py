@@ -1,9 +1,10 @@
-"""Video and frame I/O: listing frame folders, reading frame images, decoding and counting video files, and turning
-any frame (PIL image, array, tensor) into an RGB uint8 array. Everything that reads a video goes through here."""
+"""Video and frame I/O: listing frame folders, reading frame images, decoding and counting video files, turning any
+frame (PIL image, array, tensor) into an RGB uint8 array, and the one rule that tells one video from a list of videos
+(`is_one_video`). Everything that reads a video goes through here."""
 
 import numbers
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,18 +50,64 @@ def frame_file_names(paths) -> list[str]:
     return names
 
 
-def is_frame_path_list(video) -> bool:
-    """Whether `video` is a list of frame image paths (one video, a frame a path)."""
-    return isinstance(video, (list, tuple)) and bool(video) and all(isinstance(item, (str, Path)) for item in video)
+def is_image_path(item) -> bool:
+    """Whether `item` is the path of an image file (`IMAGE_EXTENSIONS`, any case; not a folder): one frame."""
+    return isinstance(item, (str, Path)) and Path(item).suffix.lower() in IMAGE_EXTENSIONS and not Path(item).is_dir()
+
+
+def _is_frame(item) -> bool:
+    """Whether `item` is one frame: a PIL image, an image file path, or an array / tensor `[H, W(, C)]` /
+    `[C, H, W]`."""
+    return (
+        isinstance(item, Image.Image)
+        or is_image_path(item)
+        or (isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim in (2, 3))
+    )
+
+
+def is_one_video(videos) -> bool:
+    """Whether `videos` is one video rather than a list of videos, by the one rule for lists:
+
+    * a list of frames (PIL images, arrays `[H, W, C]`, image file paths) is ONE video, those frames in order;
+    * a list of anything else (video files, frame folders, 4-D arrays, lists of frames, iterators of frames) is
+      SEVERAL videos;
+    * anything that is not a list or tuple is one video: a video file or frame folder, an image (a PIL image or an
+      image file path: a one-frame video), a 4-D array or an iterator of frames.
+
+    A list mixing frames and videos, and an empty list, are refused. Several one-frame videos: a list of lists
+    (`[[image_a], [image_b]]`)."""
+    if not isinstance(videos, (list, tuple)):
+        return True
+    if not videos:
+        raise ValueError(
+            "No video given: pass a video (file, frame folder, image, list of frames or 4-D array) or a list of videos."
+        )
+    frames = [_is_frame(item) for item in videos]
+    if all(frames):
+        return True
+    if any(frames):
+        raise ValueError(
+            "A list holds either the frames of one video (images, image paths, arrays [H, W, C]) or several videos "
+            f"(video files, frame folders, 4-D arrays, lists of frames), not both: item {frames.index(True)} is a "
+            f"frame, item {frames.index(False)} a video."
+        )
+    return False
+
+
+def split_videos(videos) -> list:
+    """`videos`, one video or a list of videos ([`is_one_video`] tells them apart), as a list of videos."""
+    return [videos] if is_one_video(videos) else list(videos)
 
 
 def video_frame_names(video, indices) -> list[str]:
-    """Names of the frames `indices` of `video`: the [`frame_file_names`] of a frame folder or a list of frame image
-    paths, `00000`-style indices for anything else (a video file, frames in memory)."""
-    if is_frame_path_list(video):
-        names = frame_file_names(video)
-    elif isinstance(video, (str, Path)) and Path(video).is_dir():
+    """Names of the frames `indices` of `video`: the [`frame_file_names`] of a frame folder, an image file or a list of
+    image paths, `00000`-style indices for anything else (a video file, frames in memory)."""
+    if isinstance(video, (str, Path)) and Path(video).is_dir():
         names = frame_file_names(list_frame_files(video))
+    elif is_image_path(video):
+        names = frame_file_names([video])
+    elif isinstance(video, (list, tuple)) and video and all(is_image_path(item) for item in video):
+        names = frame_file_names(video)
     else:
         return [f"{index:05d}" for index in indices]
     return [names[index] for index in indices]
@@ -202,9 +249,9 @@ def decode_video_file(path, keep):
 
 def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = None):
     """Yields `(index, frame)` for one video, one RGB uint8 frame at a time, keeping every `frame_stride`-th frame (at
-    most `max_frames`); `index` is the frame's index in the original video. Takes what [`load_video`] takes, a list
-    of frame image paths and an iterator of frames (a generator: read lazily, never past the last kept frame); frames
-    are decoded only when asked for, so a long video never has to fit in memory."""
+    most `max_frames`); `index` is the frame's index in the original video. Takes one video as [`load_video`] does,
+    also an iterator of frames (a generator: read lazily, never past the last kept frame); frames are decoded only when
+    asked for, so a long video never has to fit in memory."""
     for name, value in (("frame_stride", frame_stride), ("max_frames", 1 if max_frames is None else max_frames)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -239,12 +286,13 @@ def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = Non
                 raise ValueError(f"No frame images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}.")
             for index in (index for index in range(len(files)) if keep(index)):
                 yield checked(index, read_frame_image(files[index]))
+        elif is_image_path(path):  # image mode: a one-frame video
+            yield checked(0, read_frame_image(path))
         else:
             for index, frame in decode_video_file(path, keep):
                 yield checked(index, frame)
-    elif is_frame_path_list(video):
-        for index in (index for index in range(len(video)) if keep(index)):
-            yield checked(index, read_frame_image(video[index]))
+    elif isinstance(video, Image.Image):  # image mode: a one-frame video
+        yield checked(0, frame_to_rgb(video))
     elif isinstance(video, Iterator):  # a generator of frames: read lazily, never beyond the last kept frame
         for index, frame in enumerate(video):
             decision = keep(index)
@@ -252,11 +300,22 @@ def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = Non
                 break
             if decision:
                 yield checked(index, frame_to_rgb(frame))
-    else:
-        if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
+    elif isinstance(video, (np.ndarray, torch.Tensor)):
+        if video.ndim != 4:
             raise ValueError(f"A video array must be 4-D ([T, H, W, C] or [T, C, H, W]), got shape {tuple(video.shape)}.")
         for index in (index for index in range(len(video)) if keep(index)):
             yield checked(index, frame_to_rgb(video[index]))
+    elif isinstance(video, Mapping) or not (hasattr(video, "__len__") and hasattr(video, "__getitem__")):
+        raise TypeError(
+            "A video is a video file, a frame folder, an image, a list of frames, a 4-D array or an iterator of frames, "
+            f"got {type(video).__name__}."
+        )
+    else:  # a list of frames, or any sequence of them
+        if not is_one_video(video):
+            raise ValueError(f"Expected one video, got a list of {len(video)} videos (the list rule: `is_one_video`).")
+        for index in (index for index in range(len(video)) if keep(index)):
+            frame = video[index]
+            yield checked(index, read_frame_image(frame) if is_image_path(frame) else frame_to_rgb(frame))
     if first is None:
         raise ValueError(f"The video has no frames: {video if isinstance(video, (str, Path)) else 'empty input'}.")
 
@@ -264,9 +323,9 @@ def iter_video_frames(video, frame_stride: int = 1, max_frames: int | None = Non
 def load_video(video, frame_stride: int = 1, max_frames: int | None = None) -> tuple[list[np.ndarray], list[int]]:
     """Loads one video as RGB uint8 frames, keeping every `frame_stride`-th frame (at most `max_frames`).
 
-    `video` is a video file (decoded with PyAV), a folder of frame images (sorted naturally), a list of frames
-    (PIL images, numpy arrays or tensors) or a 4-D array / tensor `[T, H, W, C]` or `[T, C, H, W]`. Returns the
-    frames and their indices in the original video.
+    `video` is a video file (decoded with PyAV), a folder of frame images (sorted naturally), an image (PIL image or
+    image file: one frame), a list of frames (PIL images, numpy arrays, tensors or image file paths) or a 4-D array /
+    tensor `[T, H, W, C]` or `[T, C, H, W]`. Returns the frames and their indices in the original video.
     """
     pairs = list(iter_video_frames(video, frame_stride, max_frames))
     return [frame for _, frame in pairs], [index for index, _ in pairs]
@@ -279,11 +338,13 @@ __all__ = [
     "file_name",
     "frame_file_names",
     "frame_to_rgb",
-    "is_frame_path_list",
+    "is_image_path",
+    "is_one_video",
     "iter_video_frames",
     "list_frame_files",
     "load_video",
     "natural_sort_key",
     "read_frame_image",
+    "split_videos",
     "video_frame_names",
 ]

@@ -2,6 +2,7 @@
 path, whole-video and windowed query selection, frames streamed, outputs written frame by frame."""
 
 import json
+import re
 import weakref
 
 import numpy as np
@@ -154,6 +155,29 @@ def test_bad_inputs_fail_before_anything_is_written(segmenter, tmp_path):
     with pytest.raises(ValueError, match="Got 2 frames for 3"):
         write_predictions(tmp_path / "clip", iter_video_frames(frames[:2]), results, ["a", "b", "c"])
     assert not (tmp_path / "clip").exists() or not any((tmp_path / "clip").iterdir())
+
+
+def test_one_vocabulary_video_and_text_and_misspelt_keywords_named(segmenter):
+    """The segmenter takes exactly one `video` and `text` (one sentence or a list), as the processor and the pipeline
+    name them; `score` is the mean of the per-frame scores; a misspelt keyword is named."""
+    frames = clip(4)
+    results = segmenter(video=frames, text=SENTENCES)
+    for result, positional in zip(results, segmenter(frames, SENTENCES)):  # the same computation: equal exactly
+        np.testing.assert_array_equal(result.masks, positional.masks)
+        np.testing.assert_array_equal(result.scores, positional.scores)
+        # A float32 mean of T values in [0, 1]: within T float32 ulps (2^-24 each) of the float64 mean.
+        assert result.score == pytest.approx(np.mean(result.scores, dtype=np.float64), abs=len(frames) * 2**-24)
+    single = segmenter(frames, text=SENTENCES[0])
+    assert [result.sentence for result in single] == SENTENCES[:1]
+    session = segmenter.init_video_session(video=frames, text=SENTENCES)
+    assert session.sentences == SENTENCES
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sentences'"):
+        segmenter(frames, sentences=SENTENCES)
+    message = "ReferringVideoSegmenter.stream() got an unexpected keyword argument 'windw' (did you mean 'window'?)."
+    with pytest.raises(TypeError, match=re.escape(message)):
+        segmenter.stream(frames, SENTENCES, windw=3)
+    with pytest.raises(ValueError, match=re.escape("Expected one video, got a list of 2 videos")):
+        segmenter([frames, frames], SENTENCES)
 
 
 def test_half_precision_runs_under_autocast(segmenter):

@@ -21,10 +21,12 @@ from referformer.modeling_referformer import ReferFormerSegmentationOutput
 from referformer.processing_referformer import get_resize_output_size
 from referformer.video_io import (
     count_video_file_frames,
+    is_one_video,
     iter_video_frames,
     list_frame_files,
     load_video,
     read_frame_image,
+    split_videos,
     video_frame_names,
 )
 from referformer.visualization import VideoWriter, overlay_masks, write_palette_masks, write_video
@@ -139,6 +141,30 @@ def test_one_frame_listing_for_folders_paths_and_datasets(tmp_path):
     assert [(index, int(frame[0, 0, 0])) for index, frame in from_paths] == [(0, 2), (2, 3)]
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         list_frame_files(tmp_path / "missing")
+
+
+def test_one_rule_tells_one_video_from_several_and_an_image_is_one_frame(tmp_path):
+    """`is_one_video`: frames (PIL images, arrays [H, W, C], image paths) make one video, anything else in a list is a
+    video each; mixes are refused. An image (PIL image or image file) alone is a one-frame video."""
+    frame = np.full((40, 48, 3), 7, np.uint8)
+    Image.fromarray(frame).save(tmp_path / "image.png")
+    (tmp_path / "frames.jpg").mkdir()  # a folder, whatever its name: a video
+    image = str(tmp_path / "image.png")
+    for one in (image, Image.fromarray(frame), [frame, frame], [Image.fromarray(frame)], [image, image], (frame,),
+                np.zeros((2, 40, 48, 3), np.uint8), "clip.mp4", iter([frame])):
+        assert is_one_video(one)
+    for several in (["a.mp4", "b.mp4"], [[frame], [frame]], [np.zeros((2, 40, 48, 3), np.uint8)], [tmp_path / "frames.jpg"]):
+        assert not is_one_video(several) and split_videos(several) == list(several)
+    with pytest.raises(ValueError, match=re.escape("not both: item 1 is a frame, item 0 a video")):
+        is_one_video(["a.mp4", image])
+    with pytest.raises(ValueError, match="No video given"):
+        split_videos([])
+    for video in (image, Image.fromarray(frame), [image]):
+        [(index, decoded)] = list(iter_video_frames(video))
+        assert index == 0 and np.array_equal(decoded, frame)
+    assert video_frame_names(image, [0]) == ["image"]
+    with pytest.raises(ValueError, match=re.escape("Expected one video, got a list of 2 videos")):
+        next(iter_video_frames(["a.mp4", "b.mp4"]))
 
 
 def test_frame_names_keep_inner_dots_and_clashing_names_are_refused(tmp_path):
@@ -313,8 +339,9 @@ def test_processor_save_and_load_round_trip(tmp_path, processor):
         ("VIDEO", ["ok", 3], ValueError, "non-empty string"),
         ("VIDEO", [], ValueError, "non-empty list"),
         (["VIDEO", "VIDEO"], [], ValueError, "non-empty list"),
-        (["VIDEO", "VIDEO"], ["a", "b", "c"], ValueError, "2 videos and 3 sentences"),
         ([], "x", ValueError, "No video given"),
+        (["FRAME", "VIDEO"], "x", ValueError, "not both: item 0 is a frame, item 1 a video"),
+        ({"video": "VIDEO"}, "x", TypeError, "A video is a video file, a frame folder, an image, a list of frames"),
         ("MISSING", "x", FileNotFoundError, "Video not found"),
         ("EMPTY_FOLDER", "x", ValueError, "No frame images"),
         ("GARBAGE", "x", ValueError, "Cannot decode video file"),
@@ -325,16 +352,55 @@ def test_bad_inputs_get_clear_errors(tmp_path, processor, videos, text, error, m
     (tmp_path / "garbage.mp4").write_bytes(b"this is not a video")
     substitutions = {
         "VIDEO": synthetic_frames(1),
+        "FRAME": synthetic_frames(1)[0],
         "MISSING": tmp_path / "nope.mp4",
         "EMPTY_FOLDER": tmp_path / "empty",
         "GARBAGE": tmp_path / "garbage.mp4",
     }
     if isinstance(videos, list):
         videos = [substitutions.get(video, video) for video in videos]
+    elif isinstance(videos, dict):
+        videos = {key: substitutions[value] for key, value in videos.items()}
     else:
         videos = substitutions.get(videos, videos)
     with pytest.raises(error, match=message):
         processor(videos=videos, text=text)
+
+
+def test_misspelt_keywords_are_named(processor):
+    frames = synthetic_frames(1)
+    with pytest.raises(TypeError, match=re.escape(
+        "ReferFormerProcessor() got an unexpected keyword argument 'video' (did you mean 'videos'?)."
+    )):
+        processor(video=frames, text="x")
+    with pytest.raises(TypeError, match=re.escape("unexpected keyword arguments 'max_frame' (did you mean 'max_frames'?), 'colour'.")):
+        processor(videos=frames, text="x", max_frame=2, colour="red")
+    with pytest.raises(TypeError, match=re.escape(
+        "ReferFormerVideoProcessor.preprocess() got an unexpected keyword argument 'frame_strides' (did you mean 'frame_stride'?)."
+    )):
+        processor.video_processor(frames, frame_strides=2)
+
+
+def test_sentences_apply_to_every_video(processor):
+    """B videos and S sentences: B * S entries, video-major, each the video's tensors and the sentence's tokens."""
+    videos = [np.stack(synthetic_frames(2, 64, 96)), np.stack(synthetic_frames(2, 64, 96))[:, ::-1]]
+    sentences = ["the yellow square", "the background", "a square moving right"]
+    inputs = processor(videos=videos, text=sentences)
+    assert inputs["pixel_values"].shape[0] == inputs["input_ids"].shape[0] == 6
+    for video_index, video in enumerate(videos):
+        for sentence_index, sentence in enumerate(sentences):
+            entry = video_index * len(sentences) + sentence_index
+            single = processor(videos=video, text=sentence)
+            for key in ("pixel_values", "pixel_mask", "original_sizes", "resized_sizes", "frame_indices"):
+                assert torch.equal(inputs[key][entry], single[key][0]), key
+            tokens = inputs["input_ids"][entry][inputs["attention_mask"][entry].bool()]
+            assert torch.equal(tokens, single["input_ids"][0]), sentence
+    one_sentence = processor(videos=videos, text=sentences[0])
+    assert torch.equal(one_sentence["pixel_values"], inputs["pixel_values"][:: len(sentences)])
+    assert torch.equal(one_sentence["input_ids"][1], one_sentence["input_ids"][0])
+    # One video, several sentences: its frames processed once and repeated as a view, not copied.
+    one_video = processor(videos=videos[0], text=sentences)
+    assert one_video["pixel_values"].shape[0] == 3 and one_video["pixel_values"].stride(0) == 0
 
 
 def test_frames_too_small_for_the_model_are_refused(processor):
@@ -456,7 +522,11 @@ def test_all_queries_and_image_mode():
     assert results[1]["all_masks"].shape == (2, 1, 16, 24) and results[1]["all_boxes"].shape == (2, 1, 4)
     torch.testing.assert_close(results[0]["query_scores"], torch.tensor([-3.0, 3.0]).sigmoid())
     image_results = processor.post_process_referring_image_segmentation(_outputs_for_mask(mask_logits), [(32, 32), (16, 24)])
-    assert image_results[1]["masks"].shape == (16, 24) and isinstance(image_results[1]["scores"], float)
+    assert image_results[1]["masks"].shape == (16, 24) and image_results[1]["scores"].shape == ()
+    # Post-processing returns torch tensors only, as transformers' processors do (the pipeline returns numpy / Python).
+    for result in results + image_results:
+        assert all(isinstance(value, torch.Tensor) for value in result.values()), result.keys()
+    assert int(results[0]["query_index"]) == 1 and image_results[0]["query_index"].shape == ()
     with pytest.raises(ValueError, match="target sizes"):
         processor.post_process_referring_video_segmentation(_outputs_for_mask(mask_logits), [(32, 32)])
 

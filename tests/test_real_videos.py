@@ -21,7 +21,7 @@ def test_predict_on_a_real_mp4_writes_masks_overlays_and_predictions(tmp_path):
     video = real_video("bikes.mp4")  # 640x272, 250 frames at 25 fps
     output_dir = tmp_path / "predictions"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "run_rvos.py"), "predict", "--model", str(DEMO_MODEL),
-               "--video", str(video), "--text", *SENTENCES, "--output_dir", str(output_dir),
+               "--videos", str(video), "--text", *SENTENCES, "--output_dir", str(output_dir),
                "--frame_stride", "25", "--max_frames", "6"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -228,7 +228,7 @@ def test_predict_on_an_mp4_in_windows(tmp_path, model_dir, data_root):
     frames = [np.asarray(Image.open(path)) for path in frame_paths] * 2  # 6 frames
     video = write_video(frames, tmp_path / "shapes.mp4", fps=5)
     output_dir = tmp_path / "pred"
-    options = ["predict", "--model", str(model_dir), "--video", str(video), "--text", "the red circle", "the big square",
+    options = ["predict", "--model", str(model_dir), "--videos", str(video), "--text", "the red circle", "the big square",
                "--output_dir", str(output_dir), "--window", "4"]
     run_rvos.main(options)
     video_dir = output_dir / "shapes"
@@ -255,7 +255,7 @@ def test_predict_selects_one_query_over_the_whole_video_by_default(tmp_path, mod
     frame_paths = sorted((data_root / "valid" / "JPEGImages" / "shapes00000").iterdir())
     frames = [np.asarray(Image.open(path)) for path in frame_paths] * 40  # 120 frames
     video = write_video(frames, tmp_path / "long.mp4", fps=10)
-    run_rvos.main(["predict", "--model", str(model_dir), "--video", str(video), "--text", "the red circle",
+    run_rvos.main(["predict", "--model", str(model_dir), "--videos", str(video), "--text", "the red circle",
                    "the big square", "--output_dir", str(tmp_path / "pred"), "--overlay_format", "mp4"])
     predictions = json.loads((tmp_path / "pred" / "long" / "predictions.json").read_text())
     assert len(predictions["frames"]) == 120
@@ -272,7 +272,7 @@ def test_predict_streams_a_frame_folder_writing_what_the_windows_give(tmp_path, 
     frame_paths = sorted((data_root / "valid" / "JPEGImages" / "shapes00000").iterdir())
     for index in range(7):
         Image.open(frame_paths[index % len(frame_paths)]).save(folder / f"frame_{index}.png")
-    common = ["predict", "--model", str(model_dir), "--video", str(folder), "--text", "the red circle", "the big square",
+    common = ["predict", "--model", str(model_dir), "--videos", str(folder), "--text", "the red circle", "the big square",
               "--window", "3"]
     run_rvos.main(common + ["--output_dir", str(tmp_path / "windows")])
     run_rvos.main(common + ["--output_dir", str(tmp_path / "stream"), "--stream", "--overlap", "0"])
@@ -304,7 +304,7 @@ def test_predict_writes_a_mask_per_frame_name_and_refuses_frames_sharing_a_name(
         shutil.copy(path, frames / f"img.{index:03d}.jpg")
 
     def predict(output_dir):
-        run_rvos.main(["predict", "--model", str(run_rvos.DEMO_MODEL), "--video", str(frames), "--text",
+        run_rvos.main(["predict", "--model", str(run_rvos.DEMO_MODEL), "--videos", str(frames), "--text",
                        "the red circle", "the big square", "--output_dir", str(output_dir), "--device", "cpu"])
 
     predict(tmp_path / "pred")
@@ -331,7 +331,7 @@ def test_predict_refuses_a_symlinked_result_folder_and_a_video_without_a_name(tm
 
     def error(video):
         with pytest.raises(SystemExit) as raised:
-            run_rvos.main(["predict", "--model", str(run_rvos.DEMO_MODEL), "--video", str(video), "--text", "a square",
+            run_rvos.main(["predict", "--model", str(run_rvos.DEMO_MODEL), "--videos", str(video), "--text", "a square",
                            "--output_dir", str(tmp_path / "pred"), "--overwrite"])
         return str(raised.value.code)
 
@@ -352,7 +352,7 @@ def test_predict_refuses_a_symlinked_result_folder_and_a_video_without_a_name(tm
 @pytest.mark.parametrize("option, value", [("frame_stride", 2.5), ("max_frames", 3.0), ("window", True)])
 def test_frame_counts_from_an_option_file_must_be_integers(tmp_path, option, value):
     options = tmp_path / "options.json"
-    options.write_text(json.dumps({"model": str(run_rvos.DEMO_MODEL), "video": str(tmp_path), "text": ["a square"],
+    options.write_text(json.dumps({"model": str(run_rvos.DEMO_MODEL), "videos": str(tmp_path), "text": ["a square"],
                                    "output_dir": str(tmp_path / "out"), option: value}))
     with pytest.raises(SystemExit, match=re.escape(f"predict: error: --{option} must be an integer, got {value!r}.")):
         run_rvos.main(["predict", str(options)])
@@ -374,7 +374,7 @@ def test_two_processes_evaluate_and_predict_exactly_as_one(tmp_path, model_dir):
         for options in (
             ["evaluate", "--model", str(model_dir), "--dataset", "synthetic", "--data_root", str(root), "--output_dir",
              str(tmp_path / name / "eval")],
-            ["predict", "--model", str(model_dir), "--video", str(videos), "--text", "the red circle", "the big square",
+            ["predict", "--model", str(model_dir), "--videos", str(videos), "--text", "the red circle", "the big square",
              "--output_dir", str(tmp_path / name / "pred")],
         ):
             result = subprocess.run(command + [str(SCRIPT), *options], capture_output=True, text=True, env=ENV)
@@ -403,12 +403,12 @@ def test_clear_errors(tmp_path, model_dir, data_root, capsys):
         return str(raised.value.code)
 
     predict = ["predict", "--model", str(model_dir), "--text", "the red circle", "--output_dir", str(tmp_path / "p")]
-    assert "does not exist" in error(*predict, "--video", str(tmp_path / "missing.mp4"))
-    assert "does not exist" in error(*predict[:2], str(tmp_path / "no-model"), *predict[3:], "--video", str(data_root))
+    assert "does not exist" in error(*predict, "--videos", str(tmp_path / "missing.mp4"))
+    assert "does not exist" in error(*predict[:2], str(tmp_path / "no-model"), *predict[3:], "--videos", str(data_root))
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    assert "'bert' model, not a ReferFormer" in error(*predict[:2], str(bert), *predict[3:], "--video", str(data_root))
+    assert "'bert' model, not a ReferFormer" in error(*predict[:2], str(bert), *predict[3:], "--videos", str(data_root))
 
     evaluate = ["evaluate", "--model", str(model_dir), "--output_dir", str(tmp_path / "e")]
     assert "Unknown --dataset 'ref-coco'" in error(*evaluate, "--dataset", "ref-coco", "--data_root", str(data_root))

@@ -79,7 +79,7 @@ def snapshot(folder: Path) -> dict:
 
 
 def predict_args(model_dir, video, output_dir, *extra):
-    options = ["predict", "--model", model_dir, "--video", video, "--text", "the red circle", "--output_dir", output_dir]
+    options = ["predict", "--model", model_dir, "--videos", video, "--text", "the red circle", "--output_dir", output_dir]
     return [str(value) for value in [*options, *extra]]
 
 

@@ -219,8 +219,9 @@ def test_online_model_streams_frame_by_frame_from_its_track(online_segmenter):
 
 
 def test_pipeline_and_predict_run_an_online_folder_frame_by_frame(online_segmenter, tmp_path):
-    """The pipeline decodes an online model's video frame by frame (the segmenter's masks up to fp32 rounding: one
-    sentence a batch there, two here), and `run_rvos.py predict` streams it by default."""
+    """The pipeline decodes an online model's video frame by frame, whole or streamed from a generator (the
+    segmenter's masks up to fp32 rounding: another model instance, frames in one chunk), and `run_rvos.py predict`
+    streams it by default."""
     import json
 
     from transformers import pipeline
@@ -237,12 +238,17 @@ def test_pipeline_and_predict_run_an_online_folder_frame_by_frame(online_segment
         assert output["masks"].shape == reference.masks.shape
         assert (output["masks"] != reference.masks).mean() < 1e-3
         np.testing.assert_allclose(output["scores"], reference.scores, atol=1e-5, rtol=0)
+    streamed = list(segment((frame for frame in frames), text=SENTENCES))
+    assert [results[0]["frame_index"] for results in streamed] == list(range(4))
+    for index, reference in enumerate(expected):
+        assert (np.stack([results[index]["mask"] for results in streamed]) != reference.masks).mean() < 1e-3
+        np.testing.assert_allclose([results[index]["score"] for results in streamed], reference.scores, atol=1e-5, rtol=0)
     video_dir = tmp_path / "frames"
     video_dir.mkdir()
     for index, frame in enumerate(frames):
         Image.fromarray(frame).save(video_dir / f"{index:03d}.png")
     run_rvos = load_script("run_rvos")
-    run_rvos.main(["predict", "--model", str(folder), "--video", str(video_dir), "--text", *SENTENCES,
+    run_rvos.main(["predict", "--model", str(folder), "--videos", str(video_dir), "--text", *SENTENCES,
                    "--output_dir", str(tmp_path / "pred")])
     predictions = json.loads((tmp_path / "pred" / "frames" / "predictions.json").read_text())
     assert predictions["frames"] == ["000", "001", "002", "003"]

@@ -2,8 +2,11 @@
 the referred object's masks at the original frame size, boxes, scores, the selected query and the frame indices out.
 
     segmenter = ReferringVideoSegmenter.from_pretrained("path/to/model", device="auto", dtype="bf16")
-    for result in segmenter("dog.mp4", ["a brown dog", "the ball"]):
-        result.masks, result.boxes, result.scores, result.query_indices, result.frame_indices
+    for result in segmenter("dog.mp4", text=["a brown dog", "the ball"]):
+        result.masks, result.boxes, result.scores, result.score, result.query_indices, result.frame_indices
+
+The segmenter takes exactly one video (`video`: anything `referformer.video_io.iter_video_frames` reads) and `text`,
+one sentence or a list of them (one result each), as the processor and the pipeline name them.
 
 Two protocols select the referred query (the one with the highest frame-averaged score):
 
@@ -41,7 +44,13 @@ from .inference_session import (
     select_linked_queries,
 )
 from .modeling_referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerSegmentationOutput
-from .processing_referformer import ReferFormerProcessor, ReferFormerVideoProcessor, check_threshold, sentence_list
+from .processing_referformer import (
+    ReferFormerProcessor,
+    ReferFormerVideoProcessor,
+    check_keywords,
+    check_threshold,
+    sentence_list,
+)
 from .video_io import iter_video_frames
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
 
@@ -91,10 +100,11 @@ class VideoSegmentation:
     """The object one sentence refers to, in every kept frame of a video.
 
     `boxes` `[T, 4]` are absolute (x0, y0, x1, y1) on the original frames, `scores` `[T]` the selected query's
-    per-frame probabilities, `query_indices` the selected query of each window (one entry for the whole-video
-    protocol) and `window_starts` the first frame (position in `frame_indices`) of each window. `mask_logits`
-    `[T, h, w]` are the selected query's stride-4 mask logits; `masks`, `iter_masks` and `probabilities` bring them
-    to the original size as `ReferFormerVideoProcessor.post_process_referring_video_segmentation` does.
+    per-frame probabilities (`score` their mean, the video-level score), `query_indices` the selected query of each
+    window (one entry for the whole-video protocol) and `window_starts` the first frame (position in `frame_indices`)
+    of each window. `mask_logits` `[T, h, w]` are the selected query's stride-4 mask logits; `masks`, `iter_masks` and
+    `probabilities` bring them to the original size as `ReferFormerVideoProcessor.post_process_referring_video_segmentation`
+    does.
     """
 
     sentence: str
@@ -111,6 +121,12 @@ class VideoSegmentation:
     @property
     def num_frames(self) -> int:
         return len(self.frame_indices)
+
+    @property
+    def score(self) -> float:
+        """The video-level score of the referred object: the mean of the per-frame `scores`, the frame-averaged score
+        by which ReferFormer selects a query (for models with one class, as ReferFormer's)."""
+        return float(self.scores.mean())
 
     def probabilities(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Mask probabilities `[n, H, W]` (float32) of the frames `start:stop` at the original size."""
@@ -177,7 +193,7 @@ class ReferringVideoSegmenter:
     def __call__(
         self,
         video,
-        sentences,
+        text,
         window: int | None = None,
         frame_stride: int = 1,
         max_frames: int | None = None,
@@ -187,9 +203,10 @@ class ReferringVideoSegmenter:
         """Segments the object each sentence refers to in every kept frame of `video`.
 
         Args:
-            video: a video file, a folder of frame images, a list of frame image paths, a list of frames (PIL images,
-                arrays, tensors), a 4-D array `[T, H, W, C]` / `[T, C, H, W]` or an iterable of frames.
-            sentences: one referring expression or a list of them (one result each, in order).
+            video: one video: a video file, a folder of frame images, an image (PIL image or image file: one frame), a
+                list of frames (PIL images, arrays, tensors, image file paths), a 4-D array `[T, H, W, C]` /
+                `[T, C, H, W]` or an iterator of frames.
+            text: one referring expression or a list of them (one result each, in order).
             window: `None` selects one query over the whole video (one forward pass, the Ref-YouTube-VOS protocol);
                 `N` cuts the video into independent windows of `N` frames (the Ref-DAVIS17 protocol uses 36).
             frame_stride, max_frames: keep every `frame_stride`-th frame, at most `max_frames` of them.
@@ -201,7 +218,7 @@ class ReferringVideoSegmenter:
         if self.online and window is not None:
             raise ValueError("An online (OnlineRefer) model segments frame by frame: window does not apply.")
         check_threshold(threshold)
-        session = self.init_video_session(sentences, video, frame_stride=frame_stride, max_frames=max_frames)
+        session = self.init_video_session(text, video, frame_stride=frame_stride, max_frames=max_frames)
         results = [_Collected() for _ in session.sentences]
         with tqdm(desc="windows", disable=not progress, leave=False) as bar:
             while True:
@@ -279,7 +296,7 @@ class ReferringVideoSegmenter:
             if overlap and more_to_come:  # the next window starts with this one's last `overlap` frames
                 logit_threshold = math.log(threshold / (1 - threshold))
                 session.link = WindowLink(
-                    query_indices=torch.tensor([result["query_index"] for result in results]),
+                    query_indices=torch.stack([result["query_index"] for result in results]),
                     shared_masks=torch.stack([result["mask_logits"][-overlap:] > logit_threshold for result in results]),
                 )
                 for frame in frames[-overlap:]:
@@ -291,7 +308,10 @@ class ReferringVideoSegmenter:
         """Streams `video` (any frame source, of any length) in windows of `window` frames sharing `overlap`: yields
         one [`FrameSegmentation`] per kept frame, in order, at most one window after the frame was read. `options`:
         those of `init_video_session` (`frame_stride`, `max_frames`, `video_storage_device`, `keep_frames`) and of
-        `propagate_in_video_iterator` (`agreement_weight`, `threshold`)."""
+        `propagate_in_video_iterator` (`agreement_weight`, `threshold`); a misspelt option is refused, naming the
+        closest one."""
+        accepted = [*SESSION_OPTIONS, *STREAM_OPTIONS, "video", "text", "window", "overlap"]
+        check_keywords(f"{type(self).__name__}.stream()", options, accepted)
         session_options = {key: options.pop(key) for key in list(options) if key in SESSION_OPTIONS}
         session = self.init_video_session(text, video, **session_options)
         return self.propagate_in_video_iterator(session, window=window, overlap=overlap, **options)
@@ -364,8 +384,9 @@ class ReferringVideoSegmenter:
             )
 
 
-# The options of `ReferringVideoSegmenter.stream` that go to `init_video_session`.
+# The options of `ReferringVideoSegmenter.stream` that go to `init_video_session`, and to `propagate_in_video_iterator`.
 SESSION_OPTIONS = ("frame_stride", "max_frames", "video_storage_device", "keep_frames")
+STREAM_OPTIONS = ("agreement_weight", "threshold")
 
 
 def prepare_inputs(processor: ReferFormerProcessor, frames, sentences: list[str]) -> tuple[dict, list[int]]:

@@ -1,8 +1,7 @@
 """Processors of ReferFormer: video preprocessing, tokenization of the referring expressions, and post-processing of
 the model outputs into per-frame masks, boxes and scores. Reading videos and frames is `video_io`'s job."""
 
-from collections.abc import Iterator
-from pathlib import Path
+import difflib
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from transformers.utils import logging
 from transformers.video_processing_utils import BaseVideoProcessor
 
 from .modeling_referformer import select_referred_query
-from .video_io import load_video
+from .video_io import load_video, split_videos
 
 
 logger = logging.get_logger(__name__)
@@ -99,23 +98,17 @@ def check_threshold(threshold: float) -> None:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
 
 
-def _is_single_video(videos) -> bool:
-    if isinstance(videos, (str, Path, Iterator)):  # a file or folder, or a generator of frames
-        return True
-    if isinstance(videos, (np.ndarray, torch.Tensor)):
-        return videos.ndim == 4
-    if isinstance(videos, (list, tuple)) and videos:
-        first = videos[0]
-        return isinstance(first, Image.Image) or (isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim in (2, 3))
-    return False
-
-
-def _as_list_of_videos(videos) -> list:
-    if _is_single_video(videos):
-        return [videos]
-    if isinstance(videos, (list, tuple)) and videos:
-        return list(videos)
-    raise ValueError("No video given: pass a video (file, frame folder, list of frames or 4-D array) or a list of videos.")
+def check_keywords(caller: str, given, accepted, kind: str = "keyword argument") -> None:
+    """Refuses the names of `given` not in `accepted` with one line naming each, and the closest accepted name
+    (`difflib`): "ReferFormerProcessor() got an unexpected keyword argument 'video' (did you mean 'videos'?)"."""
+    unknown = [name for name in given if name not in accepted]
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(accepted), n=1)
+        named.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise TypeError(f"{caller} got an unexpected {kind}{'s' if len(unknown) > 1 else ''} {', '.join(named)}.")
 
 
 class ReferFormerVideoProcessorKwargs(VideosKwargs, total=False):
@@ -172,15 +165,15 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
             raise ValueError(f"`mask_interpolation` must be 'logits' or 'probabilities', got {self.mask_interpolation!r}.")
 
     def preprocess(self, videos, return_tensors="pt", **kwargs) -> BatchFeature:
-        """Loads, resizes, normalizes and pads one video or a list of videos (see the class docstring)."""
-        unknown = set(kwargs) - set(self.valid_kwargs.__annotations__)
-        if unknown:
-            raise TypeError(f"Unknown video processor arguments: {', '.join(sorted(unknown))}.")
+        """Loads, resizes, normalizes and pads one video or a list of videos (`is_one_video` tells them apart; see the
+        class docstring)."""
+        accepted = ["videos", "return_tensors", *self.valid_kwargs.__annotations__]
+        check_keywords(f"{type(self).__name__}.preprocess()", kwargs, accepted)
         options = {name: kwargs.get(name, getattr(self, name, None)) for name in self.valid_kwargs.__annotations__}
         num_frames = self._frames_to_sample(options)
         size = self._standardize_kwargs(size=options["size"])["size"]
         clips, original_sizes, frame_indices = [], [], []
-        for video in _as_list_of_videos(videos):
+        for video in split_videos(videos):
             frames, indices = load_video(video, options["frame_stride"], options["max_frames"])
             if num_frames is not None:
                 picks = uniform_frame_picks(len(frames), num_frames)
@@ -285,8 +278,9 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
         video) and thresholded after a sigmoid, exactly the original's Ref-YouTube-VOS rule for unpadded clips (with
         `mask_interpolation="probabilities"`, the sigmoid comes before the interpolation).
 
-        Returns one dict per video: `masks` `[T, H0, W0]` bool, `boxes` `[T, 4]` absolute (x0, y0, x1, y1) on the
-        original frames, `scores` `[T]`, `query_index` and `query_scores` `[Q]` (frame-averaged score of every query);
+        Returns one dict of torch tensors per video: `masks` `[T, H0, W0]` bool, `boxes` `[T, 4]` absolute (x0, y0,
+        x1, y1) on the original frames, `scores` `[T]`, `query_index` `[]` and `query_scores` `[Q]` (frame-averaged
+        score of every query);
         with `return_all_queries`, also `all_masks` `[Q, T, H0, W0]` and `all_boxes` `[Q, T, 4]`. With
         `return_mask_logits`, `mask_logits` `[T, h, w]` (the selected query's unpadded stride-4 logits) replaces
         `masks`, which `mask_probabilities(mask_logits, H0, W0) > threshold` gives frame by frame (for long videos).
@@ -327,7 +321,7 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
             result = {
                 "boxes": boxes[queries.index(best)],
                 "scores": probabilities[:, best].max(-1).values,
-                "query_index": best,
+                "query_index": torch.tensor(best),
                 "query_scores": query_scores,
             }
             if return_mask_logits:
@@ -361,13 +355,13 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
 
     def post_process_referring_image_segmentation(self, outputs, target_sizes, resized_sizes=None, threshold=0.5):
         """[`post_process_referring_video_segmentation`] for single images (T = 1): `masks` `[H0, W0]`, `boxes` `[4]`,
-        `scores` a float."""
+        `scores` `[]`."""
         num_frames = _prediction_tensors(outputs)[0].shape[1]
         if num_frames != 1:
             raise ValueError(f"Image post-processing needs single-frame outputs, got {num_frames} frames.")
         results = self.post_process_referring_video_segmentation(outputs, target_sizes, resized_sizes, threshold)
         return [
-            {**result, "masks": result["masks"][0], "boxes": result["boxes"][0], "scores": float(result["scores"][0])}
+            {**result, "masks": result["masks"][0], "boxes": result["boxes"][0], "scores": result["scores"][0]}
             for result in results
         ]
 
@@ -376,10 +370,14 @@ class ReferFormerProcessor(ProcessorMixin):
     r"""
     Video processor + RoBERTa tokenizer of ReferFormer.
 
-    `processor(videos=video, text="a brown dog running on the grass")` handles one video and one sentence, one video
-    and several sentences (the video is processed once and repeated: one batch entry, and later one result, per
-    sentence) and a batch of videos each with its sentence. Sentences are lower-cased with collapsed white space as
-    the original does, and truncated (with a warning) to the tokenizer's `model_max_length`.
+    `processor(videos=..., text=...)`: `videos` is one video or a list of videos (`referformer.video_io.is_one_video`:
+    a list of frames or image paths is one video, a list of video files, folders, arrays or lists of frames is several)
+    and `text` one sentence or a list of sentences, **applied to every video**: B videos and S sentences give B * S
+    batch entries, video-major (entry `b * S + s` is video `b` with sentence `s`; one video is processed once and its
+    tensors repeated as a view). Post-processing returns one result per entry, in that order. Sentences are lower-cased
+    with collapsed white space as the original does, and truncated (with a warning) to the tokenizer's
+    `model_max_length`. Post-processing returns torch tensors, as transformers' processors do (the pipeline returns
+    numpy arrays and Python values).
     """
 
     def __init__(self, video_processor, tokenizer):
@@ -387,20 +385,23 @@ class ReferFormerProcessor(ProcessorMixin):
 
     def __call__(self, videos=None, text=None, return_tensors="pt", **kwargs) -> BatchFeature:
         """Video kwargs go to the video processor, tokenizer kwargs (`padding`, `max_length`, `truncation`, ...) to
-        the tokenizer."""
+        the tokenizer; a misspelt keyword is refused, naming the closest accepted one."""
+        video_options = self.video_processor.valid_kwargs.__annotations__
+        accepted = ["videos", "text", "return_tensors", *TextKwargs.__annotations__, *video_options]
+        check_keywords(f"{type(self).__name__}()", kwargs, accepted)
         text_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in TextKwargs.__annotations__}
-        video_kwargs = kwargs
         if videos is None or text is None:
-            raise ValueError("ReferFormerProcessor needs both videos and text (one referring expression per video).")
+            raise ValueError("ReferFormerProcessor needs both videos and text (the referring expressions).")
         sentences = sentence_list(text)
-        videos = _as_list_of_videos(videos)
-        if len(videos) != len(sentences) and len(videos) != 1:
-            raise ValueError(f"Got {len(videos)} videos and {len(sentences)} sentences: give one sentence per video, or one video.")
-        inputs = self.video_processor(videos, return_tensors="pt", **video_kwargs)
-        if len(videos) == 1 and len(sentences) > 1:
-            inputs = BatchFeature({key: value.expand(len(sentences), *value.shape[1:]) for key, value in inputs.items()})
-        inputs.update(self.tokenize(sentences, **text_kwargs))
-        return BatchFeature(data=dict(inputs), tensor_type=return_tensors)
+        videos = split_videos(videos)
+        inputs = self.video_processor(videos, return_tensors="pt", **kwargs)
+        # Every video with every sentence, video-major: [B, ...] -> [B * S, ...] (a view for one video).
+        inputs = {
+            key: value[:, None].expand(value.shape[0], len(sentences), *value.shape[1:]).flatten(0, 1)
+            for key, value in inputs.items()
+        }
+        inputs.update(self.tokenize(sentences * len(videos), **text_kwargs))
+        return BatchFeature(data=inputs, tensor_type=return_tensors)
 
     def tokenize(self, text, **text_kwargs) -> BatchFeature:
         """The tokens (`input_ids`, `attention_mask` `[N, L]`) of one referring expression or a list of them, as the
@@ -439,6 +440,7 @@ class ReferFormerProcessor(ProcessorMixin):
 __all__ = [
     "ReferFormerProcessor",
     "ReferFormerVideoProcessor",
+    "check_keywords",
     "check_threshold",
     "get_resize_output_size",
     "normalize_frames",
