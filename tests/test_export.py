@@ -1,10 +1,15 @@
-"""Whole-model `torch.compile(fullgraph=True)`, `torch.export` and ONNX export (run in onnxruntime) of a tiny ReferFormer."""
+"""Whole-model `torch.compile(fullgraph=True)`, `torch.export` and ONNX export (run in onnxruntime and OpenVINO) of a tiny
+ReferFormer."""
+
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import FP32_ROUNDING, random_inputs, randomize_weights, unit_test_config
+from helpers import FP32_ROUNDING, REPO_ROOT, random_inputs, randomize_weights, unit_test_config
 from referformer import ReferFormerForReferringVideoObjectSegmentation, kernels
 from referformer.ms_deform_attn import ms_deform_attn
 
@@ -152,3 +157,90 @@ def test_ms_deform_attn_onnx_translation_matches_reference(cpu_op, tmp_path):
     (output,) = run_onnx(onnx_program, tmp_path / "ms_deform_attn.onnx", inputs)
     expected = ms_deform_attn(*inputs.values(), use_custom_kernel=False)
     np.testing.assert_allclose(output, expected.numpy(), atol=1e-5, rtol=1e-5)
+
+
+class SelectedQueryOutputs(torch.nn.Module):
+    """The inference fast path's outputs as a tuple of tensors: logits, the selected query, its masks."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, pixel_mask, input_ids, attention_mask):
+        outputs = self.model(
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_all_queries=False,
+        )
+        return outputs.logits, outputs.selected_query_indices, outputs.pred_masks
+
+
+def test_selected_query_onnx_graph_runs_in_onnxruntime_and_openvino(model, tmp_path):
+    """The fast path's graph (selected-query mask head) in ONNX Runtime and in OpenVINO, whose shape inference
+    rejects a GatherElements with narrower indices than its data in non-gathered dimensions (which ONNX allows)."""
+    pytest.importorskip("onnxscript", reason="ONNX export needs the `export` extra (onnxscript)")
+    pytest.importorskip("onnxruntime", reason="running the ONNX graph needs the `export` extra (onnxruntime)")
+    openvino = pytest.importorskip("openvino", reason="running the ONNX graph in OpenVINO needs the `export` extra")
+    # Two sentences of one video: the shared visual pass and a selected query per sentence.
+    inputs = random_inputs(model.config, num_frames=3)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], inputs["input_ids"].flip(-1)])
+    inputs["attention_mask"] = inputs["attention_mask"].repeat(2, 1)
+    graph = SelectedQueryOutputs(model).eval()
+    onnx_program = torch.onnx.export(
+        graph, (), kwargs=inputs, dynamo=True, custom_translation_table=kernels.onnx_translation_table(),
+        output_names=["logits", "selected_query_indices", "pred_masks"],
+    )
+    path = tmp_path / "selected_query.onnx"
+    onnx_program.save(str(path))
+    with torch.no_grad():
+        expected = [tensor.numpy() for tensor in graph(**inputs)]
+    assert expected[2].shape == (2, 3, 1, 16, 20)
+    onnxruntime_outputs = run_onnx(onnx_program, path, inputs)
+    # f32 explicitly: on CPUs with bf16 units OpenVINO may default to bf16 inference.
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    results = compiled({name: tensor.numpy() for name, tensor in inputs.items()})
+    openvino_outputs = [results[compiled.output(name)] for name in ("logits", "selected_query_indices", "pred_masks")]
+    for engine, outputs in (("onnxruntime", onnxruntime_outputs), ("openvino", openvino_outputs)):
+        np.testing.assert_array_equal(outputs[1], expected[1], err_msg=f"{engine} selected_query_indices")
+        for name, output, reference in zip(("logits", "pred_masks"), outputs[::2], expected[::2]):
+            # Same computation, other kernels (GridSample per level, MatMul/Softmax attention): fp32 rounding.
+            np.testing.assert_allclose(output, reference, **FP32_ROUNDING, err_msg=f"{engine} {name}")
+
+
+FRESH_PROCESS_EXPORT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    sys.path.insert(0, sys.argv[1])
+    from helpers import random_inputs, unit_test_config
+    from referformer import ReferFormerForReferringVideoObjectSegmentation, kernels
+
+    model = ReferFormerForReferringVideoObjectSegmentation(unit_test_config()).eval()
+    inputs = random_inputs(model.config)
+    try:
+        torch.export.export(model, (), kwargs=inputs, strict=True)
+    except Exception as error:
+        assert "cannot build the compiled deformable-attention operator" in str(error), error
+    else:
+        raise AssertionError("a strict export before any build exported the PyTorch implementation")
+    assert not kernels.build_attempted()
+    exported = torch.export.export(model, (), kwargs=inputs)
+    targets = {node.target for node in exported.graph.nodes if node.op == "call_function"}
+    assert torch.ops.referformer.ms_deform_attn.default in targets, "the fresh export ran the PyTorch implementation"
+    assert torch.ops.aten.grid_sampler_2d.default not in targets
+    print("fresh export ok")
+    """
+)
+
+
+def test_export_in_a_fresh_process_builds_the_compiled_op(cpu_op):
+    """Non-strict `torch.export` (also under `torch.onnx.export`) builds the op on first use like an eager call; a
+    strict export, which cannot build, fails instead of exporting the `grid_sample` fallback. `cpu_op` has built the
+    library into the cache that the fresh process loads it from."""
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_EXPORT, str(REPO_ROOT / "tests")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fresh export ok" in result.stdout

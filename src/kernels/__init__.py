@@ -7,7 +7,7 @@ translate the operator to standard ONNX.
 
 import torch
 
-from ._loader import load_ms_deform_attn, loaded_device_types
+from ._loader import build_attempted, load_ms_deform_attn, loaded_device_types
 
 
 def is_available(device: str | torch.device = "cpu") -> bool:
@@ -31,4 +31,4 @@ def onnx_translation_table() -> dict:
     return {torch.ops.referformer.ms_deform_attn.default: ms_deform_attn_onnx}
 
 
-__all__ = ["is_available", "loaded_device_types", "onnx_translation_table"]
+__all__ = ["build_attempted", "is_available", "loaded_device_types", "onnx_translation_table"]

@@ -178,11 +178,12 @@ def _build_and_load() -> frozenset[str] | bool:
 def load_ms_deform_attn() -> frozenset[str]:
     """Builds and loads the operators on first use; returns the device types they have kernels for.
 
-    Returns an empty set when the operators failed to build, or have not been built yet while `torch.compile` is
-    tracing (building is never started from inside a compiled region).
+    Returns an empty set when the operators failed to build, or have not been built yet while Dynamo traces
+    (`torch.compile`: building is never started from inside a compiled region). `torch.export` (non-strict, also under
+    `torch.onnx.export(dynamo=True)`) runs the Python code, so it builds them like an eager call.
     """
     global _state
-    if _state is None and not torch.compiler.is_compiling():
+    if _state is None and not torch.compiler.is_dynamo_compiling():
         with _lock:
             if _state is None:
                 _state = _build_and_load()
@@ -192,3 +193,8 @@ def load_ms_deform_attn() -> frozenset[str]:
 def loaded_device_types() -> frozenset[str]:
     """Device types of the already loaded operators, without building anything."""
     return _state or frozenset()
+
+
+def build_attempted() -> bool:
+    """Whether this process has tried to build and load the operators (successfully or not)."""
+    return _state is not None
