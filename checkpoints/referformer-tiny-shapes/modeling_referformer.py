@@ -233,7 +233,9 @@ def clip_tokens_to_frames(tokens: torch.Tensor, num_frames: int, height: int, wi
 
 def autocast_disabled(tensor: torch.Tensor):
     """Disables autocast on `tensor`'s device: under mixed precision the heads (scores, box refinement, mask logits)
-    run on inputs cast to their float32 weights' dtype."""
+    run on inputs cast to the dtype of the decoder's reference points. Computed with autocast disabled from the float
+    query embeddings, these carry the model's float dtype (float32 under autocast); a head's weights would not do,
+    since a `Linear` quantized by `torch.ao.quantization.quantize_dynamic` has no weight tensor."""
     return torch.autocast(tensor.device.type, enabled=False)
 
 
@@ -312,6 +314,34 @@ class ReferFormerMLP(nn.Module):
             if index < len(self.layers) - 1:
                 hidden_states = F.relu(hidden_states)
         return hidden_states
+
+
+class ReferFormerDecoderLayerHeads(nn.Module):
+    """The heads of the decoder layers (class or box heads): one per layer, or one shared by all layers.
+
+    `heads(hidden_states, layer)` runs decoder layer `layer`'s head. The heads are registered as `0`, `1`, ... like
+    the items of an `nn.ModuleList` (checkpoint keys `class_embed.1.weight`), and can be indexed and iterated like
+    them; unlike a `ModuleList` this is a module with a forward, so that PEFT's `modules_to_save=["class_embed"]` can
+    wrap it (PEFT refuses containers: its wrapper is called, never indexed).
+    """
+
+    def __init__(self, heads):
+        super().__init__()
+        for index, head in enumerate(heads):
+            self.add_module(str(index), head)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return list(self._modules.values())[index]
+
+    def forward(self, hidden_states: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer `layer`'s head (the shared head when there is one) on `hidden_states` `[..., d_model]`."""
+        return self[layer if len(self) > 1 else 0](hidden_states)
 
 
 class ReferFormerTextProjection(nn.Module):
@@ -795,7 +825,7 @@ class ReferFormerDecoder(ReferFormerPreTrainedModel):
         self.layers = nn.ModuleList(ReferFormerDecoderLayer(config) for _ in range(config.decoder_layers))
         # One box head per layer with box refinement, a single shared head otherwise.
         num_box_heads = config.decoder_layers if config.with_box_refine else 1
-        self.bbox_embed = nn.ModuleList(
+        self.bbox_embed = ReferFormerDecoderLayerHeads(
             ReferFormerMLP(config.d_model, config.d_model, 4, 3) for _ in range(num_box_heads)
         )
         self.post_init()
@@ -836,15 +866,13 @@ class ReferFormerDecoder(ReferFormerPreTrainedModel):
             )
             # Box prediction relative to the layer's input reference (all 4 coordinates for a box reference, the
             # centre for a point reference); with box refinement it becomes the next layer's reference.
-            # Under mixed precision the refinement stays in the weights' precision (float32).
-            box_head = self.bbox_embed[index if self.with_box_refine else 0]
+            # Under mixed precision the refinement stays in the references' precision (float32).
             with autocast_disabled(hidden_states):
-                box_delta = box_head(hidden_states.to(box_head.layers[0].weight.dtype))
-                reference = reference_points.to(box_delta.dtype)
-                if reference.shape[-1] == 4:
-                    boxes = (box_delta + inverse_sigmoid(reference)).sigmoid()
+                box_delta = self.bbox_embed(hidden_states.to(reference_points.dtype), index)
+                if reference_points.shape[-1] == 4:
+                    boxes = (box_delta + inverse_sigmoid(reference_points)).sigmoid()
                 else:
-                    boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference), box_delta[..., 2:]], -1)
+                    boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference_points), box_delta[..., 2:]], -1)
                     boxes = boxes.sigmoid()
             if self.with_box_refine:
                 reference_points = boxes.detach()
@@ -1532,9 +1560,8 @@ class ReferFormerDynamicMaskHead:
 
     def prepare(self, clip: ClipEncoding) -> None:
         for layer in self.layers:
-            class_head = self.model.class_embed[layer if self.config.with_box_refine else 0]
             with autocast_disabled(clip.hidden_states):  # scores in float32 under autocast
-                self.logits.append(class_head(clip.hidden_states[:, layer].to(class_head.weight.dtype)))
+                self.logits.append(self.model.class_embed(clip.hidden_states[:, layer].to(clip.references.dtype), layer))
             self.boxes.append(clip.boxes[:, layer])
         if self.output_all_queries:
             self.mask_heads = [self.dynamic_parameters(clip, layer) for layer in self.layers]
@@ -1561,7 +1588,7 @@ class ReferFormerDynamicMaskHead:
             )
         controller = self.model.controller
         with autocast_disabled(hidden_states):
-            return controller(hidden_states.to(controller.layers[0].weight.dtype)), mask_reference
+            return controller(hidden_states.to(mask_reference.dtype)), mask_reference
 
     def __call__(self, frames: slice, stride4_maps: torch.Tensor) -> None:
         projection = self.model.model.pixel_decoder.mask_features
@@ -1614,7 +1641,9 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
         super().__init__(config)
         self.model = ReferFormerModel(config)
         num_class_heads = config.decoder_layers if config.with_box_refine else 1
-        self.class_embed = nn.ModuleList(nn.Linear(config.d_model, config.num_classes) for _ in range(num_class_heads))
+        self.class_embed = ReferFormerDecoderLayerHeads(
+            nn.Linear(config.d_model, config.num_classes) for _ in range(num_class_heads)
+        )
         self.controller = ReferFormerMLP(config.d_model, config.d_model, config.num_dynamic_params, 3)
         self.track_embed = ReferFormerTrackEmbedding(config) if config.online else None
         self.post_init()
