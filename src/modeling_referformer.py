@@ -101,6 +101,24 @@ class ReferFormerModelOutput(ModelOutput):
         `(batch_size * num_frames, num_queries, decoder_attention_heads, num_feature_levels, decoder_n_points)`.
     text_encoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
         Self-attention weights of every text-encoder layer (eager attention only).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer import ReferFormerModel, ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> model = ReferFormerModel.from_pretrained("checkpoints/referformer-tiny-shapes")  # 1 query, 2 decoder layers
+    >>> inputs = processor(videos=np.full((3, 96, 144, 3), 128, np.uint8), text="the yellow square")  # 3 grey frames
+    >>> outputs = model(**inputs)
+    >>> {name: tuple(value.shape) for name, value in outputs.items()}  # what a forward returns by default
+    {'last_hidden_state': (1, 3, 1, 64), 'intermediate_hidden_states': (1, 2, 3, 1, 64),
+     'intermediate_pred_boxes': (1, 2, 3, 1, 4), 'intermediate_reference_points': (1, 2, 3, 1, 2),
+     'mask_features': (1, 3, 32, 24, 36), 'frame_sizes': (1, 2), 'encoder_last_hidden_state': (1, 3, 291, 64)}
+    >>> outputs.frame_sizes.tolist(), len(model(**inputs, output_hidden_states=True).backbone_hidden_states)
+    ([[96, 144]], 4)
+
+    ```
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -153,6 +171,25 @@ class ReferFormerSegmentationOutput(ModelOutput):
     backbone_hidden_states, text_encoder_hidden_states, encoder_attentions, decoder_attentions, cross_attentions,
     text_encoder_attentions (`tuple(torch.FloatTensor)`, *optional*):
         See [`ReferFormerModelOutput`].
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> inputs = processor(videos=np.full((3, 96, 144, 3), 128, np.uint8), text=["the yellow square", "the red circle"])
+    >>> outputs = model(**inputs)  # one video, two sentences: a batch of 2
+    >>> {name: tuple(value.shape) for name, value in outputs.items() if name != "auxiliary_outputs"}
+    {'logits': (2, 3, 1, 1), 'pred_boxes': (2, 3, 1, 4), 'pred_masks': (2, 3, 1, 24, 36),
+     'reference_points': (2, 3, 1, 2), 'last_hidden_state': (2, 3, 1, 64), 'encoder_last_hidden_state': (2, 3, 291, 64)}
+    >>> [sorted(layer) for layer in outputs.auxiliary_outputs]  # the earlier decoder layer (of 2)
+    [['logits', 'pred_boxes', 'pred_masks']]
+    >>> model(**inputs, output_all_queries=False).selected_query_indices  # the referred query's masks only
+    tensor([0, 0])
+
+    ```
     """
 
     loss: torch.FloatTensor | None = None
@@ -626,6 +663,26 @@ class ReferFormerDecoderLayer(GradientCheckpointingLayer):
 
 
 class ReferFormerPreTrainedModel(PreTrainedModel):
+    """The base class of the ReferFormer models: config class, weight initialization and a `save_pretrained` that
+    makes the saved folder carry its code (`auto_map` for both Auto classes, the pipeline in `custom_pipelines`).
+
+    Example:
+
+    ```python
+    >>> import json, os, tempfile
+    >>> from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerPreTrainedModel
+    >>> model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> isinstance(model, ReferFormerPreTrainedModel), isinstance(model.model, ReferFormerPreTrainedModel)
+    (True, True)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     model.save_pretrained(folder)
+    ...     config = json.load(open(os.path.join(folder, "config.json")))
+    ...     print(sorted(config["auto_map"]), list(config["custom_pipelines"]))
+    ['AutoConfig', 'AutoModel', 'AutoModelForZeroShotObjectDetection'] ['referring-video-object-segmentation']
+
+    ```
+    """
+
     config: ReferFormerConfig
     base_model_prefix = "model"
     main_input_name = "pixel_values"
@@ -1261,6 +1318,23 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         track ([`~referformer.frame_chunking.OnlineTrack`], *optional*):
             Online models (`config.online`, one frame a call): the track the frame is decoded from, one per sentence;
             None on the first frame (`empty_track`). The task model's `update_track` gives the next frame's.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from transformers import AutoModel
+    >>> from referformer import ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> model = AutoModel.from_pretrained("checkpoints/referformer-tiny-shapes")  # the heads' weights are left unused
+    >>> type(model).__name__
+    'ReferFormerModel'
+    >>> inputs = processor(videos=np.full((3, 96, 144, 3), 128, np.uint8), text=["the yellow square", "the red circle"])
+    >>> outputs = model(pixel_values=inputs["pixel_values"][:1], input_ids=inputs["input_ids"])  # 1 video, 2 sentences
+    >>> outputs.last_hidden_state.shape  # [sentences, frames, queries, d_model]
+    torch.Size([2, 3, 1, 64])
+
+    ```
     """
 
     def __init__(self, config: ReferFormerConfig):
@@ -1635,6 +1709,28 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
     An online model (`config.online`: OnlineRefer) runs one frame a call and follows the referred object with a track:
     `outputs = model(pixel_values_of_one_frame, input_ids, track=track)`, then `track = model.update_track(outputs,
     track)` for the next frame (`track=None` on the first frame).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> video = np.full((3, 96, 144, 3), 128, np.uint8)  # 3 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50], video[:, 40:70, 90:120] = (240, 210, 20), (220, 30, 30)  # yellow left, red right
+    >>> inputs = processor(videos=video, text=["the yellow square", "the red square"])
+    >>> outputs = model(**inputs)
+    >>> results = processor.post_process_referring_video_segmentation(
+    ...     outputs, inputs["original_sizes"], inputs["resized_sizes"]
+    ... )
+    >>> for result in results:  # is more than half of the yellow / the red square in the sentence's masks?
+    ...     masks = result["masks"].float()  # [T, H, W] at the original frame size
+    ...     print(masks[:, 30:60, 20:50].mean() > 0.5, masks[:, 40:70, 90:120].mean() > 0.5)
+    tensor(True) tensor(False)
+    tensor(False) tensor(True)
+
+    ```
     """
 
     def __init__(self, config: ReferFormerConfig):
