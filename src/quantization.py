@@ -61,6 +61,29 @@ def quantize_int8(model: nn.Module, method: str = "dynamic") -> nn.Module:
     `ReferFormerModel`, on the CPU) to dynamic int8, in place, for inference; returns the model.
 
     `method`: `"dynamic"` (torch.ao's `quantize_dynamic`, the faster on CPU) or `"torchao"` (see the module docstring).
+
+    Example:
+
+    ```python
+    >>> import numpy as np, torch
+    >>> from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor
+    >>> from referformer.quantization import quantize_int8
+    >>> folder = "checkpoints/referformer-tiny-shapes"
+    >>> model = quantize_int8(ReferFormerForReferringVideoObjectSegmentation.from_pretrained(folder).eval())
+    >>> sum(type(module).__name__ == "Linear" and "quantized" in type(module).__module__ for module in model.modules()) > 0
+    True
+    >>> video = np.full((3, 96, 144, 3), 128, np.uint8)
+    >>> video[:, 30:60, 20:50] = (240, 210, 20)  # a yellow square
+    >>> processor = ReferFormerProcessor.from_pretrained(folder)
+    >>> inputs = processor(videos=video, text="the yellow square")
+    >>> with torch.no_grad():
+    ...     outputs = model(**inputs)
+    >>> masks = processor.post_process_referring_video_segmentation(
+    ...     outputs, inputs["original_sizes"], inputs["resized_sizes"])[0]["masks"]
+    >>> bool(masks[:, 30:60, 20:50].float().mean() > 0.8)  # the int8 model still finds the square
+    True
+
+    ```
     """
     if method not in INT8_METHODS:
         raise ValueError(f"Unknown int8 method {method!r}; choose one of: {', '.join(INT8_METHODS)}.")

@@ -51,6 +51,7 @@ from .processing_referformer import (
     check_threshold,
     sentence_list,
 )
+from .quantization import quantize_int8
 from .video_io import iter_video_frames
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
 
@@ -63,7 +64,8 @@ __all__ = [
     "write_predictions",
 ]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "int8" quantizes the model's per-pixel Linear layers (`referformer.quantization.quantize_int8`, CPU only).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.qint8}
 PREPROCESS_CHUNK = 16  # frames decoded and preprocessed together; also frames per step of `iter_masks`
 # Frames per chunk of the model's per-frame stages (`ReferFormerConfig.frame_chunk_size`). Small chunks are faster on
 # CPU, not only smaller: at 360x640 the stride-4 tensors of 2 frames (under 32 MB) reuse freed memory, while those of
@@ -79,7 +81,7 @@ def resolve_device(device) -> torch.device:
 
 
 def resolve_dtype(dtype) -> torch.dtype:
-    """`"fp32"`, `"bf16"`, `"fp16"`, `None` (fp32) or a `torch.dtype` among these."""
+    """`"fp32"`, `"bf16"`, `"fp16"`, `"int8"`, `None` (fp32) or a `torch.dtype` among these (`torch.qint8`)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
@@ -87,7 +89,7 @@ def resolve_dtype(dtype) -> torch.dtype:
             raise ValueError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
         return DTYPES[dtype]
     if dtype not in DTYPES.values():
-        raise ValueError(f"Unsupported dtype {dtype}; use torch.float32, torch.bfloat16 or torch.float16.")
+        raise ValueError(f"Unsupported dtype {dtype}; use torch.float32, torch.bfloat16, torch.float16 or torch.qint8.")
     return dtype
 
 
@@ -166,7 +168,8 @@ class ReferringVideoSegmenter:
     """A ReferFormer model and its processor on one device and in one precision, segmenting whole videos.
 
     Half precision (`dtype="bf16"` / `"fp16"`) runs the float32 weights under autocast; scores, boxes and mask logits
-    come back in float32.
+    come back in float32. `dtype="int8"` (CPU) quantizes the model's per-pixel `Linear` layers in place to dynamic
+    int8 (`referformer.quantization.quantize_int8`); the rest runs in float32.
 
     Example:
 
@@ -189,6 +192,8 @@ class ReferringVideoSegmenter:
         self.device = resolve_device(device) if device is not None else next(model.parameters()).device
         self.dtype = resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
+        if self.dtype == torch.qint8:
+            quantize_int8(self.model)
         self.processor = processor
 
     @classmethod
@@ -216,8 +221,9 @@ class ReferringVideoSegmenter:
         return bool(self.model.config.online)
 
     def autocast(self):
-        """The mixed-precision context of `dtype` (a no-op for float32)."""
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        """The mixed-precision context of `dtype` (a no-op for float32 and int8)."""
+        half = self.dtype in (torch.bfloat16, torch.float16)
+        return torch.autocast(self.device.type, dtype=self.dtype if half else torch.float32, enabled=half)
 
     @torch.no_grad()
     def __call__(

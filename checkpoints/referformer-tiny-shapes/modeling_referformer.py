@@ -1651,15 +1651,15 @@ class ReferFormerDynamicMaskHead:
         hidden_states = clip.hidden_states[:, layer]
         # The mask of layer l is positioned at the box centre after layer l's refinement (the initial reference
         # without refinement), as the original does.
-        if self.config.with_box_refine:
-            mask_reference = clip.boxes[:, layer, ..., :2].detach()
-        else:
-            mask_reference = clip.references[:, 0]
+        mask_reference = clip.boxes[:, layer].detach() if self.config.with_box_refine else clip.references[:, 0]
         if query_indices is not None:
             hidden_states, mask_reference = (
                 tensor.gather(2, query_indices.view(-1, 1, 1, 1).expand(-1, tensor.shape[1], 1, tensor.shape[-1]))
                 for tensor in (hidden_states, mask_reference)
             )
+        # The centre is taken after the query's gather: gathering from the centres' slice exports (ONNX) as a
+        # GatherElements on the whole boxes with narrower indices, which ONNX allows and OpenVINO rejects.
+        mask_reference = mask_reference[..., :2]
         controller = self.model.controller
         with autocast_disabled(hidden_states):
             return controller(hidden_states.to(mask_reference.dtype)), mask_reference
