@@ -51,6 +51,7 @@ from .processing_referformer import (
     check_threshold,
     sentence_list,
 )
+from .quantization import quantize_int8
 from .video_io import iter_video_frames
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
 
@@ -60,14 +61,11 @@ __all__ = [
     "PredictionWriter",
     "ReferringVideoSegmenter",
     "VideoSegmentation",
-    "prepare_inputs",
-    "resolve_device",
-    "resolve_dtype",
-    "segmentation_from_output",
     "write_predictions",
 ]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "int8" quantizes the model's per-pixel Linear layers (`referformer.quantization.quantize_int8`, CPU only).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.qint8}
 PREPROCESS_CHUNK = 16  # frames decoded and preprocessed together; also frames per step of `iter_masks`
 # Frames per chunk of the model's per-frame stages (`ReferFormerConfig.frame_chunk_size`). Small chunks are faster on
 # CPU, not only smaller: at 360x640 the stride-4 tensors of 2 frames (under 32 MB) reuse freed memory, while those of
@@ -83,7 +81,7 @@ def resolve_device(device) -> torch.device:
 
 
 def resolve_dtype(dtype) -> torch.dtype:
-    """`"fp32"`, `"bf16"`, `"fp16"`, `None` (fp32) or a `torch.dtype` among these."""
+    """`"fp32"`, `"bf16"`, `"fp16"`, `"int8"`, `None` (fp32) or a `torch.dtype` among these (`torch.qint8`)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
@@ -91,7 +89,7 @@ def resolve_dtype(dtype) -> torch.dtype:
             raise ValueError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
         return DTYPES[dtype]
     if dtype not in DTYPES.values():
-        raise ValueError(f"Unsupported dtype {dtype}; use torch.float32, torch.bfloat16 or torch.float16.")
+        raise ValueError(f"Unsupported dtype {dtype}; use torch.float32, torch.bfloat16, torch.float16 or torch.qint8.")
     return dtype
 
 
@@ -105,6 +103,24 @@ class VideoSegmentation:
     of each window. `mask_logits` `[T, h, w]` are the selected query's stride-4 mask logits; `masks`, `iter_masks` and
     `probabilities` bring them to the original size as `ReferFormerVideoProcessor.post_process_referring_video_segmentation`
     does.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.inference import ReferringVideoSegmenter
+    >>> segmenter = ReferringVideoSegmenter.from_pretrained("checkpoints/referformer-tiny-shapes", device="cpu")
+    >>> video = np.full((6, 96, 144, 3), 128, np.uint8)  # 6 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50] = (240, 210, 20)  # a yellow square
+    >>> [result] = segmenter(video, text="the yellow square", frame_stride=2, window=2)  # frames 0, 2, 4; windows of 2
+    >>> result.sentence, result.frame_indices, result.window_starts, result.query_indices
+    ('the yellow square', [0, 2, 4], [0, 2], [0, 0])
+    >>> result.mask_logits.shape, result.masks.shape, result.boxes.shape  # stride-4 logits held; full-size masks
+    (torch.Size([3, 24, 36]), (3, 96, 144), (3, 4))
+    >>> [bool(mask[30:60, 20:50].mean() > 0.8) for mask in result.iter_masks()], bool(result.score > 0.5)
+    ([True, True, True], True)
+
+    ```
     """
 
     sentence: str
@@ -152,13 +168,32 @@ class ReferringVideoSegmenter:
     """A ReferFormer model and its processor on one device and in one precision, segmenting whole videos.
 
     Half precision (`dtype="bf16"` / `"fp16"`) runs the float32 weights under autocast; scores, boxes and mask logits
-    come back in float32.
+    come back in float32. `dtype="int8"` (CPU) quantizes the model's per-pixel `Linear` layers in place to dynamic
+    int8 (`referformer.quantization.quantize_int8`); the rest runs in float32.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.inference import ReferringVideoSegmenter
+    >>> segmenter = ReferringVideoSegmenter.from_pretrained("checkpoints/referformer-tiny-shapes", device="cpu")
+    >>> video = np.full((4, 96, 144, 3), 128, np.uint8)  # 4 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50] = (240, 210, 20)  # a yellow square
+    >>> square, circle = segmenter(video, text=["the yellow square", "the red circle"])  # one result per sentence
+    >>> square.masks.shape, bool(square.masks[:, 30:60, 20:50].mean() > 0.8)  # 80% of the square in the masks
+    ((4, 96, 144), True)
+    >>> bool(circle.masks.any())  # there is no red circle
+    False
+
+    ```
     """
 
     def __init__(self, model, processor: ReferFormerProcessor, device=None, dtype=None):
         self.device = resolve_device(device) if device is not None else next(model.parameters()).device
         self.dtype = resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
+        if self.dtype == torch.qint8:
+            quantize_int8(self.model)
         self.processor = processor
 
     @classmethod
@@ -186,8 +221,9 @@ class ReferringVideoSegmenter:
         return bool(self.model.config.online)
 
     def autocast(self):
-        """The mixed-precision context of `dtype` (a no-op for float32)."""
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        """The mixed-precision context of `dtype` (a no-op for float32 and int8)."""
+        half = self.dtype in (torch.bfloat16, torch.float16)
+        return torch.autocast(self.device.type, dtype=self.dtype if half else torch.float32, enabled=half)
 
     @torch.no_grad()
     def __call__(
@@ -469,9 +505,23 @@ class PredictionWriter:
     windows' queries and per frame the box and score; it names the video `video_name`, by default the folder's name).
     Each mask folder and overlay appears complete or not at all.
 
-        with PredictionWriter(folder, sentences) as writer:
-            for output in segmenter.stream(video, sentences, keep_frames=True):
-                writer.write(f"{output.frame_index:05d}", output)
+    Example:
+
+    ```python
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from referformer.inference import PredictionWriter, ReferringVideoSegmenter
+    >>> segmenter = ReferringVideoSegmenter.from_pretrained("checkpoints/referformer-tiny-shapes", device="cpu")
+    >>> video = np.full((3, 96, 144, 3), 128, np.uint8)  # 3 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50] = (240, 210, 20)  # a yellow square
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     with PredictionWriter(folder, ["the yellow square"]) as writer:  # expression id "0"
+    ...         for output in segmenter.stream(video, "the yellow square", window=2, overlap=1, keep_frames=True):
+    ...             writer.write(f"{output.frame_index:05d}", output)  # as soon as the frame is final
+    ...     print(sorted(os.listdir(folder)), sorted(os.listdir(os.path.join(folder, "0"))))
+    ['0', 'overlay_0.gif', 'predictions.json'] ['00000.png', '00001.png', '00002.png']
+
+    ```
     """
 
     def __init__(self, video_dir, sentences, exp_ids=None, overlay_format="gif", fps=10.0, video_name=None):
@@ -569,7 +619,31 @@ def write_predictions(
     video_name: str | None = None,
 ) -> Path:
     """Writes the results of one video with a [`PredictionWriter`]. `frames` yields `(index, RGB frame)` for the
-    segmented frames again (e.g. a fresh `iter_video_frames`), so that the video is never held in memory."""
+    segmented frames again (e.g. a fresh `iter_video_frames`), so that the video is never held in memory.
+
+    Example:
+
+    ```python
+    >>> import json, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from referformer.inference import ReferringVideoSegmenter, write_predictions
+    >>> from referformer.video_io import iter_video_frames
+    >>> segmenter = ReferringVideoSegmenter.from_pretrained("checkpoints/referformer-tiny-shapes", device="cpu")
+    >>> video = np.full((3, 96, 144, 3), 128, np.uint8)  # 3 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50] = (240, 210, 20)  # a yellow square
+    >>> results = segmenter(video, text=["the yellow square", "the red circle"])
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     written = write_predictions(folder, iter_video_frames(video), results, frame_names=["a", "b", "c"])
+    ...     predictions = json.loads((written / "predictions.json").read_text())
+    ...     mask = np.array(Image.open(written / "0" / "a.png"))  # expression 0, frame "a": 1 on the object
+    >>> predictions["frames"], [expression["text"] for expression in predictions["expressions"]]
+    (['a', 'b', 'c'], ['the yellow square', 'the red circle'])
+    >>> bool(mask[30:60, 20:50].mean() > 0.8), int(mask.max())
+    (True, 1)
+
+    ```
+    """
     frame_names = list(frame_names)
     if any(result.num_frames != len(frame_names) for result in results):
         raise ValueError(f"Got results of {[result.num_frames for result in results]} frames for {len(frame_names)} frame names.")

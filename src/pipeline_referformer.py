@@ -107,6 +107,25 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
     different sizes are padded, as the processor pads a batch). An online (OnlineRefer) model decodes each video frame
     by frame from its track (its `query_index` is then 0, the track's single query). A misspelt keyword is refused,
     naming the closest accepted one.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> import referformer  # registers the task
+    >>> from transformers import pipeline
+    >>> segment = pipeline("referring-video-object-segmentation", model="checkpoints/referformer-tiny-shapes")
+    >>> video = np.full((3, 96, 144, 3), 128, np.uint8)  # 3 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50], video[:, 40:70, 90:120] = (240, 210, 20), (220, 30, 30)  # yellow left, red right
+    >>> yellow, red = segment(video, text=["the yellow square", "the red square"])  # one dict per sentence
+    >>> yellow["label"], yellow["query_index"], yellow["frame_indices"], yellow["masks"].shape, len(yellow["boxes"])
+    ('the yellow square', 0, [0, 1, 2], (3, 96, 144), 3)
+    >>> for result in (yellow, red):  # is more than half of the yellow / the red square in the sentence's masks?
+    ...     print(result["masks"][:, 30:60, 20:50].mean() > 0.5, result["masks"][:, 40:70, 90:120].mean() > 0.5)
+    True False
+    False True
+
+    ```
     """
 
     _load_processor = True

@@ -187,4 +187,4 @@ def test_half_precision_runs_under_autocast(segmenter):
     assert results[0].scores.dtype == np.float32 and results[0].mask_logits.dtype == torch.float32
     assert np.abs(results[0].scores - reference[0].scores).max() < 0.05
     with pytest.raises(ValueError, match="Unknown dtype"):
-        ReferringVideoSegmenter(segmenter.model, segmenter.processor, dtype="int8")
+        ReferringVideoSegmenter(segmenter.model, segmenter.processor, dtype="int4")

@@ -35,7 +35,22 @@ from .video_io import frame_to_rgb
 class SessionFrame:
     """One preprocessed frame: its `frame_index` in the video, `pixel_values` `[3, h, w]` (normalized, on the session's
     `video_storage_device`; None once a forward pass no longer needs them), the decoded `rgb` frame `[H, W, 3]` when the session keeps frames (overlays), and whether
-    an earlier window already yielded it (`final`: a frame the next window shares)."""
+    an earlier window already yielded it (`final`: a frame the next window shares).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.inference import ReferringVideoSegmenter
+    >>> segmenter = ReferringVideoSegmenter.from_pretrained("checkpoints/referformer-tiny-shapes", device="cpu")
+    >>> session = segmenter.init_video_session("the yellow square", keep_frames=True)
+    >>> session.add_frame(np.zeros((192, 288, 3), np.uint8), frame_index=10)  # frame 10 of a video
+    >>> frame = session.frames[0]  # stored as the model takes it: resized to 96x144, normalized
+    >>> frame.frame_index, frame.pixel_values.shape, frame.rgb.shape, frame.final
+    (10, torch.Size([3, 96, 144]), (192, 288, 3), False)
+
+    ```
+    """
 
     frame_index: int
     pixel_values: torch.Tensor | None
@@ -46,7 +61,25 @@ class SessionFrame:
 @dataclass
 class WindowLink:
     """What the next window's query selection reads from the last one: `query_indices` `[N]` (one per sentence) and
-    `shared_masks` `[N, overlap, h, w]` bool, their thresholded stride-4 masks on the frames both windows contain."""
+    `shared_masks` `[N, overlap, h, w]` bool, their thresholded stride-4 masks on the frames both windows contain.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.inference import ReferringVideoSegmenter
+    >>> segmenter = ReferringVideoSegmenter.from_pretrained("checkpoints/referformer-tiny-shapes", device="cpu")
+    >>> video = np.full((4, 96, 144, 3), 128, np.uint8)  # 4 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50] = (240, 210, 20)  # a yellow square
+    >>> session = segmenter.init_video_session("the yellow square", video)
+    >>> outputs = list(segmenter.propagate_in_video_iterator(session, window=3, overlap=1))  # frames 0-2, then 2-3
+    >>> session.link.query_indices, session.link.shared_masks.shape  # the first window's choice, on frame 2
+    (tensor([0]), torch.Size([1, 1, 24, 36]))
+    >>> bool(session.link.shared_masks[0, 0, 8:15, 5:12].float().mean() > 0.8)  # the square, at stride 4
+    True
+
+    ```
+    """
 
     query_indices: torch.Tensor
     shared_masks: torch.Tensor
@@ -57,7 +90,27 @@ class FrameSegmentation:
     """The referred objects in one frame: `frame_index` in the video, per sentence (N) `masks` `[N, H, W]` bool at the
     original frame size, `boxes` `[N, 4]` absolute (x0, y0, x1, y1), `scores` `[N]`, the `query_indices` chosen in the
     `window` (its number, from 0) that made the frame final; `frame` the decoded RGB frame `[H, W, 3]` when the session
-    keeps frames."""
+    keeps frames.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.inference import ReferringVideoSegmenter
+    >>> segmenter = ReferringVideoSegmenter.from_pretrained("checkpoints/referformer-tiny-shapes", device="cpu")
+    >>> video = np.full((4, 96, 144, 3), 128, np.uint8)  # 4 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50] = (240, 210, 20)  # a yellow square
+    >>> outputs = list(segmenter.stream(video, ["the yellow square", "the red circle"], window=3, overlap=1))
+    >>> [output.frame_index for output in outputs], [output.window for output in outputs]
+    ([0, 1, 2, 3], [0, 0, 0, 1])
+    >>> last = outputs[-1]  # one row per sentence
+    >>> last.masks.shape, last.boxes.shape, last.scores.shape, last.query_indices, last.frame is None
+    ((2, 96, 144), (2, 4), (2,), [0, 0], True)
+    >>> bool(last.masks[0, 30:60, 20:50].mean() > 0.8), bool(last.masks[1].any())  # the square; no red circle
+    (True, False)
+
+    ```
+    """
 
     frame_index: int
     masks: np.ndarray
@@ -79,6 +132,25 @@ class ReferFormerInferenceSession:
     `link` the last window's choice; `track` an online (OnlineRefer) model's track of the referred objects (one per
     sentence, None before the first frame); `keep_frames` keeps the decoded frames for overlays; `next_frame_index` the
     index an appended frame gets; `num_windows` the windows segmented so far.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer.inference import ReferringVideoSegmenter
+    >>> segmenter = ReferringVideoSegmenter.from_pretrained("checkpoints/referformer-tiny-shapes", device="cpu")
+    >>> session = segmenter.init_video_session(["the yellow square", "the red circle"])  # frames pushed by the caller
+    >>> frame = np.full((96, 144, 3), 128, np.uint8)  # a grey frame [H, W, RGB]
+    >>> frame[30:60, 20:50] = (240, 210, 20)  # a yellow square
+    >>> for _ in range(4):
+    ...     session.add_frame(frame)
+    >>> session.input_ids.shape, len(session.frames), session.original_size, session.resized_size
+    (torch.Size([2, 5]), 4, (96, 144), (96, 144))
+    >>> outputs = list(segmenter.propagate_in_video_iterator(session, window=2))  # 2 windows of 2 frames
+    >>> len(outputs), session.num_windows, session.frames, session.next_frame_index
+    (4, 2, [], 4)
+
+    ```
     """
 
     sentences: list[str]
@@ -146,6 +218,23 @@ def select_linked_queries(
     `scores` `[N, T, Q]` per-frame query scores (best class probability), `mask_logits` `[N, T, Q, h, w]` the stride-4
     mask logits of every query, `link` the previous window's choice (None: the highest frame-averaged score), masks
     thresholded at `logit_threshold`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from referformer.inference_session import WindowLink, select_linked_queries
+    >>> scores = torch.tensor([[[0.6, 0.7], [0.6, 0.7]]])  # [N=1 sentence, T=2 frames, Q=2 queries]
+    >>> mask_logits = torch.full((1, 2, 2, 4, 4), -5.0)  # [N, T, Q, h, w]
+    >>> mask_logits[:, :, 0, :2, :2] = 5.0  # query 0: an object at the top left
+    >>> mask_logits[:, :, 1, 2:, 2:] = 5.0  # query 1: another one at the bottom right
+    >>> select_linked_queries(scores, mask_logits, None, agreement_weight=0.5, logit_threshold=0.0)  # best score
+    tensor([1])
+    >>> previous = WindowLink(query_indices=torch.tensor([0]), shared_masks=mask_logits[:, :1, 0] > 0)  # 1 shared frame
+    >>> select_linked_queries(scores, mask_logits, previous, agreement_weight=0.5, logit_threshold=0.0)  # IoU 1 vs 0
+    tensor([0])
+
+    ```
     """
     mean_scores = scores.mean(1)
     if link is None:

@@ -101,6 +101,24 @@ class ReferFormerModelOutput(ModelOutput):
         `(batch_size * num_frames, num_queries, decoder_attention_heads, num_feature_levels, decoder_n_points)`.
     text_encoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
         Self-attention weights of every text-encoder layer (eager attention only).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer import ReferFormerModel, ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> model = ReferFormerModel.from_pretrained("checkpoints/referformer-tiny-shapes")  # 1 query, 2 decoder layers
+    >>> inputs = processor(videos=np.full((3, 96, 144, 3), 128, np.uint8), text="the yellow square")  # 3 grey frames
+    >>> outputs = model(**inputs)
+    >>> {name: tuple(value.shape) for name, value in outputs.items()}  # what a forward returns by default
+    {'last_hidden_state': (1, 3, 1, 64), 'intermediate_hidden_states': (1, 2, 3, 1, 64),
+     'intermediate_pred_boxes': (1, 2, 3, 1, 4), 'intermediate_reference_points': (1, 2, 3, 1, 2),
+     'mask_features': (1, 3, 32, 24, 36), 'frame_sizes': (1, 2), 'encoder_last_hidden_state': (1, 3, 291, 64)}
+    >>> outputs.frame_sizes.tolist(), len(model(**inputs, output_hidden_states=True).backbone_hidden_states)
+    ([[96, 144]], 4)
+
+    ```
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -153,6 +171,25 @@ class ReferFormerSegmentationOutput(ModelOutput):
     backbone_hidden_states, text_encoder_hidden_states, encoder_attentions, decoder_attentions, cross_attentions,
     text_encoder_attentions (`tuple(torch.FloatTensor)`, *optional*):
         See [`ReferFormerModelOutput`].
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> inputs = processor(videos=np.full((3, 96, 144, 3), 128, np.uint8), text=["the yellow square", "the red circle"])
+    >>> outputs = model(**inputs)  # one video, two sentences: a batch of 2
+    >>> {name: tuple(value.shape) for name, value in outputs.items() if name != "auxiliary_outputs"}
+    {'logits': (2, 3, 1, 1), 'pred_boxes': (2, 3, 1, 4), 'pred_masks': (2, 3, 1, 24, 36),
+     'reference_points': (2, 3, 1, 2), 'last_hidden_state': (2, 3, 1, 64), 'encoder_last_hidden_state': (2, 3, 291, 64)}
+    >>> [sorted(layer) for layer in outputs.auxiliary_outputs]  # the earlier decoder layer (of 2)
+    [['logits', 'pred_boxes', 'pred_masks']]
+    >>> model(**inputs, output_all_queries=False).selected_query_indices  # the referred query's masks only
+    tensor([0, 0])
+
+    ```
     """
 
     loss: torch.FloatTensor | None = None
@@ -233,7 +270,9 @@ def clip_tokens_to_frames(tokens: torch.Tensor, num_frames: int, height: int, wi
 
 def autocast_disabled(tensor: torch.Tensor):
     """Disables autocast on `tensor`'s device: under mixed precision the heads (scores, box refinement, mask logits)
-    run on inputs cast to their float32 weights' dtype."""
+    run on inputs cast to the dtype of the decoder's reference points. Computed with autocast disabled from the float
+    query embeddings, these carry the model's float dtype (float32 under autocast); a head's weights would not do,
+    since a `Linear` quantized by `torch.ao.quantization.quantize_dynamic` has no weight tensor."""
     return torch.autocast(tensor.device.type, enabled=False)
 
 
@@ -312,6 +351,34 @@ class ReferFormerMLP(nn.Module):
             if index < len(self.layers) - 1:
                 hidden_states = F.relu(hidden_states)
         return hidden_states
+
+
+class ReferFormerDecoderLayerHeads(nn.Module):
+    """The heads of the decoder layers (class or box heads): one per layer, or one shared by all layers.
+
+    `heads(hidden_states, layer)` runs decoder layer `layer`'s head. The heads are registered as `0`, `1`, ... like
+    the items of an `nn.ModuleList` (checkpoint keys `class_embed.1.weight`), and can be indexed and iterated like
+    them; unlike a `ModuleList` this is a module with a forward, so that PEFT's `modules_to_save=["class_embed"]` can
+    wrap it (PEFT refuses containers: its wrapper is called, never indexed).
+    """
+
+    def __init__(self, heads):
+        super().__init__()
+        for index, head in enumerate(heads):
+            self.add_module(str(index), head)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return list(self._modules.values())[index]
+
+    def forward(self, hidden_states: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer `layer`'s head (the shared head when there is one) on `hidden_states` `[..., d_model]`."""
+        return self[layer if len(self) > 1 else 0](hidden_states)
 
 
 class ReferFormerTextProjection(nn.Module):
@@ -596,6 +663,26 @@ class ReferFormerDecoderLayer(GradientCheckpointingLayer):
 
 
 class ReferFormerPreTrainedModel(PreTrainedModel):
+    """The base class of the ReferFormer models: config class, weight initialization and a `save_pretrained` that
+    makes the saved folder carry its code (`auto_map` for both Auto classes, the pipeline in `custom_pipelines`).
+
+    Example:
+
+    ```python
+    >>> import json, os, tempfile
+    >>> from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerPreTrainedModel
+    >>> model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> isinstance(model, ReferFormerPreTrainedModel), isinstance(model.model, ReferFormerPreTrainedModel)
+    (True, True)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     model.save_pretrained(folder)
+    ...     config = json.load(open(os.path.join(folder, "config.json")))
+    ...     print(sorted(config["auto_map"]), list(config["custom_pipelines"]))
+    ['AutoConfig', 'AutoModel', 'AutoModelForZeroShotObjectDetection'] ['referring-video-object-segmentation']
+
+    ```
+    """
+
     config: ReferFormerConfig
     base_model_prefix = "model"
     main_input_name = "pixel_values"
@@ -795,7 +882,7 @@ class ReferFormerDecoder(ReferFormerPreTrainedModel):
         self.layers = nn.ModuleList(ReferFormerDecoderLayer(config) for _ in range(config.decoder_layers))
         # One box head per layer with box refinement, a single shared head otherwise.
         num_box_heads = config.decoder_layers if config.with_box_refine else 1
-        self.bbox_embed = nn.ModuleList(
+        self.bbox_embed = ReferFormerDecoderLayerHeads(
             ReferFormerMLP(config.d_model, config.d_model, 4, 3) for _ in range(num_box_heads)
         )
         self.post_init()
@@ -836,15 +923,13 @@ class ReferFormerDecoder(ReferFormerPreTrainedModel):
             )
             # Box prediction relative to the layer's input reference (all 4 coordinates for a box reference, the
             # centre for a point reference); with box refinement it becomes the next layer's reference.
-            # Under mixed precision the refinement stays in the weights' precision (float32).
-            box_head = self.bbox_embed[index if self.with_box_refine else 0]
+            # Under mixed precision the refinement stays in the references' precision (float32).
             with autocast_disabled(hidden_states):
-                box_delta = box_head(hidden_states.to(box_head.layers[0].weight.dtype))
-                reference = reference_points.to(box_delta.dtype)
-                if reference.shape[-1] == 4:
-                    boxes = (box_delta + inverse_sigmoid(reference)).sigmoid()
+                box_delta = self.bbox_embed(hidden_states.to(reference_points.dtype), index)
+                if reference_points.shape[-1] == 4:
+                    boxes = (box_delta + inverse_sigmoid(reference_points)).sigmoid()
                 else:
-                    boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference), box_delta[..., 2:]], -1)
+                    boxes = torch.cat([box_delta[..., :2] + inverse_sigmoid(reference_points), box_delta[..., 2:]], -1)
                     boxes = boxes.sigmoid()
             if self.with_box_refine:
                 reference_points = boxes.detach()
@@ -1233,6 +1318,23 @@ class ReferFormerModel(ReferFormerPreTrainedModel):
         track ([`~referformer.frame_chunking.OnlineTrack`], *optional*):
             Online models (`config.online`, one frame a call): the track the frame is decoded from, one per sentence;
             None on the first frame (`empty_track`). The task model's `update_track` gives the next frame's.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from transformers import AutoModel
+    >>> from referformer import ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> model = AutoModel.from_pretrained("checkpoints/referformer-tiny-shapes")  # the heads' weights are left unused
+    >>> type(model).__name__
+    'ReferFormerModel'
+    >>> inputs = processor(videos=np.full((3, 96, 144, 3), 128, np.uint8), text=["the yellow square", "the red circle"])
+    >>> outputs = model(pixel_values=inputs["pixel_values"][:1], input_ids=inputs["input_ids"])  # 1 video, 2 sentences
+    >>> outputs.last_hidden_state.shape  # [sentences, frames, queries, d_model]
+    torch.Size([2, 3, 1, 64])
+
+    ```
     """
 
     def __init__(self, config: ReferFormerConfig):
@@ -1532,9 +1634,8 @@ class ReferFormerDynamicMaskHead:
 
     def prepare(self, clip: ClipEncoding) -> None:
         for layer in self.layers:
-            class_head = self.model.class_embed[layer if self.config.with_box_refine else 0]
             with autocast_disabled(clip.hidden_states):  # scores in float32 under autocast
-                self.logits.append(class_head(clip.hidden_states[:, layer].to(class_head.weight.dtype)))
+                self.logits.append(self.model.class_embed(clip.hidden_states[:, layer].to(clip.references.dtype), layer))
             self.boxes.append(clip.boxes[:, layer])
         if self.output_all_queries:
             self.mask_heads = [self.dynamic_parameters(clip, layer) for layer in self.layers]
@@ -1550,18 +1651,18 @@ class ReferFormerDynamicMaskHead:
         hidden_states = clip.hidden_states[:, layer]
         # The mask of layer l is positioned at the box centre after layer l's refinement (the initial reference
         # without refinement), as the original does.
-        if self.config.with_box_refine:
-            mask_reference = clip.boxes[:, layer, ..., :2].detach()
-        else:
-            mask_reference = clip.references[:, 0]
+        mask_reference = clip.boxes[:, layer].detach() if self.config.with_box_refine else clip.references[:, 0]
         if query_indices is not None:
             hidden_states, mask_reference = (
                 tensor.gather(2, query_indices.view(-1, 1, 1, 1).expand(-1, tensor.shape[1], 1, tensor.shape[-1]))
                 for tensor in (hidden_states, mask_reference)
             )
+        # The centre is taken after the query's gather: gathering from the centres' slice exports (ONNX) as a
+        # GatherElements on the whole boxes with narrower indices, which ONNX allows and OpenVINO rejects.
+        mask_reference = mask_reference[..., :2]
         controller = self.model.controller
         with autocast_disabled(hidden_states):
-            return controller(hidden_states.to(controller.layers[0].weight.dtype)), mask_reference
+            return controller(hidden_states.to(mask_reference.dtype)), mask_reference
 
     def __call__(self, frames: slice, stride4_maps: torch.Tensor) -> None:
         projection = self.model.model.pixel_decoder.mask_features
@@ -1608,13 +1709,37 @@ class ReferFormerForReferringVideoObjectSegmentation(ReferFormerPreTrainedModel)
     An online model (`config.online`: OnlineRefer) runs one frame a call and follows the referred object with a track:
     `outputs = model(pixel_values_of_one_frame, input_ids, track=track)`, then `track = model.update_track(outputs,
     track)` for the next frame (`track=None` on the first frame).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer import ReferFormerForReferringVideoObjectSegmentation, ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> model = ReferFormerForReferringVideoObjectSegmentation.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> video = np.full((3, 96, 144, 3), 128, np.uint8)  # 3 grey frames [T, H, W, RGB]
+    >>> video[:, 30:60, 20:50], video[:, 40:70, 90:120] = (240, 210, 20), (220, 30, 30)  # yellow left, red right
+    >>> inputs = processor(videos=video, text=["the yellow square", "the red square"])
+    >>> outputs = model(**inputs)
+    >>> results = processor.post_process_referring_video_segmentation(
+    ...     outputs, inputs["original_sizes"], inputs["resized_sizes"]
+    ... )
+    >>> for result in results:  # is more than half of the yellow / the red square in the sentence's masks?
+    ...     masks = result["masks"].float()  # [T, H, W] at the original frame size
+    ...     print(masks[:, 30:60, 20:50].mean() > 0.5, masks[:, 40:70, 90:120].mean() > 0.5)
+    tensor(True) tensor(False)
+    tensor(False) tensor(True)
+
+    ```
     """
 
     def __init__(self, config: ReferFormerConfig):
         super().__init__(config)
         self.model = ReferFormerModel(config)
         num_class_heads = config.decoder_layers if config.with_box_refine else 1
-        self.class_embed = nn.ModuleList(nn.Linear(config.d_model, config.num_classes) for _ in range(num_class_heads))
+        self.class_embed = ReferFormerDecoderLayerHeads(
+            nn.Linear(config.d_model, config.num_classes) for _ in range(num_class_heads)
+        )
         self.controller = ReferFormerMLP(config.d_model, config.d_model, config.num_dynamic_params, 3)
         self.track_embed = ReferFormerTrackEmbedding(config) if config.online else None
         self.post_init()

@@ -103,13 +103,21 @@ def _check_inputs(
 
 def _custom_kernel_usable(value: torch.Tensor) -> bool:
     """Whether the compiled operator can run `value`'s device and dtype (float32 under autocast, whose rule casts the
-    operands); while `torch.compile` traces, only an operator an earlier eager call loaded (never a build)."""
+    operands). `torch.export` (non-strict, the default) builds it on first use as an eager call does; Dynamo
+    (`torch.compile`, strict export) cannot build, so it uses only an operator an earlier call loaded, and a strict
+    export before any build fails rather than silently exporting the PyTorch implementation."""
     if referformer_kernels is None:
         return False
     dtype = torch.float32 if torch.is_autocast_enabled(value.device.type) else value.dtype
     if dtype not in CUSTOM_KERNEL_DTYPES.get(value.device.type, ()):
         return False
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
+        if torch.compiler.is_exporting() and not referformer_kernels.build_attempted():
+            raise RuntimeError(
+                "torch.export(strict=True) cannot build the compiled deformable-attention operator: call "
+                "referformer.kernels.is_available(device) before exporting, export with strict=False, or set "
+                "config.disable_custom_kernels=True to export the PyTorch implementation."
+            )
         return value.device.type in referformer_kernels.loaded_device_types()
     return referformer_kernels.is_available(value.device)
 

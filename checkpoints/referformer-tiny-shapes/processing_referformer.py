@@ -141,6 +141,23 @@ class ReferFormerVideoProcessor(BaseVideoProcessor):
     Returns `pixel_values` `[B, T, 3, H, W]`, `pixel_mask` `[B, T, H, W]` (1 on real pixels), `resized_sizes`
     `[B, 2]` (unpadded model-input height and width), `original_sizes` `[B, 2]` and `frame_indices` `[B, T]` (indices of
     the kept frames in the source video). All frames of a video must have one size.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer import ReferFormerVideoProcessor
+    >>> video_processor = ReferFormerVideoProcessor(size={"shortest_edge": 96, "longest_edge": 144})
+    >>> videos = [np.zeros((10, 192, 288, 3), np.uint8), np.zeros((10, 96, 120, 3), np.uint8)]  # 2 black videos
+    >>> inputs = video_processor(videos, frame_stride=2, max_frames=3)  # every other frame, 3 of them
+    >>> inputs["frame_indices"].tolist(), inputs["original_sizes"].tolist(), inputs["resized_sizes"].tolist()
+    ([[0, 2, 4], [0, 2, 4]], [[192, 288], [96, 120]], [[96, 144], [96, 120]])
+    >>> inputs["pixel_values"].shape, inputs["pixel_mask"][1, 0, 0].sum()  # the second video padded at the right
+    (torch.Size([2, 3, 3, 96, 144]), tensor(120))
+    >>> inputs["pixel_values"][0, 0, :, 0, 0]  # a black pixel, ImageNet-normalized: -mean / std
+    tensor([-2.1179, -2.0357, -1.8044])
+
+    ```
     """
 
     valid_kwargs = ReferFormerVideoProcessorKwargs
@@ -378,6 +395,21 @@ class ReferFormerProcessor(ProcessorMixin):
     with collapsed white space as the original does, and truncated (with a warning) to the tokenizer's
     `model_max_length`. Post-processing returns torch tensors, as transformers' processors do (the pipeline returns
     numpy arrays and Python values).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from referformer import ReferFormerProcessor
+    >>> processor = ReferFormerProcessor.from_pretrained("checkpoints/referformer-tiny-shapes")
+    >>> videos = [np.zeros((2, 192, 288, 3), np.uint8), np.zeros((2, 96, 120, 3), np.uint8)]  # 2 videos of 2 frames
+    >>> inputs = processor(videos=videos, text=["The  Yellow square", "the red circle"])  # 2 x 2 entries
+    >>> inputs["pixel_values"].shape, inputs["resized_sizes"].tolist()  # video-major; resized to the model's size
+    (torch.Size([4, 2, 3, 96, 144]), [[96, 144], [96, 144], [96, 120], [96, 120]])
+    >>> processor.tokenizer.batch_decode(inputs["input_ids"], skip_special_tokens=True)  # cleaned sentences
+    ['the yellow square', 'the red circle', 'the yellow square', 'the red circle']
+
+    ```
     """
 
     def __init__(self, video_processor, tokenizer):
