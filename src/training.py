@@ -30,6 +30,7 @@ from transformers.utils import logging
 from .cli_presets import error_line
 from .loss_referformer import upsample_mask_logits
 from .modeling_referformer import select_referred_query
+from .pipeline_referformer import TASK as PIPELINE_TASK
 from .data_transforms import collate_clips
 
 
@@ -138,6 +139,27 @@ class ReferFormerTrainer(Trainer):
         self.text_encoder_learning_rate = text_encoder_learning_rate
         self.linear_projection_multiplier = linear_projection_multiplier
 
+    def create_model_card(self, dataset=None, tags=None, **kwargs) -> None:
+        """`Trainer.create_model_card`, with what transformers cannot infer for ReferFormer: the benchmarks trained and
+        evaluated on (the rows' `dataset` column, e.g. "ref-youtube-vos") as `dataset` when not given, the
+        `referring-video-object-segmentation` tag, and two fixes to its text: a model built from a config is "trained
+        from scratch" (transformers reads the empty `_name_or_path` as a base model's name) and the metric keeps its
+        name J&F (transformers capitalizes each word of a metric's name: "J&f")."""
+        if dataset is None:
+            names = set()
+            for rows in (self.train_dataset, self.eval_dataset):
+                if rows is not None and "dataset" in (getattr(rows, "column_names", None) or ()):
+                    names.update(rows.unique("dataset"))
+            dataset = sorted(names) or None
+        kwargs.setdefault("dataset_tags", dataset)
+        kwargs.setdefault("dataset_args", None if dataset is None else [None] * len(_listed(dataset)))
+        tags = [*_listed(tags), PIPELINE_TASK]
+        super().create_model_card(dataset=dataset, tags=tags, **kwargs)
+        card_path = Path(self.args.output_dir) / "README.md"
+        card = card_path.read_text(encoding="utf-8")
+        card = card.replace("This model is a fine-tuned version of [](https://huggingface.co/) on", "This model was trained from scratch on")
+        card_path.write_text(card.replace("J&f", "J&F"), encoding="utf-8")
+
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """Builds the optimizer on the four ReferFormer parameter groups (unless one was passed to the trainer)."""
         opt_model = self.model if model is None else model
@@ -162,6 +184,11 @@ class ReferFormerTrainer(Trainer):
                 )
             self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
         return self.optimizer
+
+
+def _listed(value) -> list:
+    """None -> [], a string -> [it], a list -> itself."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
 class ReferringSegmentationMetrics:
@@ -286,7 +313,7 @@ def train_with_accelerate(
         )
     set_seed(args.seed)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model.train()
     dataloader = DataLoader(
         train_dataset,

@@ -361,7 +361,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model = build_model(**no_dropout).train()
         model.model.text_encoder.eval()  # RoBERTa's own dropout
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
             assert model.model.encoder.layers[0].gradient_checkpointing
         _loss(model(**inputs)).backward()
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})

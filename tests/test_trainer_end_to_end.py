@@ -58,3 +58,9 @@ def test_trainer_finetunes_and_evaluates_on_a_datasets_dataset(tmp_path):
     assert math.isfinite(metrics["eval_loss"])
     assert 0.0 <= metrics["eval_J"] <= 1.0 and 0.0 <= metrics["eval_F"] <= 1.0
     assert metrics["eval_J&F"] == (metrics["eval_J"] + metrics["eval_F"]) / 2
+
+    trainer.create_model_card()  # what push_to_hub writes: the benchmark's name, the task tag, J&F by its name
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "This model was trained from scratch on the ref-youtube-vos dataset." in card, card
+    assert "referring-video-object-segmentation" in card and "J&F" in card
+    assert "J&f" not in card and "None dataset" not in card
