@@ -42,7 +42,7 @@ from referformer.conversion import first_non_finite_weight
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.data_transforms import collate_clips
 from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark, process_state, run_sharded
-from referformer.inference import PredictionWriter, ReferringVideoSegmenter, write_predictions
+from referformer.inference import DTYPES, PredictionWriter, ReferringVideoSegmenter, write_predictions
 from referformer.model_cards import trained_model_card
 from referformer.output_folders import ALL_ENTRIES, check_output_target, push_folder_to_hub, staged_output
 from referformer.video_io import iter_video_frames, list_frame_files, natural_sort_key, video_frame_names
@@ -126,10 +126,12 @@ class ModelArguments:
         metadata={"help": "A ReferFormer model saved with save_pretrained (model + processor): local folder or Hub id."}
     )
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."})
-    dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "Inference precision."})
+    dtype: Literal["fp32", "bf16", "fp16", "int8"] = field(
+        default="fp32", metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers)."}
+    )
 
     def __post_init__(self):
-        _check_choice(self.dtype, ("fp32", "bf16", "fp16"), "--dtype")
+        _check_choice(self.dtype, tuple(DTYPES), "--dtype")
         _check_device(self.device)
 
 
@@ -422,12 +424,14 @@ class ServeArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
     port: int = field(default=7860, metadata={"help": "Port to serve on."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
-    dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "Inference precision."})
+    dtype: Literal["fp32", "bf16", "fp16", "int8"] = field(
+        default="fp32", metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers)."}
+    )
     max_frames: int = field(default=300, metadata={"help": "Longest video accepted, in frames."})
 
     def __post_init__(self):
         self.model = self.model or [str(DEMO_MODEL)]
-        _check_choice(self.dtype, ("fp32", "bf16", "fp16"), "--dtype")
+        _check_choice(self.dtype, tuple(DTYPES), "--dtype")
         _check_device(self.device)
         _check_number(self.max_frames, "--max_frames", minimum=1, integer=True)
         names = [Path(model).name for model in self.model]

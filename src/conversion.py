@@ -148,9 +148,10 @@ class ConversionError(ValueError):
 
 
 def first_non_finite_weight(weights: Mapping[str, torch.Tensor]) -> str | None:
-    """The name of the first floating-point tensor of `weights` holding a NaN or an infinity, or None."""
+    """The name of the first floating-point tensor of `weights` holding a NaN or an infinity, or None (entries that are
+    not tensors, such as the packed parameters' dtypes of an int8 model's state dict, are skipped)."""
     for name, tensor in weights.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return name
     return None
 

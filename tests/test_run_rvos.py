@@ -431,3 +431,12 @@ def test_clear_errors(tmp_path, model_dir, data_root, capsys):
     overview = capsys.readouterr().out
     assert all(command in overview for command in ("predict", "evaluate", "train"))
 
+
+
+def test_int8_dtype_loads_the_model_quantized(model_dir):
+    """`--dtype int8` (predict, evaluate, serve) loads the model with its per-pixel `Linear` layers in dynamic int8."""
+    segmenter = run_rvos.load_model(run_rvos.ModelArguments(model=str(model_dir), device="cpu", dtype="int8"))
+    assert segmenter.dtype == torch.qint8
+    assert any(type(module).__module__.startswith("torch.ao.nn.quantized") for module in segmenter.model.modules())
+    with pytest.raises(ValueError, match="--dtype"):
+        run_rvos.ModelArguments(model=str(model_dir), device="cpu", dtype="int4")
