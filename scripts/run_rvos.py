@@ -126,12 +126,13 @@ class ModelArguments:
         metadata={"help": "A ReferFormer model saved with save_pretrained (model + processor): local folder or Hub id."}
     )
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."})
-    dtype: Literal["fp32", "bf16", "fp16", "int8"] = field(
-        default="fp32", metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers)."}
+    dtype: Literal["fp32", "bf16", "fp16", "int8", "auto"] = field(
+        default="fp32",
+        metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers; auto: the fastest here)."},
     )
 
     def __post_init__(self):
-        _check_choice(self.dtype, tuple(DTYPES), "--dtype")
+        _check_choice(self.dtype, (*DTYPES, "auto"), "--dtype")
         _check_device(self.device)
 
 
@@ -424,14 +425,15 @@ class ServeArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
     port: int = field(default=7860, metadata={"help": "Port to serve on."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
-    dtype: Literal["fp32", "bf16", "fp16", "int8"] = field(
-        default="fp32", metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers)."}
+    dtype: Literal["fp32", "bf16", "fp16", "int8", "auto"] = field(
+        default="fp32",
+        metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers; auto: the fastest here)."},
     )
     max_frames: int = field(default=300, metadata={"help": "Longest video accepted, in frames."})
 
     def __post_init__(self):
         self.model = self.model or [str(DEMO_MODEL)]
-        _check_choice(self.dtype, tuple(DTYPES), "--dtype")
+        _check_choice(self.dtype, (*DTYPES, "auto"), "--dtype")
         _check_device(self.device)
         _check_number(self.max_frames, "--max_frames", minimum=1, integer=True)
         names = [Path(model).name for model in self.model]

@@ -51,6 +51,7 @@ from .processing_referformer import (
     check_threshold,
     sentence_list,
 )
+from .precision import fastest_dtype
 from .quantization import quantize_int8
 from .video_io import iter_video_frames
 from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_palette
@@ -80,13 +81,16 @@ def resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype) -> torch.dtype:
-    """`"fp32"`, `"bf16"`, `"fp16"`, `"int8"`, `None` (fp32) or a `torch.dtype` among these (`torch.qint8`)."""
+def resolve_dtype(dtype, device=None) -> torch.dtype:
+    """`"fp32"`, `"bf16"`, `"fp16"`, `"int8"`, `"auto"` (the fastest of these on `device`, measured once per machine:
+    `referformer.precision.fastest_dtype`), `None` (fp32) or a `torch.dtype` among these (`torch.qint8`)."""
     if dtype is None:
         return torch.float32
+    if dtype == "auto":
+        dtype = fastest_dtype(resolve_device(device))
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
+            raise ValueError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}, auto.")
         return DTYPES[dtype]
     if dtype not in DTYPES.values():
         raise ValueError(f"Unsupported dtype {dtype}; use torch.float32, torch.bfloat16, torch.float16 or torch.qint8.")
@@ -169,7 +173,8 @@ class ReferringVideoSegmenter:
 
     Half precision (`dtype="bf16"` / `"fp16"`) runs the float32 weights under autocast; scores, boxes and mask logits
     come back in float32. `dtype="int8"` (CPU) quantizes the model's per-pixel `Linear` layers in place to dynamic
-    int8 (`referformer.quantization.quantize_int8`); the rest runs in float32.
+    int8 (`referformer.quantization.quantize_int8`); the rest runs in float32. `dtype="auto"` picks the precision
+    this machine runs fastest (`referformer.precision`).
 
     Example:
 
@@ -190,7 +195,7 @@ class ReferringVideoSegmenter:
 
     def __init__(self, model, processor: ReferFormerProcessor, device=None, dtype=None):
         self.device = resolve_device(device) if device is not None else next(model.parameters()).device
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
         if self.dtype == torch.qint8:
             quantize_int8(self.model)
@@ -201,7 +206,7 @@ class ReferringVideoSegmenter:
         """Loads the model and processor saved in `name` (folder or Hub id); a folder whose weights miss any parameter
         is refused (its model would run on random values). Frames run in chunks of `FRAME_CHUNK_SIZE` (override with
         `frame_chunk_size=`), so that memory grows linearly with the video length."""
-        dtype = resolve_dtype(dtype)
+        dtype = resolve_dtype(dtype, device)
         processor = ReferFormerProcessor.from_pretrained(name)
         model_kwargs.setdefault("frame_chunk_size", FRAME_CHUNK_SIZE)
         model, loading_info = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(

@@ -61,7 +61,7 @@ def public_objects():
     of the modules users import from directly."""
     objects = {}
     for module_name in ("referformer", "referformer.inference", "referformer.inference_session", "referformer.evaluation",
-                        "referformer.quantization"):
+                        "referformer.quantization", "referformer.precision"):
         module = importlib.import_module(module_name)
         for name in module.__all__:
             value = getattr(module, name)

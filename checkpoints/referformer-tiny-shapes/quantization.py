@@ -56,6 +56,17 @@ def _int8_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return selected
 
 
+def quantize_dynamic_linears(model: nn.Module, linears: set) -> nn.Module:
+    """torch.ao's dynamic int8 (fbgemm) of the `Linear` layers `linears` of `model` (qualified names, or `{nn.Linear}`
+    for all), in place; returns the model."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns that it is deprecated in favour of torchao, whose eager CPU kernels are slower
+        # than float32 here: keep the faster kernels without the warnings at every load.
+        warnings.filterwarnings("ignore", r"torch\.ao\.quantization is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", r"torch\.quantize_per_tensor.* are deprecated", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8, inplace=True)
+
+
 def quantize_int8(model: nn.Module, method: str = "dynamic") -> nn.Module:
     """Quantizes the per-pixel `Linear` layers of a ReferFormer (`ReferFormerForReferringVideoObjectSegmentation` or
     `ReferFormerModel`, on the CPU) to dynamic int8, in place, for inference; returns the model.
@@ -94,13 +105,7 @@ def quantize_int8(model: nn.Module, method: str = "dynamic") -> nn.Module:
         )
     linears = _int8_linears(model)
     if method == "dynamic":
-        with warnings.catch_warnings():
-            # torch.ao.quantization warns that it is deprecated in favour of torchao, whose eager CPU kernels are
-            # slower than float32 here: keep the faster kernels without the warnings at every load.
-            warnings.filterwarnings("ignore", r"torch\.ao\.quantization is deprecated", DeprecationWarning)
-            warnings.filterwarnings("ignore", r"torch\.quantize_per_tensor.* are deprecated", UserWarning)
-            torch.ao.quantization.quantize_dynamic(model, set(linears), dtype=torch.qint8, inplace=True)
-        return model
+        return quantize_dynamic_linears(model, set(linears))
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as error:
