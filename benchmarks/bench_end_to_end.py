@@ -1,5 +1,5 @@
 """End-to-end CPU/CUDA benchmark of the released architecture: this project's fast path against its faithful
-reference path, in fp32 and bf16, for one and several sentences.
+reference path, in fp32, bf16 and int8, for one and several sentences.
 
 The model is the released ReferFormer (ResNet-50 + RoBERTa-base structure, `ReferFormerConfig()`) with random weights
 (seeded, built from the config without downloads) on random 360x640 frames and random 12-token sentences.
@@ -28,7 +28,9 @@ The model is the released ReferFormer (ResNet-50 + RoBERTa-base structure, `Refe
   OpenVINO bf16 is its `INFERENCE_PRECISION_HINT` where the CPU has bf16; a mode an engine lacks gets a "not run"
   row saying why. Agreement columns compare with the eager fast fp32 row; export and compile times follow the table.
 
-bf16 runs the float32 weights under `torch.autocast`. Each configuration runs in its own subprocess (after a warm-up
+bf16 runs the float32 weights under `torch.autocast`; int8 (`--dtypes int8`, CPU, fast path only) is the fast path with
+`referformer.quantization.quantize_int8` (dynamic int8 of the per-pixel `Linear` layers). The first line prints the
+processor, its AVX-512 / AMX features and its fp32, bf16 and int8 matmul peaks. Each configuration runs in its own subprocess (after a warm-up
 forward on up to 5 frames) so that its peak memory (RSS on CPU, max allocated on CUDA) is its own. Masks agreement: IoU of the selected
 query's thresholded stride-4 masks against the reference fp32 run of the same frames and sentences. The reference
 path holds every frame's activations at once (about 0.3 GiB per frame): above `--reference_max_frames` it is not run
@@ -38,11 +40,14 @@ path holds every frame's activations at once (about 0.3 GiB per frame): above `-
     python benchmarks/bench_end_to_end.py --frames 100 300 --sentences 1 --dtypes fp32 --reference_max_frames 0 \
         --threads 2 --stream --stream_frames 100 1000 --online_frames 100 500
     python benchmarks/bench_end_to_end.py --frames 5 36 --sentences 1 --threads 2 --engines onnxruntime openvino
+    python benchmarks/bench_end_to_end.py --frames 5 36 --sentences 1 --threads 2 --dtypes fp32 bf16 int8 \
+        --engines onnxruntime openvino --engine_graph full
 """
 
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -65,6 +70,9 @@ ENGINE_GRAPHS = {
     "full": "full (all queries, dynamic T, N)",
 }
 OPENVINO_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# The CPU features (from /proc/cpuinfo) that decide which precision runs fast: AVX-512 fp32, its bf16 and int8 (VNNI)
+# dot products, and the AMX tile units.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -212,6 +220,10 @@ def run(architecture: Architecture, path: str, dtype: str, num_frames: int, num_
         device: str, selection_file: str) -> Timing:
     """One configuration: returns its timing and memory, and saves its `Selection` to `selection_file`."""
     model = build_model(architecture, path, chunk).to(device)
+    if dtype == "int8":
+        from referformer.quantization import quantize_int8
+
+        quantize_int8(model)
     if path == "compiled":
         model = torch.compile(model)
     graph = SelectedQueryGraph(model, output_all_queries=path == "reference")
@@ -399,17 +411,38 @@ def count_gflop(architecture: Architecture, num_frames: int, chunk: int, device:
     return counter.get_total_flops() / 1e9
 
 
-def matmul_peak_gflops(device: str, size: int = 2048, repeats: int = 10) -> float:
-    """fp32 matmul throughput of this machine (best of `repeats` square products)."""
-    first, second = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(first, second)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+def matmul_peaks(device: str, size: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Matmul throughput of this machine in GFLOP/s (GOP/s for int8), best of `repeats` square products: "fp32",
+    "bf16" and, on the CPU, "int8" (`torch._int_mm`, int8 inputs, int32 sums: what dynamic int8 layers run)."""
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    operands = {"fp32": (torch.mm, first, second), "bf16": (torch.mm, first.bfloat16(), second.bfloat16())}
+    if device == "cpu":
+        operands["int8"] = (torch._int_mm, first.clamp(-127, 127).to(torch.int8), second.clamp(-127, 127).to(torch.int8))
+    peaks = {}
+    for name, (product, left, right) in operands.items():
+        left, right = left.to(device), right.to(device)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product(left, right)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        peaks[name] = 2 * size**3 / best / 1e9
+    return peaks
+
+
+def processor_description(device: str) -> str:
+    """The processor's name and the instruction-set features that decide which precision is fast."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    relevant = [flag for flag in CPU_FEATURES if flag in flags]
+    return f"{fields.get('model name', platform.processor() or platform.machine())} ({' '.join(relevant) or 'no AVX-512 / AMX features'})"
 
 
 def child(args) -> None:
@@ -430,7 +463,7 @@ def child(args) -> None:
     elif args.task == "flops":
         result = {"gflop": count_gflop(architecture, args.num_frames, args.chunk, args.device)}
     else:
-        result = {"gflops": matmul_peak_gflops(args.device)}
+        result = matmul_peaks(args.device)
     print(json.dumps(result if isinstance(result, dict) else asdict(result)))
 
 
@@ -529,9 +562,11 @@ def engine_rows(args, folder: Path, clips: list[EngineReferences]) -> None:
 
 def main(args) -> None:
     architecture = TINY if args.tiny else RELEASED
-    peak = in_subprocess(args, "--task", "peak")["gflops"]
-    print(f"device {args.device}, {args.threads} threads, {architecture.name} on {architecture.height}x"
-          f"{architecture.width} frames; fp32 matmul peak {peak:.0f} GFLOP/s", flush=True)
+    peaks = in_subprocess(args, "--task", "peak")
+    print(f"device {args.device}: {processor_description(args.device)}, {args.threads} threads, {architecture.name} "
+          f"on {architecture.height}x{architecture.width} frames; 2048x2048 matmul peaks: "
+          + ", ".join(f"{name} {value:.0f} {'GOP/s' if name == 'int8' else 'GFLOP/s'}" for name, value in peaks.items()),
+          flush=True)
     header = ("path", "dtype", "T", "sentences", "s/frame", "peak GiB", "x ref fp32", "IoU vs ref fp32", "max |score diff|")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     paths = ("reference", "fast", "compiled") if args.compile else ("reference", "fast")
@@ -546,6 +581,8 @@ def main(args) -> None:
                         print(f"| reference | - | {num_frames} | {num_sentences} | {reason} |||||", flush=True)
                         continue
                     for dtype in args.dtypes:
+                        if dtype == "int8" and path != "fast":
+                            continue  # int8 is a mode of the fast path (the reference path is the original's fp32)
                         selection_file = str(Path(folder) / f"{path}-{dtype}-{num_frames}-{num_sentences}.pt")
                         result = Timing(**in_subprocess(
                             args, "--task", "run", "--path", path, "--dtype", dtype, "--num_frames", str(num_frames),
@@ -587,7 +624,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, nargs="*", default=[5, 36, 100, 300], help="Clip lengths T (none: only the streamed rows).")
     parser.add_argument("--sentences", type=int, nargs="+", default=[1, 5], help="Sentences per video.")
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "int8"],
+                        help="Precisions of the eager rows (int8: the fast path with referformer.quantization's "
+                        "dynamic int8, CPU).")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Intra-op threads (default: all cores).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--chunk", type=int, default=2, help="Frame chunk size of the fast path.")

@@ -118,6 +118,14 @@ def _check_device(name: str, option: str = "--device") -> None:
         raise UsageError(f"{option} {name}: this machine has {count} {device.type} device(s).")
 
 
+def dtype_field():
+    """The `--dtype` option of the commands that run a model."""
+    return field(
+        default="fp32",
+        metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers; auto: the fastest here)."},
+    )
+
+
 @dataclass
 class ModelArguments:
     """Which model to run, and where."""
@@ -126,10 +134,7 @@ class ModelArguments:
         metadata={"help": "A ReferFormer model saved with save_pretrained (model + processor): local folder or Hub id."}
     )
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."})
-    dtype: Literal["fp32", "bf16", "fp16", "int8", "auto"] = field(
-        default="fp32",
-        metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers; auto: the fastest here)."},
-    )
+    dtype: Literal["fp32", "bf16", "fp16", "int8", "auto"] = dtype_field()
 
     def __post_init__(self):
         _check_choice(self.dtype, (*DTYPES, "auto"), "--dtype")
@@ -399,9 +404,11 @@ class DemoArguments:
     num_videos: int = field(default=8, metadata={"help": "Number of fresh clips (2 to 4 shapes each)."})
     seed: int = field(default=1000, metadata={"help": "Seed of the clips (the demo model was trained on seed 0)."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
+    dtype: Literal["fp32", "bf16", "fp16", "int8", "auto"] = dtype_field()
     overwrite: bool = field(default=False, metadata={"help": "Replace an earlier demo's results (never other files)."})
 
     def __post_init__(self):
+        _check_choice(self.dtype, (*DTYPES, "auto"), "--dtype")
         _check_device(self.device)
         if self.num_videos < 2:
             raise UsageError(
@@ -425,10 +432,7 @@ class ServeArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
     port: int = field(default=7860, metadata={"help": "Port to serve on."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', ..."})
-    dtype: Literal["fp32", "bf16", "fp16", "int8", "auto"] = field(
-        default="fp32",
-        metadata={"help": "Inference precision (int8: CPU, dynamic int8 of the per-pixel layers; auto: the fastest here)."},
-    )
+    dtype: Literal["fp32", "bf16", "fp16", "int8", "auto"] = dtype_field()
     max_frames: int = field(default=300, metadata={"help": "Longest video accepted, in frames."})
 
     def __post_init__(self):
@@ -770,7 +774,7 @@ def run_demo(args: DemoArguments) -> dict:
     """Generates clips the model has not seen, segments every expression, and scores the masks (J&F) against the
     generator's; then gives each clip the expressions of another clip and scores again (the model must use the
     language: the second score has to be much lower)."""
-    segmenter = load_model(ModelArguments(model=args.model, device=args.device))
+    segmenter = load_model(ModelArguments(model=args.model, device=args.device, dtype=args.dtype))
     with staged_output(args.output_dir, args.overwrite, inputs=(args.model,)) as staging:
         results = write_demo(segmenter, staging, args.num_videos, args.seed, model_name=args.model)
     print(format_table(results))

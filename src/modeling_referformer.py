@@ -713,6 +713,20 @@ class ReferFormerPreTrainedModel(PreTrainedModel):
         finally:  # only the saved config names the pipeline: `pipeline(task, model=self)` runs the package's
             del self.config.custom_pipelines
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus `dtype="int8"` (or `torch.int8`, as `pipeline(..., dtype="int8")`
+        passes it): the float32 model with its per-pixel `Linear` layers quantized to dynamic int8 for CPU inference
+        ([`referformer.quantization.quantize_int8`])."""
+        if kwargs.get("dtype") not in ("int8", torch.int8):
+            return super().from_pretrained(*args, **kwargs)
+        from .quantization import quantize_int8
+
+        loaded = super().from_pretrained(*args, **{**kwargs, "dtype": torch.float32})
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
+        quantize_int8(model.eval())
+        return loaded
+
     def _initialize_weights(self, module, is_custom_code: bool = False):
         # The special initializations live on container modules without parameters of their own (e.g. the deformable
         # attention), which the remote-code shortcut of transformers would skip. `_init_weights` writes only through

@@ -22,12 +22,19 @@ def test_engine_rows_of_the_full_graph_on_the_tiny_preset():
     openvino_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     command = [
         sys.executable, str(REPO_ROOT / "benchmarks" / "bench_end_to_end.py"), "--tiny", "--frames", "2", "3",
-        "--sentences", "2", "--dtypes", "fp32", "--threads", "1", "--reference_max_frames", "2",
+        "--sentences", "2", "--dtypes", "fp32", "int8", "--threads", "1", "--reference_max_frames", "2",
         "--engines", "onnxruntime", "openvino", "--engine_graph", "full",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout
+    first_line = output.splitlines()[0]
+    assert "matmul peaks: fp32 " in first_line and " GFLOP/s, bf16 " in first_line and " GOP/s" in first_line, first_line
+    # int8 is a mode of the fast path: one row per clip length, none for the reference path.
+    assert [row[1:3] for row in table_rows(output, "reference")] == [["fp32", "2"], ["-", "3"]], output
+    int8_rows = [row for row in table_rows(output, "fast") if row[1] == "int8"]
+    assert [row[2] for row in int8_rows] == ["2", "3"], output
+    assert float(int8_rows[0][7]) >= 0 and float(int8_rows[0][7]) <= 1, int8_rows  # IoU against the reference fp32 row
     # One dynamic export serves both clip lengths.
     assert output.count("full graph, dynamic T and sentences") == 1, output
     rows = {engine: table_rows(output, engine) for engine in ("onnxruntime", "openvino")}

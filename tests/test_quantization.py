@@ -190,3 +190,34 @@ def test_int8_without_torchao():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "int8 with method='torchao' needs torchao: pip install 'referformer[quantization]'"
+
+
+def test_pipeline_and_from_pretrained_int8_dtype(clips, float_segmentations):
+    """`pipeline(..., dtype="int8")` on a folder (loaded by `from_pretrained(dtype="int8")`) and on a given float model
+    (quantized by the pipeline) quantizes the same layers as `quantize_int8` and segments as the float32 model."""
+    from transformers import pipeline
+
+    from referformer import ReferFormerProcessor
+
+    expected_layers = sum(
+        isinstance(module, torch.ao.nn.quantized.dynamic.Linear)
+        for module in quantize_int8(ReferFormerForReferringVideoObjectSegmentation.from_pretrained(DEMO_MODEL)).modules()
+    )
+    loaded = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(DEMO_MODEL, dtype="int8")
+    task = "referring-video-object-segmentation"
+    pipelines = {
+        "folder": pipeline(task, model=str(DEMO_MODEL), dtype="int8", device="cpu"),
+        "given model": pipeline(
+            task, model=ReferFormerForReferringVideoObjectSegmentation.from_pretrained(DEMO_MODEL),
+            processor=ReferFormerProcessor.from_pretrained(DEMO_MODEL), dtype="int8", device="cpu",
+        ),
+    }
+    for model in (loaded, *(segment.model for segment in pipelines.values())):
+        quantized = sum(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in model.modules())
+        assert expected_layers > 0 and quantized == expected_layers
+        assert not model.training
+    frames, sentences, _ = clips[0]
+    for name, segment in pipelines.items():
+        for result, expected in zip(segment(frames, text=sentences), float_segmentations[0]):
+            assert [result["query_index"]] == expected.query_indices, name
+            assert region_similarity(result["masks"], expected.masks) >= 0.98, (name, result["label"])

@@ -32,6 +32,7 @@ from .inference import ReferringVideoSegmenter, VideoSegmentation, prepare_input
 from .inference_session import FrameSegmentation
 from .modeling_referformer import ReferFormerSegmentationOutput
 from .processing_referformer import check_keywords, check_threshold, sentence_list
+from .quantization import quantize_int8
 from .video_io import is_one_video, iter_video_frames, split_videos
 
 
@@ -108,6 +109,10 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
     by frame from its track (its `query_index` is then 0, the track's single query). A misspelt keyword is refused,
     naming the closest accepted one.
 
+    **Precision.** `pipeline(..., dtype=torch.bfloat16)` loads the weights in bf16, as for every transformers model;
+    `dtype="int8"` (CPU) quantizes the per-pixel `Linear` layers to dynamic int8 (a given model too, in place:
+    `referformer.quantization.quantize_int8`).
+
     Example:
 
     ```python
@@ -133,6 +138,11 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_video_processor = False
+
+    def __init__(self, *args, dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if dtype in ("int8", torch.int8):  # the factory loads a folder in int8 already; a given model is quantized here
+            quantize_int8(self.model)
 
     def _sanitize_parameters(self, frame_stride=None, max_frames=None, threshold=None, **kwargs):
         check_keywords(f"{type(self).__name__}()", kwargs, ("frame_stride", "max_frames", "threshold"))
