@@ -179,7 +179,7 @@ class SelectedQueryGraph(torch.nn.Module):
         if not self.output_all_queries:
             return outputs.logits, outputs.selected_query_indices, outputs.pred_masks[:, :, 0]
         selected = select_referred_query(outputs.logits)
-        return outputs.logits, selected, outputs.pred_masks[torch.arange(len(selected)), :, selected]
+        return outputs.logits, selected, outputs.pred_masks[torch.arange(selected.shape[0]), :, selected]
 
 
 def build_model(architecture: Architecture, path: str, chunk: int | None, online: bool = False):
