@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -467,11 +468,18 @@ def child(args) -> None:
     print(json.dumps(result if isinstance(result, dict) else asdict(result)))
 
 
+class RowKilled(RuntimeError):
+    """A row's subprocess was killed (SIGKILL: on Linux, the out-of-memory killer when a row needs more memory than
+    the machine has)."""
+
+
 def in_subprocess(args, *options) -> dict:
     command = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device, "--chunk",
                str(args.chunk), *(["--tiny"] if args.tiny else []), *options]
     environment = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     completed = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if completed.returncode == -signal.SIGKILL:
+        raise RowKilled(f"killed (SIGKILL; out of memory?): {' '.join(options)}")
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -542,11 +550,16 @@ def engine_rows(args, folder: Path, clips: list[EngineReferences]) -> None:
                 continue
             engine_file = model_file.with_suffix(".int8.onnx") if precision == "int8" else model_file
             selection_file = str(folder / f"{engine}-{precision}-{clip.num_frames}-{clip.num_sentences}.pt")
-            result = EngineTiming(**in_subprocess(
-                args, "--task", "engine", "--engine", engine, "--dtype", precision, "--model_file", str(engine_file),
-                "--num_frames", str(clip.num_frames), "--num_sentences", str(clip.num_sentences), "--selection_file",
-                selection_file,
-            ))
+            try:
+                result = EngineTiming(**in_subprocess(
+                    args, "--task", "engine", "--engine", engine, "--dtype", precision, "--model_file",
+                    str(engine_file), "--num_frames", str(clip.num_frames), "--num_sentences", str(clip.num_sentences),
+                    "--selection_file", selection_file,
+                ))
+            except RowKilled:  # the engine's whole-clip graph did not fit this machine's memory: say so, go on
+                print_row(engine, graph_name, precision, clip.num_frames, clip.num_sentences,
+                          "killed (SIGKILL: out of memory on this machine)", "", "", "", "")
+                continue
             row = Row(result, Selection.load(selection_file))
             print_row(engine, graph_name, precision, clip.num_frames, clip.num_sentences,
                       f"{result.seconds_per_frame:.2f}", f"{result.peak_gib:.2f}",
