@@ -36,6 +36,14 @@ from .modeling_referformer import ReferFormerEncoderLayer, ReferFormerPixelDecod
 __all__ = ["quantize_int8"]
 
 INT8_METHODS = ("dynamic", "torchao")
+# How callers name int8: our dtype string, transformers' `pipeline(dtype="int8")` (which turns it into `torch.int8`),
+# and `referformer.inference.resolve_dtype`'s `torch.qint8`.
+INT8_DTYPES = ("int8", torch.int8, torch.qint8)
+
+
+def is_int8_dtype(dtype) -> bool:
+    """Whether `dtype` asks for dynamic int8 inference (see `INT8_DTYPES`)."""
+    return isinstance(dtype, (str, torch.dtype)) and dtype in INT8_DTYPES
 
 
 def _int8_linears(model: nn.Module) -> dict[str, nn.Linear]:

@@ -718,10 +718,10 @@ class ReferFormerPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.from_pretrained`, plus `dtype="int8"` (or `torch.int8`, as `pipeline(..., dtype="int8")`
         passes it): the float32 model with its per-pixel `Linear` layers quantized to dynamic int8 for CPU inference
         ([`referformer.quantization.quantize_int8`])."""
-        if kwargs.get("dtype") not in ("int8", torch.int8):
-            return super().from_pretrained(*args, **kwargs)
-        from .quantization import quantize_int8
+        from .quantization import is_int8_dtype, quantize_int8  # quantization imports this module
 
+        if not is_int8_dtype(kwargs.get("dtype")):
+            return super().from_pretrained(*args, **kwargs)
         loaded = super().from_pretrained(*args, **{**kwargs, "dtype": torch.float32})
         model = loaded[0] if kwargs.get("output_loading_info") else loaded
         quantize_int8(model.eval())

@@ -32,7 +32,7 @@ from .inference import ReferringVideoSegmenter, VideoSegmentation, prepare_input
 from .inference_session import FrameSegmentation
 from .modeling_referformer import ReferFormerSegmentationOutput
 from .processing_referformer import check_keywords, check_threshold, sentence_list
-from .quantization import quantize_int8
+from .quantization import is_int8_dtype, quantize_int8
 from .video_io import is_one_video, iter_video_frames, split_videos
 
 
@@ -141,7 +141,7 @@ class ReferringVideoObjectSegmentationPipeline(Pipeline):
 
     def __init__(self, *args, dtype=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if dtype in ("int8", torch.int8):  # the factory loads a folder in int8 already; a given model is quantized here
+        if is_int8_dtype(dtype):  # the factory loads a folder in int8 already; a given model is quantized here
             quantize_int8(self.model)
 
     def _sanitize_parameters(self, frame_stride=None, max_frames=None, threshold=None, **kwargs):
