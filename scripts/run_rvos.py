@@ -41,7 +41,7 @@ from referformer.cli_presets import CONFIG_PRESETS, error_line
 from referformer.conversion import first_non_finite_weight
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.data_transforms import collate_clips
-from referformer.evaluation_protocols import BENCHMARKS, default_split, evaluate_benchmark, process_state, run_sharded
+from referformer.evaluation_protocols import BENCHMARKS, default_split, end_process_group, evaluate_benchmark, process_state, run_sharded
 from referformer.inference import DTYPES, PredictionWriter, ReferringVideoSegmenter, write_predictions
 from referformer.model_cards import trained_model_card
 from referformer.output_folders import ALL_ENTRIES, check_output_target, push_folder_to_hub, staged_output
@@ -868,9 +868,11 @@ def main(argv: list[str] | None = None):
         sys.exit(f"run_rvos.py: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see --help).")
     try:
         arguments = parse(command, options)
-        return COMMANDS[command][1](*arguments)
+        result = COMMANDS[command][1](*arguments)
     except (ValueError, OSError, FloatingPointError, StrictDataclassError) as error:  # bad options, inputs, files
         sys.exit(f"run_rvos.py {command}: error: {error_line(error)}")
+    end_process_group()
+    return result
 
 
 if __name__ == "__main__":

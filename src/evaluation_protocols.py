@@ -412,6 +412,16 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def end_process_group() -> None:
+    """After a command's work succeeded on every process of `accelerate launch`: wait for all of them, then destroy
+    the process group. A process that exits with its group alive can abort in the communication library's threads at
+    interpreter exit (`terminate called without an active exception`, SIGABRT), failing a run whose results are
+    complete. Not called after an error: the other processes may be inside a collective the barrier would never meet."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def run_sharded(function, items, description: str | None = None) -> list:
     """`[function(item) for item in items]` with the items split across the processes of `accelerate launch` (item
     `i` on process `i % num_processes`) and the results gathered, in item order, on every process. Without

@@ -396,6 +396,25 @@ def test_two_processes_evaluate_and_predict_exactly_as_one(tmp_path, model_dir):
     assert sorted(path.name for path in (tmp_path / "two" / "pred").iterdir()) == ["shapes00000", "shapes00001", "shapes00002"]
 
 
+
+def test_a_command_that_succeeds_ends_the_process_group(tmp_path, model_dir, data_root):
+    """A process of `accelerate launch` leaving with its process group alive can abort at interpreter exit (SIGABRT in
+    the communication library's threads) after complete results: a command that succeeded destroys the group; one that
+    failed leaves it (the other processes may be inside a collective)."""
+    frames = data_root / "valid" / "JPEGImages" / "shapes00000"
+    options = ["predict", "--model", str(model_dir), "--videos", str(frames), "--text", "the red circle"]
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit, match="missing does not exist"):
+            run_rvos.main([*options[:3], "--videos", str(tmp_path / "missing"), *options[5:], "--output_dir", str(tmp_path / "x")])
+        assert torch.distributed.is_initialized()
+        run_rvos.main([*options, "--output_dir", str(tmp_path / "pred")])
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert len(list((tmp_path / "pred" / "shapes00000" / "0").iterdir())) == 3
+
 def test_clear_errors(tmp_path, model_dir, data_root, capsys):
     def error(*argv):
         with pytest.raises(SystemExit) as raised:
