@@ -16,7 +16,7 @@ from torch.utils import _pytree as pytree
 from .kernels import onnx_translation_table
 
 
-__all__ = ["export_onnx"]
+__all__ = ["export_onnx", "export_to_onnx"]
 
 # Example sizes the graph is traced with: torch.export specializes sizes 0 and 1, so batch and frames start at 2.
 EXAMPLE_BATCH_SIZE, EXAMPLE_FRAMES, EXAMPLE_TEXT_LENGTH = 2, 2, 8
@@ -35,12 +35,17 @@ def _example_inputs(config, height: int, width: int, device: torch.device) -> di
     }
 
 
+def text_length_dim(config) -> torch.export.Dim:
+    """The free text length: bounded by the text encoder's positions (RoBERTa's start after the padding index, hence
+    - 2)."""
+    return torch.export.Dim("text_length", min=2, max=config.text_config.max_position_embeddings - 2)
+
+
 def _dynamic_shapes(config) -> dict[str, dict[int, torch.export.Dim]]:
-    """Batch, frames and text length free. The text length is bounded by the text encoder's positions (RoBERTa's
-    start after the padding index, hence - 2)."""
+    """Batch, frames and text length free."""
     batch = torch.export.Dim("batch_size", min=1)
     frames = torch.export.Dim("num_frames", min=1)
-    text_length = torch.export.Dim("text_length", min=2, max=config.text_config.max_position_embeddings - 2)
+    text_length = text_length_dim(config)
     return {
         "pixel_values": {0: batch, 1: frames},
         "pixel_mask": {0: batch, 1: frames},
@@ -71,13 +76,26 @@ def export_onnx(model: torch.nn.Module, frame_size: tuple[int, int]) -> torch.on
     if config.online:
         raise ValueError("ONNX export of online (OnlineRefer) models is not supported: the track is not a tensor.")
     height, width = frame_size
-    dynamic_shapes = _dynamic_shapes(config)
-    inputs = _example_inputs(config, height, width, model.device)
-    exported = torch.export.export(model, (), kwargs=inputs, dynamic_shapes=dynamic_shapes)
+    return export_to_onnx(model, _example_inputs(config, height, width, model.device), _dynamic_shapes(config))
+
+
+def export_to_onnx(
+    module: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    dynamic_shapes: dict[str, dict[int, torch.export.Dim] | None],
+    output_names: list[str] | None = None,
+    optimize: bool = True,
+) -> torch.onnx.ONNXProgram:
+    """`module(**inputs)` (eval mode) exported by `torch.export` with `dynamic_shapes` and translated to ONNX, the
+    deformable-attention operator as standard ONNX. Axes are named after their `Dim`; outputs `output_names`, or
+    their keys and indices in the output (`logits`, `auxiliary_outputs.0.logits`). `optimize=False` skips the ONNX
+    optimizer (half the time; engines that optimize the graph themselves lose nothing)."""
+    exported = torch.export.export(module, (), kwargs=inputs, dynamic_shapes=dynamic_shapes)
     # Given an exported program, the ONNX exporter reads these names only, to name the graph's axes: each dimension
     # is named at its first input (naming it again at the others would only warn that the name is taken).
     axis_names, named = {}, set()
     for name, axes in dynamic_shapes.items():
+        axes = axes or {}
         axis_names[name] = {axis: None if dim.__name__ in named else dim.__name__ for axis, dim in axes.items()}
         named.update(dim.__name__ for dim in axes.values())
     return torch.onnx.export(
@@ -85,6 +103,9 @@ def export_onnx(model: torch.nn.Module, frame_size: tuple[int, int]) -> torch.on
         (),
         dynamo=True,
         dynamic_shapes=axis_names,
-        output_names=_output_names(exported),
+        input_names=list(inputs),
+        output_names=output_names or _output_names(exported),
         custom_translation_table=onnx_translation_table(),
+        optimize=optimize,
+        verbose=False,
     )
