@@ -16,9 +16,9 @@ pytest.importorskip("openvino", reason="backend='openvino' needs the `export` ex
 DEMO_MODEL = REPO_ROOT / "checkpoints" / "referformer-tiny-shapes"
 SENTENCES = ["the yellow square", "a dark background"]
 # Same computation, other kernels and summation orders, through some 40 layers. Measured here: scores differ by up to
-# 2e-7, boxes by 3e-5 px, mask logits (magnitude up to 14) by 1e-4 (a few fp32 ulps of the largest values, ~8 ulps
-# of 14 = 1e-5 each); the tolerances leave 10x that for other CPUs' kernels, and stay far below any real difference
-# (a wrong query or frame changes scores by 1e-3 or more, logits by units).
+# 2e-7, boxes by 3e-5 px, mask logits (magnitude up to 14, where an fp32 ulp is 1.2e-6) by 1e-4: rounding gathered
+# over the layers. The tolerances leave 10x that for other CPUs' kernels, and stay far below any real difference (a
+# wrong query or frame changes scores by 1e-3 or more, logits by units).
 SCORE_TOLERANCE = {"atol": 1e-5, "rtol": 0}
 LOGIT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-4}
 BOX_TOLERANCE = {"atol": 1e-3, "rtol": 0}  # absolute pixels on a 72x48 frame
