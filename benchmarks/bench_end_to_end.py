@@ -8,6 +8,10 @@ The model is the released ReferFormer (ResNet-50 + RoBERTa-base structure, `Refe
   sentences, frame chunks of `--chunk` frames, the mask head for the selected query only;
 * compiled (`--compile`): the fast path under `torch.compile(model)` (inductor); its warm-up compiles it on the timed
   clip's shapes, which takes minutes (the compile time is printed after the table);
+* openvino (`--openvino`, CPU, fp32 and bf16): what `ReferringVideoSegmenter(backend="openvino")` runs
+  (`referformer.openvino_backend`): every query's masks of the last layer, exported to ONNX once and compiled by
+  OpenVINO for the clip's shapes in the warm-up (export and compile times printed after the table); the referred
+  query is selected from its outputs;
 * reference: everything as the original computes it: PyTorch deformable attention (`grid_sample`), eager attention,
   no chunking, all queries' masks for every decoder layer, and one forward pass per sentence;
 * stream (`--stream`): `ReferringVideoSegmenter.stream` over a generator of `--stream_frames` frames (decoded-frame
@@ -71,6 +75,7 @@ ENGINE_GRAPHS = {
     "full": "full (all queries, dynamic T, N)",
 }
 OPENVINO_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+PATH_LABELS = {"openvino": "openvino backend"}  # the eager table's name of a path, where it differs from `--path`
 # The CPU features (from /proc/cpuinfo) that decide which precision runs fast: AVX-512 fp32, its bf16 and int8 (VNNI)
 # dot products, and the AMX tile units.
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
@@ -220,7 +225,7 @@ def timing(seconds: float, num_frames: int, warm_up_seconds: float, device: str)
 def run(architecture: Architecture, path: str, dtype: str, num_frames: int, num_sentences: int, chunk: int,
         device: str, selection_file: str) -> Timing:
     """One configuration: returns its timing and memory, and saves its `Selection` to `selection_file`."""
-    model = build_model(architecture, path, chunk).to(device)
+    model = build_model(architecture, "fast" if path == "openvino" else path, chunk).to(device)
     if dtype == "int8":
         from referformer.quantization import quantize_int8
 
@@ -228,9 +233,17 @@ def run(architecture: Architecture, path: str, dtype: str, num_frames: int, num_
     if path == "compiled":
         model = torch.compile(model)
     graph = SelectedQueryGraph(model, output_all_queries=path == "reference")
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16" and path != "openvino")
+    if path == "openvino":
+        from referformer.openvino_backend import OpenVINOReferFormer
+
+        engine = OpenVINOReferFormer(model, torch.bfloat16 if dtype == "bf16" else torch.float32)
 
     def forward(pixel_values, input_ids) -> Selection:
+        if path == "openvino":
+            size = torch.tensor([pixel_values.shape[-2:]])
+            outputs = engine(pixel_values, input_ids, torch.ones_like(input_ids), size)
+            return Selection.of(outputs.logits, outputs.selected_query_indices, outputs.pred_masks[:, :, 0])
         if path != "reference":
             return Selection.of(*graph(pixel_values, input_ids))
         per_sentence = [graph(pixel_values, input_ids[index : index + 1]) for index in range(len(input_ids))]
@@ -239,7 +252,7 @@ def run(architecture: Architecture, path: str, dtype: str, num_frames: int, num_
     with torch.no_grad(), autocast:
         # Warm-up on up to WARM_UP_FRAMES frames (kernel loading, allocator, oneDNN primitives of the chunk shapes), on
         # the whole clip when compiling (the compiled graph depends on the number of frames).
-        warm_up_frames = num_frames if path == "compiled" else min(num_frames, WARM_UP_FRAMES)
+        warm_up_frames = num_frames if path in ("compiled", "openvino") else min(num_frames, WARM_UP_FRAMES)
         start = time.perf_counter()
         forward(*make_inputs(architecture, warm_up_frames, num_sentences, device))
         if device == "cuda":
@@ -582,7 +595,7 @@ def main(args) -> None:
           flush=True)
     header = ("path", "dtype", "T", "sentences", "s/frame", "peak GiB", "x ref fp32", "IoU vs ref fp32", "max |score diff|")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
-    paths = ("reference", "fast", "compiled") if args.compile else ("reference", "fast")
+    paths = ("reference", "fast") + ("compiled",) * args.compile + ("openvino",) * args.openvino
     compile_times, engine_clips = [], []
     with tempfile.TemporaryDirectory() as folder:
         for num_frames in args.frames:
@@ -603,17 +616,18 @@ def main(args) -> None:
                         ))
                         row = results[path, dtype] = Row(result, Selection.load(selection_file))
                         reference = results.get(("reference", "fp32"))
-                        print_row(path, dtype, num_frames, num_sentences, f"{result.seconds_per_frame:.2f}",
+                        print_row(PATH_LABELS.get(path, path), dtype, num_frames, num_sentences, f"{result.seconds_per_frame:.2f}",
                                   f"{result.peak_gib:.2f}", *comparison_cells(
                                       row, reference and reference.timing, reference and reference.selection))
-                        if path == "compiled":
-                            compile_times.append(f"{dtype} T={num_frames} sentences={num_sentences}: "
+                        if path in ("compiled", "openvino"):
+                            compile_times.append(f"{path} {dtype} T={num_frames} sentences={num_sentences}: "
                                                  f"{result.warm_up_seconds:.0f} s")
                 reference, fast = results.get(("reference", "fp32")), results.get(("fast", "fp32"))
                 engine_clips.append(EngineReferences(num_frames, num_sentences, reference and reference.timing,
                                                      fast and fast.selection))
         if compile_times:
-            print("compile + first forward of the compiled rows: " + ", ".join(compile_times), flush=True)
+            print("export / compile + first forward of the compiled and openvino rows: " + ", ".join(compile_times),
+                  flush=True)
         if args.engines and engine_clips:
             engine_rows(args, Path(folder), engine_clips)
     if args.stream or args.online_frames:
@@ -649,6 +663,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--compile", action="store_true", help="Also run the fast path under torch.compile (inductor; minutes to compile)."
     )
+    parser.add_argument("--openvino", action="store_true",
+                        help="Also run the API's OpenVINO backend (backend='openvino', CPU) in the fp32 and bf16 of --dtypes.")
     parser.add_argument("--count_flops", action="store_true", help="Also count the fast path's fp32 GFLOP per T.")
     parser.add_argument("--stream", action="store_true", help="Also stream --stream_frames frames (fp32, one sentence).")
     parser.add_argument("--stream_frames", type=int, nargs="+", default=[100, 1000], help="Streamed video lengths.")
@@ -665,7 +681,7 @@ if __name__ == "__main__":
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--online", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=["run", "export", "engine", "flops", "peak", "stream"], help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=["fast", "compiled", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=["fast", "compiled", "reference", "openvino"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=["fp32", "bf16", "int8"], help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=sorted(ENGINE_SESSIONS), help=argparse.SUPPRESS)
     parser.add_argument("--num_frames", type=int, help=argparse.SUPPRESS)
@@ -674,8 +690,8 @@ if __name__ == "__main__":
     parser.add_argument("--model_file", help=argparse.SUPPRESS)
     parser.add_argument("--int8_file", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    if arguments.engines and arguments.device != "cpu":
-        parser.error("--engines runs ONNX Runtime and OpenVINO on the CPU: compare them with --device cpu rows")
+    if (arguments.engines or arguments.openvino) and arguments.device != "cpu":
+        parser.error("--engines and --openvino run on the CPU: compare them with --device cpu rows")
     if arguments.task:
         child(arguments)
     else:

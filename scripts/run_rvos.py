@@ -42,7 +42,7 @@ from referformer.conversion import first_non_finite_weight
 from referformer.data_synthetic import ATTRIBUTES, generate_referring_shapes
 from referformer.data_transforms import collate_clips
 from referformer.evaluation_protocols import BENCHMARKS, default_split, end_process_group, evaluate_benchmark, process_state, run_sharded
-from referformer.inference import DTYPES, PredictionWriter, ReferringVideoSegmenter, write_predictions
+from referformer.inference import BACKENDS, DTYPES, PredictionWriter, ReferringVideoSegmenter, write_predictions
 from referformer.model_cards import trained_model_card
 from referformer.output_folders import ALL_ENTRIES, check_output_target, push_folder_to_hub, staged_output
 from referformer.video_io import iter_video_frames, list_frame_files, natural_sort_key, video_frame_names
@@ -135,9 +135,15 @@ class ModelArguments:
     )
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."})
     dtype: Literal["fp32", "bf16", "fp16", "int8", "auto"] = dtype_field()
+    backend: Literal["pytorch", "openvino"] = field(
+        default="pytorch",
+        metadata={"help": "What runs the model: pytorch, or openvino (CPU, fp32/bf16: the exported graph in OpenVINO, "
+                  "exported once per frame size; give long videos a --window)."},
+    )
 
     def __post_init__(self):
         _check_choice(self.dtype, (*DTYPES, "auto"), "--dtype")
+        _check_choice(self.backend, BACKENDS, "--backend")
         _check_device(self.device)
 
 
@@ -489,9 +495,10 @@ def reading_weights(name: str, what: str = "model"):
 def load_model(args: ModelArguments) -> ReferringVideoSegmenter:
     """The model and processor of `args.model`, on `--device`, in `--dtype`; its weights must be finite."""
     check_referformer_source(args.model)
-    device = process_state().device if args.device == "auto" else args.device  # each process its own GPU
+    # Each process its own GPU; OpenVINO runs on the CPU.
+    device = process_state().device if args.device == "auto" and args.backend == "pytorch" else args.device
     with reading_weights(args.model):
-        segmenter = ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype)
+        segmenter = ReferringVideoSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype, backend=args.backend)
     check_finite_model(segmenter.model, args.model)
     return segmenter
 

@@ -1,5 +1,5 @@
 """`benchmarks/bench_end_to_end.py` end to end on the tiny preset (its hidden `--tiny` option): the eager rows and the
-exported graph in ONNX Runtime and OpenVINO, each in its own subprocess as in a real run."""
+exported graph in ONNX Runtime and OpenVINO, and the API's OpenVINO backend, each in its own subprocess as in a real run."""
 
 import subprocess
 import sys
@@ -23,7 +23,7 @@ def test_engine_rows_of_the_full_graph_on_the_tiny_preset():
     command = [
         sys.executable, str(REPO_ROOT / "benchmarks" / "bench_end_to_end.py"), "--tiny", "--frames", "2", "3",
         "--sentences", "1", "--dtypes", "fp32", "int8", "--threads", "1", "--reference_max_frames", "2",
-        "--engines", "onnxruntime", "openvino", "--engine_graph", "full",
+        "--engines", "onnxruntime", "openvino", "--engine_graph", "full", "--openvino",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -35,6 +35,12 @@ def test_engine_rows_of_the_full_graph_on_the_tiny_preset():
     int8_rows = [row for row in table_rows(output, "fast") if row[1] == "int8"]
     assert [row[2] for row in int8_rows] == ["2", "3"], output
     assert float(int8_rows[0][7]) >= 0 and float(int8_rows[0][7]) <= 1, int8_rows  # IoU against the reference fp32 row
+    # The API's OpenVINO backend: fp32 only (int8 is a mode of the fast path), the masks of the fast fp32 path.
+    backend_rows = table_rows(output, "openvino backend")
+    assert [row[1:3] for row in backend_rows] == [["fp32", "2"], ["fp32", "3"]], output
+    for row in backend_rows:
+        assert float(row[7]) >= 0.99 and float(row[8]) <= 1e-4 if row[2] == "2" else row[7] == "-", row
+    assert "openvino fp32 T=3 sentences=1: " in output, output
     # One dynamic export (traced on 2 frames and 2 sentences) serves both clip lengths and one sentence.
     assert output.count("full graph, dynamic T and sentences") == 1, output
     rows = {engine: table_rows(output, engine) for engine in ("onnxruntime", "openvino")}

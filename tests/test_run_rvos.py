@@ -459,3 +459,27 @@ def test_int8_dtype_loads_the_model_quantized(model_dir):
     assert any(type(module).__module__.startswith("torch.ao.nn.quantized") for module in segmenter.model.modules())
     with pytest.raises(ValueError, match="--dtype"):
         run_rvos.ModelArguments(model=str(model_dir), device="cpu", dtype="int4")
+
+
+def test_openvino_backend_predicts_what_pytorch_predicts(tmp_path, model_dir, data_root):
+    """`--backend openvino` (the exported graph in OpenVINO, CPU) writes PyTorch's predictions up to fp32 rounding."""
+    pytest.importorskip("openvino", reason="--backend openvino needs the `export` extra")
+    frames = data_root / "valid" / "JPEGImages" / "shapes00000"
+    for backend in ("pytorch", "openvino"):
+        run_rvos.main(["predict", "--model", str(model_dir), "--videos", str(frames), "--text", "the red circle",
+                       "the big square", "--output_dir", str(tmp_path / backend), "--backend", backend, "--window", "2"])
+    pytorch, openvino = (json.loads((tmp_path / backend / "shapes00000" / "predictions.json").read_text())
+                         for backend in ("pytorch", "openvino"))
+    for expected, actual in zip(pytorch["expressions"], openvino["expressions"]):
+        assert actual["window_query_indices"] == expected["window_query_indices"]
+        for want, got in zip(expected["frames"], actual["frames"]):
+            # fp32 rounding of the same computation (1e-3 px, 1e-5: tests/test_openvino_backend.py), then the file's
+            # rounding to 0.01 px and 4 decimals, which may land a value on either side: one step, plus margin.
+            np.testing.assert_allclose(got["box"], want["box"], atol=1.5e-2)
+            np.testing.assert_allclose(got["score"], want["score"], atol=1.5e-4)
+    for mask in sorted((tmp_path / "pytorch" / "shapes00000").rglob("*.png")):
+        other = tmp_path / "openvino" / mask.relative_to(tmp_path / "pytorch")
+        differing = np.asarray(Image.open(mask)) != np.asarray(Image.open(other))
+        assert differing.mean() < 1e-3, (mask, int(differing.sum()))
+    with pytest.raises(ValueError, match=r"^Unknown --backend 'onnx'; choose one of: pytorch, openvino\.$"):
+        run_rvos.ModelArguments(model=str(model_dir), backend="onnx")

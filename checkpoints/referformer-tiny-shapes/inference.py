@@ -51,6 +51,7 @@ from .processing_referformer import (
     check_threshold,
     sentence_list,
 )
+from .openvino_backend import OpenVINOReferFormer, openvino_fastest_dtype
 from .precision import fastest_dtype
 from .quantization import quantize_int8
 from .video_io import iter_video_frames
@@ -58,6 +59,7 @@ from .visualization import PaletteMaskWriter, VideoWriter, overlay_masks, voc_pa
 
 
 __all__ = [
+    "BACKENDS",
     "DTYPES",
     "PredictionWriter",
     "ReferringVideoSegmenter",
@@ -67,6 +69,8 @@ __all__ = [
 
 # "int8" quantizes the model's per-pixel Linear layers (`referformer.quantization.quantize_int8`, CPU only).
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.qint8}
+# What runs the model: PyTorch (eager), or OpenVINO's CPU plugin on the exported graph (`referformer.openvino_backend`).
+BACKENDS = ("pytorch", "openvino")
 PREPROCESS_CHUNK = 16  # frames decoded and preprocessed together; also frames per step of `iter_masks`
 # Frames per chunk of the model's per-frame stages (`ReferFormerConfig.frame_chunk_size`). Small chunks are faster on
 # CPU, not only smaller: at 360x640 the stride-4 tensors of 2 frames (under 32 MB) reuse freed memory, while those of
@@ -74,20 +78,26 @@ PREPROCESS_CHUNK = 16  # frames decoded and preprocessed together; also frames p
 FRAME_CHUNK_SIZE = 2
 
 
-def resolve_device(device) -> torch.device:
-    """`"auto"` (CUDA when available), a device name or a `torch.device`."""
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}.")
+
+
+def resolve_device(device, backend: str = "pytorch") -> torch.device:
+    """`"auto"` (CUDA when available; the CPU for OpenVINO), a device name or a `torch.device`."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() and backend == "pytorch" else "cpu")
     return torch.device(device)
 
 
-def resolve_dtype(dtype, device=None) -> torch.dtype:
+def resolve_dtype(dtype, device=None, backend: str = "pytorch") -> torch.dtype:
     """`"fp32"`, `"bf16"`, `"fp16"`, `"int8"`, `"auto"` (the fastest of these on `device`, measured once per machine:
-    `referformer.precision.fastest_dtype`), `None` (fp32) or a `torch.dtype` among these (`torch.qint8`)."""
+    `referformer.precision.fastest_dtype`; for OpenVINO, bf16 where its CPU plugin has bf16 units), `None` (fp32) or
+    a `torch.dtype` among these (`torch.qint8`)."""
     if dtype is None:
         return torch.float32
     if dtype == "auto":
-        dtype = fastest_dtype(resolve_device(device))
+        dtype = openvino_fastest_dtype() if backend == "openvino" else fastest_dtype(resolve_device(device))
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}, auto.")
@@ -176,6 +186,10 @@ class ReferringVideoSegmenter:
     int8 (`referformer.quantization.quantize_int8`); the rest runs in float32. `dtype="auto"` picks the precision
     this machine runs fastest (`referformer.precision`).
 
+    `backend="openvino"` (CPU, fp32 or bf16, offline models) runs the model's exported graph in OpenVINO
+    (`referformer.openvino_backend`): same protocols and results, exported once per frame size and compiled per
+    window shape; a window's memory grows with its frames, so give long videos a `window`.
+
     Example:
 
     ```python
@@ -193,20 +207,27 @@ class ReferringVideoSegmenter:
     ```
     """
 
-    def __init__(self, model, processor: ReferFormerProcessor, device=None, dtype=None):
-        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
-        self.dtype = resolve_dtype(dtype, self.device)
+    def __init__(self, model, processor: ReferFormerProcessor, device=None, dtype=None, backend: str = "pytorch"):
+        check_backend(backend)
+        self.device = resolve_device(device, backend) if device is not None else next(model.parameters()).device
+        if backend == "openvino" and self.device.type != "cpu":
+            raise ValueError(f"backend='openvino' runs on the CPU, not on {self.device}.")
+        self.dtype = resolve_dtype(dtype, self.device, backend)
         self.model = model.to(self.device).eval()
-        if self.dtype == torch.qint8:
+        self.engine = None  # what runs the model when it is not PyTorch
+        if backend == "openvino":
+            self.engine = OpenVINOReferFormer(self.model, self.dtype)
+        elif self.dtype == torch.qint8:
             quantize_int8(self.model)
         self.processor = processor
 
     @classmethod
-    def from_pretrained(cls, name, device="auto", dtype="fp32", **model_kwargs) -> ReferringVideoSegmenter:
+    def from_pretrained(cls, name, device="auto", dtype="fp32", backend="pytorch", **model_kwargs) -> ReferringVideoSegmenter:
         """Loads the model and processor saved in `name` (folder or Hub id); a folder whose weights miss any parameter
         is refused (its model would run on random values). Frames run in chunks of `FRAME_CHUNK_SIZE` (override with
         `frame_chunk_size=`), so that memory grows linearly with the video length."""
-        dtype = resolve_dtype(dtype, device)
+        check_backend(backend)
+        dtype = resolve_dtype(dtype, device, backend)
         processor = ReferFormerProcessor.from_pretrained(name)
         model_kwargs.setdefault("frame_chunk_size", FRAME_CHUNK_SIZE)
         model, loading_info = ReferFormerForReferringVideoObjectSegmentation.from_pretrained(
@@ -218,16 +239,20 @@ class ReferringVideoSegmenter:
                 f"The model {name} lacks {len(missing)} weight(s) ({', '.join(missing[:3])}"
                 f"{', ...' if len(missing) > 3 else ''}): it would run on random values. Use a complete saved model."
             )
-        return cls(model, processor, device=device, dtype=dtype)
+        return cls(model, processor, device=device, dtype=dtype, backend=backend)
 
     @property
     def online(self) -> bool:
         """Whether the model is an online (OnlineRefer) model, decoding one frame at a time from a track."""
         return bool(self.model.config.online)
 
+    @property
+    def backend(self) -> str:
+        return "pytorch" if self.engine is None else "openvino"
+
     def autocast(self):
-        """The mixed-precision context of `dtype` (a no-op for float32 and int8)."""
-        half = self.dtype in (torch.bfloat16, torch.float16)
+        """The mixed-precision context of `dtype` (a no-op for float32, int8 and the OpenVINO backend)."""
+        half = self.dtype in (torch.bfloat16, torch.float16) and self.engine is None
         return torch.autocast(self.device.type, dtype=self.dtype if half else torch.float32, enabled=half)
 
     @torch.no_grad()
@@ -373,15 +398,15 @@ class ReferringVideoSegmenter:
         for frame in frames[: len(frames) - keep_pixel_values]:
             frame.pixel_values = None
         resized_sizes = torch.tensor([session.resized_size])
+        inputs = {
+            "pixel_values": pixel_values,
+            "input_ids": session.input_ids.to(self.device),
+            "attention_mask": session.attention_mask.to(self.device),
+            "resized_sizes": resized_sizes.to(self.device),
+            "output_all_queries": link_weight is not None,
+        }
         with self.autocast():
-            outputs = self.model(
-                pixel_values=pixel_values,
-                input_ids=session.input_ids.to(self.device),
-                attention_mask=session.attention_mask.to(self.device),
-                resized_sizes=resized_sizes.to(self.device),
-                output_all_queries=link_weight is not None,
-                track=session.track,
-            )
+            outputs = self.engine(**inputs) if self.engine is not None else self.model(**inputs, track=session.track)
             if self.online:  # the next frame is decoded from this frame's referred object
                 session.track = self.model.update_track(outputs, session.track)
         del pixel_values
