@@ -6,11 +6,12 @@ performance docs), behind the same API and with the same results.
 
 The graph is the model's forward with every query's masks of the last decoder layer (`AllQueriesGraph`); the referred
 query is selected from its logits by the model's own rule, so one graph serves the whole-video, window and streaming
-protocols. It is exported once per frame size, with the number of frames, sentences and tokens free (about 1.5 min
-at 360x640 for the released model, seconds for small models), and compiled for each window's shapes (OpenVINO's CPU
-transformations need static frame counts; about 15 s at 360x640): a video's windows have at most two shapes (full
-and last). A window is one graph run over all its frames, so memory grows with the window (about 0.25 GiB per
-360x640 frame in f32, 0.18 in bf16): give long videos a `window`. Needs the `export` extra (onnxscript, openvino).
+protocols. It is exported once per frame size, with the number of frames, sentences and tokens free, and compiled
+for each window's shapes (OpenVINO's CPU transformations need static frame counts): a video's windows have at most
+two shapes (full and last). Export, compilation and the first forward take about 50 s for the released model at
+360x640 and 5 frames (84-110 s at 36 frames), seconds for small models. A window is one graph run over all its
+frames, so memory grows with the window (8 GiB at 36 frames of 360x640 in bf16, 11 in fp32): give long videos a
+`window`. Needs the `export` extra (onnxscript, openvino).
 """
 
 from __future__ import annotations
