@@ -1904,8 +1904,11 @@ def dynamic_mask_logits(
     first_out = bias_sizes[0]
     first_weight = weights[0].view(batch_size, num_frames, num_queries, first_out, -1)
     if mask_projection is None:
-        features = mask_features.flatten(3)[:, :, None]  # [B, T, 1, mask_dim, h*w]
-        hidden = torch.matmul(first_weight[..., :mask_dim], features)
+        # The queries' rows stacked into one product per frame: [B, T, 1, Q*out, mask_dim] @ [B, T, 1, mask_dim, h*w]
+        # (a broadcast over Q would copy the features once per query).
+        feature_weight = first_weight[..., :mask_dim].reshape(batch_size, num_frames, 1, num_queries * first_out, mask_dim)
+        hidden = torch.matmul(feature_weight, mask_features.flatten(3)[:, :, None])
+        hidden = hidden.view(batch_size, num_frames, num_queries, first_out, height * width)
     else:
         hidden = _projected_feature_term(mask_features, first_weight[..., :mask_dim], mask_projection)
     if config.rel_coord:
