@@ -516,3 +516,15 @@ def test_fallback_with_spatial_shapes_list_compiles_without_graph_breaks():
     output = compiled(*inputs)
     torch._dynamo.reset()
     torch.testing.assert_close(output, reference(*inputs), **TOLERANCES[torch.float32])
+
+
+def test_each_installation_builds_in_its_own_folder(tmp_path, monkeypatch):
+    """Two checkouts (or environments) on one machine must not rebuild the library over each other's: the build folder
+    names the sources' location; the same sources keep their folder (the cache survives across processes)."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    here = _loader.default_build_directory(with_cuda=False)
+    assert here == _loader.default_build_directory(with_cuda=False) and here.parent == tmp_path / "referformer"
+    assert here.name.startswith(f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-cpu-")
+    monkeypatch.setattr(_loader, "CSRC_DIR", tmp_path / "another-checkout" / "csrc")
+    elsewhere = _loader.default_build_directory(with_cuda=False)
+    assert elsewhere.parent == here.parent and elsewhere != here

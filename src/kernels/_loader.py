@@ -9,6 +9,7 @@ callers fall back to the PyTorch implementation.
 
 import contextlib
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -61,14 +62,17 @@ def find_cuda_home() -> str | None:
 
 def default_build_directory(with_cuda: bool) -> Path:
     """Cache directory of the build: `$TORCH_EXTENSIONS_DIR/referformer` or `~/.cache/referformer/kernels`, then one
-    folder per torch version, Python version and CPU-only/CUDA variant."""
+    folder per torch version, Python version, CPU-only/CUDA variant and installed copy of the sources (a hash of
+    `CSRC_DIR`'s path). Two installations sharing a folder would rebuild the library over each other's (their build files
+    name different sources), so that one process could load a half-written library while another builds it."""
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         root = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "referformer"
     else:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "referformer" / "kernels"
     variant = f"cuda{torch.version.cuda}" if with_cuda else "cpu"
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return root.expanduser() / f"torch{torch.__version__}-{python}-{variant}"
+    installation = hashlib.sha256(str(CSRC_DIR.resolve()).encode()).hexdigest()[:10]
+    return root.expanduser() / f"torch{torch.__version__}-{python}-{variant}-{installation}"
 
 
 @contextlib.contextmanager
