@@ -235,9 +235,10 @@ def run(architecture: Architecture, path: str, dtype: str, num_frames: int, num_
     graph = SelectedQueryGraph(model, output_all_queries=path == "reference")
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16" and path != "openvino")
     if path == "openvino":
+        from referformer.inference import DTYPES
         from referformer.openvino_backend import OpenVINOReferFormer
 
-        engine = OpenVINOReferFormer(model, torch.bfloat16 if dtype == "bf16" else torch.float32)
+        engine = OpenVINOReferFormer(model, DTYPES[dtype])
 
     def forward(pixel_values, input_ids) -> Selection:
         if path == "openvino":
